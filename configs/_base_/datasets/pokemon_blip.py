@@ -1,0 +1,32 @@
+# The Pokémon BLIP captions (833 images); lambdalabs/pokemon-blip-captions
+# was taken down, svjack's copy has the same images with English captions in
+# `en_text`.
+train_pipeline = [
+    dict(type="ResizeShortestEdge", size=512, interpolation="bilinear"),
+    dict(type="RandomCrop", size=512),
+    dict(type="RandomHorizontalFlip", p=0.5),
+    dict(type="ImageToNormalizedTensor"),
+    dict(type="PackInputs"),
+]
+train_dataloader = dict(
+    batch_size=4,
+    num_workers=4,
+    persistent_workers=True,
+    dataset=dict(
+        type="HFDataset",
+        dataset="svjack/pokemon-blip-captions-en-zh",
+        image_column="image",
+        caption_column="en_text",
+        pipeline=train_pipeline,
+    ),
+    sampler=dict(type="DefaultSampler", shuffle=True),
+)
+
+val_dataloader = None
+val_evaluator = None
+test_dataloader = None
+test_evaluator = None
+
+custom_hooks = [
+    dict(type="VisualizationHook", prompt=["yoda pokemon"] * 4),
+]

@@ -1,0 +1,129 @@
+"""Captioned image datasets read through HF ``datasets``."""
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Sequence
+
+import datasets
+from mmengine.dataset import BaseDataset
+
+from diffengine.datasets.image import open_image
+from diffengine.registry import DATASETS, TRANSFORMS
+
+# File extensions ``load_dataset`` reads as data files, by builder name.
+DATA_FILE_BUILDERS = {
+    ".csv": "csv",
+    ".json": "json",
+    ".jsonl": "json",
+    ".parquet": "parquet",
+    ".arrow": "arrow",
+}
+
+
+def load_hf_dataset(dataset: str, split: str = "train",
+                    cache_dir: str | None = None) -> datasets.Dataset:
+    """Load a hub id, a local folder (imagefolder) or a local data file."""
+    if os.path.isfile(dataset):
+        ext = os.path.splitext(dataset)[1].lower()
+        if ext not in DATA_FILE_BUILDERS:
+            raise ValueError(
+                f"dataset={dataset!r}: cannot read {ext!r} files; use a "
+                f"folder or one of {sorted(DATA_FILE_BUILDERS)}.")
+        return datasets.load_dataset(
+            DATA_FILE_BUILDERS[ext], data_files=dataset, split=split,
+            cache_dir=cache_dir)
+    if os.path.isdir(dataset):
+        return datasets.load_dataset(dataset, split=split, cache_dir=cache_dir)
+    if os.path.isabs(dataset) or dataset.startswith("."):
+        raise FileNotFoundError(
+            f"dataset={dataset!r} does not exist; give a hub id, an image "
+            "folder with metadata.jsonl/metadata.csv, or a data file.")
+    return datasets.load_dataset(dataset, split=split, cache_dir=cache_dir)
+
+
+@DATASETS.register_module()
+class HFDataset(BaseDataset):
+    """Images with captions, from a hub id, an image folder or a data file.
+
+    Images are read undecoded and opened here, so that a bad file can be
+    named and any mode (RGBA, palette, CMYK, 16-bit) converted to RGB.
+
+    Args:
+        dataset (str): Hub id, local imagefolder (images beside
+            ``metadata.jsonl`` or ``metadata.csv``), or a local data file
+            (csv/json/jsonl/parquet) whose image column holds paths.
+        image_column (str): Column with the images. Defaults to "image".
+        caption_column (str): Column with the captions; a row whose caption
+            is a list gets one of them at random. Defaults to "text".
+        split (str): Defaults to "train".
+        cache_dir (str, optional): HF datasets cache. Defaults to None.
+        pipeline (Sequence[dict]): Transforms applied to each sample.
+    """
+
+    def __init__(self,
+                 dataset: str,
+                 image_column: str = "image",
+                 caption_column: str = "text",
+                 split: str = "train",
+                 cache_dir: str | None = None,
+                 pipeline: Sequence[dict] = ()) -> None:
+        self.dataset_name = dataset
+        self.image_column = image_column
+        self.caption_column = caption_column
+        self.hf_dataset = load_hf_dataset(dataset, split, cache_dir)
+        columns = self.hf_dataset.column_names
+        for key, column in (("image_column", image_column),
+                            ("caption_column", caption_column)):
+            if column not in columns:
+                raise KeyError(
+                    f"{key}={column!r} is not a column of {dataset!r}; its "
+                    f"columns are {columns}.")
+        if len(self.hf_dataset) == 0:
+            raise ValueError(f"dataset {dataset!r} has no rows.")
+        feature = self.hf_dataset.features[image_column]
+        if isinstance(feature, datasets.Image):
+            self.hf_dataset = self.hf_dataset.cast_column(
+                image_column, datasets.Image(decode=False))
+        self.image_root = dataset if os.path.isdir(dataset) else (
+            os.path.dirname(os.path.abspath(dataset))
+            if os.path.isfile(dataset) else None)
+        # Built from diffengine's registry, so that a dataset made outside a
+        # runner (no default scope) finds diffengine's transforms too.
+        transforms = [
+            TRANSFORMS.build(t) if isinstance(t, dict) else t for t in pipeline
+        ]
+        super().__init__(pipeline=transforms, serialize_data=False,
+                         lazy_init=True)
+
+    def full_init(self) -> None:
+        """Rows stay in the HF dataset (memory-mapped); nothing to load."""
+        self._fully_initialized = True
+
+    def __len__(self) -> int:
+        return len(self.hf_dataset)
+
+    def caption(self, row: dict, idx: int) -> str:
+        """The caption of ``row`` (number ``idx``), one at random of a list."""
+        caption = row[self.caption_column]
+        if isinstance(caption, (list, tuple)):
+            captions = [c for c in caption if isinstance(c, str) and c]
+            caption = random.choice(captions) if captions else None
+        if not isinstance(caption, str) or not caption.strip():
+            raise ValueError(
+                f"row {idx} of {self.dataset_name!r} has no usable caption "
+                f"in column {self.caption_column!r}: {caption!r}.")
+        return caption
+
+    def get_data_info(self, idx: int) -> dict:
+        """Row ``idx`` as ``{"img": PIL.Image (RGB), "text": str}``."""
+        row = self.hf_dataset[idx]
+        source = row[self.image_column]
+        if isinstance(source, str) and self.image_root and not os.path.isabs(
+                source):
+            source = os.path.join(self.image_root, source)
+        return {"img": open_image(source), "text": self.caption(row, idx),
+                "sample_idx": idx}
+
+    def prepare_data(self, idx: int) -> dict:
+        return self.pipeline(self.get_data_info(idx))

@@ -1,0 +1,42 @@
+"""Turning a transformed sample into model inputs."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from mmcv.transforms import BaseTransform
+
+from diffengine.registry import TRANSFORMS
+
+
+@TRANSFORMS.register_module()
+class ImageToNormalizedTensor(BaseTransform):
+    """PIL RGB image → float32 C×H×W tensor in [-1, 1], as SD's VAE expects."""
+
+    def transform(self, results: dict) -> dict:
+        array = np.asarray(results["img"], dtype=np.float32)
+        tensor = torch.from_numpy(array).permute(2, 0, 1).contiguous()
+        results["img"] = tensor / 127.5 - 1.0
+        return results
+
+
+@TRANSFORMS.register_module()
+class PackInputs(BaseTransform):
+    """Collect ``keys`` into ``{"inputs": {...}}`` for the data preprocessor.
+
+    Args:
+        keys (Sequence[str]): Result keys the model reads. Defaults to
+            ("img", "text").
+    """
+
+    def __init__(self, keys: Sequence[str] = ("img", "text")) -> None:
+        self.keys = tuple(keys)
+
+    def transform(self, results: dict) -> dict:
+        missing = [k for k in self.keys if k not in results]
+        if missing:
+            raise KeyError(
+                f"PackInputs: {missing} not in the sample; it has "
+                f"{sorted(results)}.")
+        return {"inputs": {k: results[k] for k in self.keys}}

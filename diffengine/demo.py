@@ -1,0 +1,200 @@
+"""A tiny SD-1.x-shaped model and a captioned shape dataset, made offline.
+
+They back the built-in demo (``tools/make_demo.py``) and the tests: the
+model has the layout of Stable Diffusion 1.x (CLIP text encoder, KL VAE,
+cross-attention UNet, PNDM inference scheduler) at a size that trains a
+step in a fraction of a second on a CPU.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Sequence
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from PIL import Image, ImageDraw
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+COLORS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 70, 220),
+    "yellow": (235, 215, 40),
+    "purple": (140, 50, 180),
+    "orange": (245, 140, 30),
+}
+BACKGROUNDS = {"white": (245, 245, 245), "black": (15, 15, 15)}
+SHAPES = ("circle", "square", "triangle")
+
+
+def _byte_alphabet() -> list[str]:
+    """The 256 printable characters CLIP's byte-level BPE maps bytes to."""
+    printable = (list(range(ord("!"), ord("~") + 1))
+                 + list(range(ord("¡"), ord("¬") + 1))
+                 + list(range(ord("®"), ord("ÿ") + 1)))
+    codes = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in codes]
+
+
+def write_char_tokenizer(path: str, max_length: int = 77) -> CLIPTokenizer:
+    """Write a character-level CLIP tokenizer (vocab.json, empty merges).
+
+    Each byte is a token, with and without the end-of-word mark, so every
+    caption tokenizes without a real BPE vocabulary.
+    """
+    os.makedirs(path, exist_ok=True)
+    alphabet = _byte_alphabet()
+    tokens = alphabet + [c + "</w>" for c in alphabet]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    with open(os.path.join(path, "vocab.json"), "w") as f:
+        json.dump({t: i for i, t in enumerate(tokens)}, f)
+    with open(os.path.join(path, "merges.txt"), "w") as f:
+        f.write("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(
+        os.path.join(path, "vocab.json"),
+        os.path.join(path, "merges.txt"),
+        model_max_length=max_length)
+    tokenizer.save_pretrained(path)
+    return tokenizer
+
+
+def make_tiny_sd(path: str,
+                 block_out_channels: Sequence[int] = (32, 64),
+                 text_hidden_size: int = 32,
+                 text_layers: int = 5,
+                 vae_block_out_channels: Sequence[int] = (32, 64),
+                 seed: int = 0) -> str:
+    """Write a tiny Stable Diffusion 1.x pipeline in diffusers format.
+
+    Args:
+        path (str): Output folder (``model_index.json`` and subfolders).
+        block_out_channels (Sequence[int]): UNet widths, one per level.
+        text_hidden_size (int): CLIP width, also the UNet's cross-attention
+            width.
+        text_layers (int): CLIP transformer layers.
+        vae_block_out_channels (Sequence[int]): VAE widths; the VAE halves
+            the resolution once per level after the first.
+        seed (int): Seeds the random weights.
+
+    Returns:
+        str: ``path``.
+    """
+    torch.manual_seed(seed)
+    tokenizer = write_char_tokenizer(os.path.join(path, "tokenizer"))
+    levels = len(block_out_channels)
+    unet = UNet2DConditionModel(
+        block_out_channels=tuple(block_out_channels),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", ) + ("CrossAttnDownBlock2D", ) *
+        (levels - 1),
+        up_block_types=("CrossAttnUpBlock2D", ) * (levels - 1) +
+        ("UpBlock2D", ),
+        cross_attention_dim=text_hidden_size,
+        attention_head_dim=8,
+        norm_num_groups=min(32, min(block_out_channels)))
+    vae_levels = len(vae_block_out_channels)
+    vae = AutoencoderKL(
+        block_out_channels=tuple(vae_block_out_channels),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", ) * vae_levels,
+        up_block_types=("UpDecoderBlock2D", ) * vae_levels,
+        latent_channels=4,
+        norm_num_groups=min(32, min(vae_block_out_channels)),
+        sample_size=64)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=text_hidden_size,
+            intermediate_size=text_hidden_size * 4,
+            num_hidden_layers=text_layers,
+            num_attention_heads=4,
+            max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            projection_dim=text_hidden_size))
+    # SD 1.x trains with a scaled-linear DDPM schedule and ships PNDM for
+    # inference; keep both so the tiny model behaves like the real one.
+    betas = dict(beta_start=0.00085, beta_end=0.012,
+                 beta_schedule="scaled_linear", num_train_timesteps=1000)
+    scheduler = PNDMScheduler(skip_prk_steps=True, steps_offset=1, **betas)
+    assert DDPMScheduler.from_config(scheduler.config).config.beta_end == 0.012
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False)
+    pipe.save_pretrained(path)
+    return path
+
+
+def draw_shape(shape: str, color: str, background: str, size: int,
+               rng: random.Random) -> Image.Image:
+    """One RGB image of a filled shape at a random place and scale."""
+    image = Image.new("RGB", (size, size), BACKGROUNDS[background])
+    draw = ImageDraw.Draw(image)
+    extent = rng.uniform(0.45, 0.7) * size
+    x0 = rng.uniform(0, size - extent)
+    y0 = rng.uniform(0, size - extent)
+    box = (x0, y0, x0 + extent, y0 + extent)
+    if shape == "circle":
+        draw.ellipse(box, fill=COLORS[color])
+    elif shape == "square":
+        draw.rectangle(box, fill=COLORS[color])
+    else:
+        draw.polygon([(x0 + extent / 2, y0), (x0 + extent, y0 + extent),
+                      (x0, y0 + extent)], fill=COLORS[color])
+    return image
+
+
+def make_shapes_dataset(path: str,
+                        num_images: int = 24,
+                        size: int = 64,
+                        seed: int = 0) -> str:
+    """Write an imagefolder dataset of captioned shapes.
+
+    Files are ``NNNN.png`` beside ``metadata.jsonl`` with ``file_name`` and
+    ``text`` (e.g. "a red circle on a white background").
+
+    Returns:
+        str: ``path``.
+    """
+    rng = random.Random(seed)
+    os.makedirs(path, exist_ok=True)
+    rows = []
+    for i in range(num_images):
+        shape = SHAPES[i % len(SHAPES)]
+        color = list(COLORS)[(i // len(SHAPES)) % len(COLORS)]
+        background = list(BACKGROUNDS)[i % len(BACKGROUNDS)]
+        file_name = f"{i:04d}.png"
+        draw_shape(shape, color, background, size, rng).save(
+            os.path.join(path, file_name))
+        rows.append({
+            "file_name": file_name,
+            "text": f"a {color} {shape} on a {background} background",
+        })
+    with open(os.path.join(path, "metadata.jsonl"), "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return path

@@ -1,0 +1,4 @@
+from diffengine.engine.hooks.lora_checkpoint_hook import LoRACheckpointHook
+from diffengine.engine.hooks.visualization_hook import VisualizationHook
+
+__all__ = ["LoRACheckpointHook", "VisualizationHook"]

@@ -1,0 +1,3 @@
+from diffengine.models.editors import SDDataPreprocessor, StableDiffusion
+
+__all__ = ["SDDataPreprocessor", "StableDiffusion"]

@@ -1,0 +1,311 @@
+"""Stable Diffusion 1.x with LoRA adapters on the UNet and text encoder."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from diffusers.utils import convert_state_dict_to_diffusers
+from mmengine.model import BaseModel
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from diffengine.models.utils import build_lora_config
+from diffengine.registry import MODELS
+
+SUBFOLDERS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
+
+
+def check_model_path(model: str) -> None:
+    """Raise a clear error when a local diffusers folder is incomplete.
+
+    A string that is not an existing folder is taken as a hub id and left to
+    ``from_pretrained``.
+    """
+    looks_local = os.path.isabs(model) or model.startswith(".") or (
+        model.count("/") != 1)
+    if not os.path.isdir(model):
+        if looks_local:
+            raise FileNotFoundError(
+                f"model={model!r} is neither a folder nor a hub id "
+                "('owner/name'); point it at a diffusers model folder.")
+        return
+    missing = [s for s in SUBFOLDERS
+               if not os.path.isdir(os.path.join(model, s))]
+    if missing:
+        raise FileNotFoundError(
+            f"model={model!r} lacks the subfolders {missing}; a diffusers "
+            "Stable Diffusion folder (as written by "
+            "StableDiffusionPipeline.save_pretrained) has "
+            f"{list(SUBFOLDERS)}.")
+
+
+def canonical_text_encoder_keys(state_dict: dict) -> dict:
+    """Name text-encoder LoRA keys as ``text_model.encoder.layers.N...``.
+
+    transformers 5.x ``CLIPTextModel`` has no ``text_model`` submodule; every
+    other stack (transformers 4.x, A1111, ComfyUI) names the layers under it,
+    and diffusers loads that form on both.
+    """
+    return {
+        k if k.startswith("text_model.") else f"text_model.{k}": v
+        for k, v in state_dict.items()
+    }
+
+
+@MODELS.register_module()
+class StableDiffusion(BaseModel):
+    """Stable Diffusion 1.x trained through LoRA adapters.
+
+    The base (VAE, text encoder, UNet) is frozen; only the adapters train, in
+    fp32 whatever the autocast dtype, so that small updates are not lost to
+    rounding.
+
+    Args:
+        model (str): Hub id or local diffusers folder of the base model.
+        unet_lora_config (dict, optional): ``type`` (``"LoRA"``) and keyword
+            arguments of peft's ``LoraConfig`` for the UNet. Defaults to None
+            (the UNet stays frozen).
+        text_encoder_lora_config (dict, optional): The same for the CLIP text
+            encoder. Defaults to None.
+        prediction_type (str, optional): ``"epsilon"`` or ``"v_prediction"``;
+            None takes the scheduler's. Defaults to None.
+        noise_offset (float): Offset noise strength (Guttenberg, 2023, "Diffusion
+            with Offset Noise"); 0 disables it. Defaults to 0.
+        gradient_checkpointing (bool): Recompute activations in the backward
+            pass to save memory. Defaults to False.
+        data_preprocessor (dict, optional): Defaults to
+            ``dict(type="SDDataPreprocessor")``.
+    """
+
+    def __init__(self,
+                 model: str,
+                 unet_lora_config: dict | None = None,
+                 text_encoder_lora_config: dict | None = None,
+                 prediction_type: str | None = None,
+                 noise_offset: float = 0.0,
+                 gradient_checkpointing: bool = False,
+                 data_preprocessor: dict | None = None) -> None:
+        # Built here from diffengine's registry: BaseModel would look it up
+        # in mmengine's root registry, which knows no diffengine module.
+        super().__init__(data_preprocessor=MODELS.build(
+            data_preprocessor or dict(type="SDDataPreprocessor")))
+        if unet_lora_config is None and text_encoder_lora_config is None:
+            raise ValueError(
+                "Neither unet_lora_config nor text_encoder_lora_config is "
+                "set: nothing would train.")
+        check_model_path(model)
+        self.base_model = model
+        self.tokenizer = CLIPTokenizer.from_pretrained(
+            model, subfolder="tokenizer")
+        self.scheduler = DDPMScheduler.from_pretrained(
+            model, subfolder="scheduler")
+        self.text_encoder = CLIPTextModel.from_pretrained(
+            model, subfolder="text_encoder")
+        self.vae = AutoencoderKL.from_pretrained(model, subfolder="vae")
+        self.unet = UNet2DConditionModel.from_pretrained(
+            model, subfolder="unet")
+        if prediction_type is not None:
+            if prediction_type not in ("epsilon", "v_prediction"):
+                raise ValueError(
+                    f"prediction_type={prediction_type!r}; use 'epsilon' or "
+                    "'v_prediction'.")
+            self.scheduler.register_to_config(prediction_type=prediction_type)
+        self.prediction_type = self.scheduler.config.prediction_type
+        self.noise_offset = noise_offset
+        self.requires_grad_(False)
+
+        self.lora_configs: dict[str, LoraConfig] = {}
+        if unet_lora_config is not None:
+            self._add_adapter("unet", unet_lora_config)
+        if text_encoder_lora_config is not None:
+            self._add_adapter("text_encoder", text_encoder_lora_config)
+        if gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+            if "text_encoder" in self.lora_configs:
+                self.text_encoder.gradient_checkpointing_enable()
+
+    def _add_adapter(self, part: str, cfg: dict) -> None:
+        module = getattr(self, part)
+        config = build_lora_config(cfg, module, f"{part}_lora_config")
+        inject_adapter_in_model(config, module)
+        for param in module.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
+        self.lora_configs[part] = config
+
+    @property
+    def trainable_parts(self) -> list[str]:
+        """Names of the submodules that carry trained adapters."""
+        return list(self.lora_configs)
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict:
+        """Only the trainable adapter weights: the frozen base is not saved."""
+        state = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", "")
+        trainable = {prefix + n for n, p in self.named_parameters()
+                     if p.requires_grad}
+        return type(state)((k, v) for k, v in state.items() if k in trainable)
+
+    def lora_state_dicts(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The adapters of each trained part, in diffusers' key format."""
+        state_dicts = {}
+        for part in self.lora_configs:
+            peft_state = get_peft_model_state_dict(getattr(self, part))
+            state = convert_state_dict_to_diffusers(peft_state)
+            if part == "text_encoder":
+                state = canonical_text_encoder_keys(state)
+            state_dicts[part] = {
+                k: v.detach().float().cpu().contiguous()
+                for k, v in state.items()
+            }
+        return state_dicts
+
+    def save_lora_weights(self, save_directory: str) -> None:
+        """Write ``pytorch_lora_weights.safetensors`` for ``load_lora_weights``.
+
+        The adapter configs go into the file's metadata, so that
+        ``lora_alpha`` (and with it the strength) survives the round trip.
+        """
+        state_dicts = self.lora_state_dicts()
+        kwargs: dict[str, Any] = {}
+        for part, state in state_dicts.items():
+            kwargs[f"{part}_lora_layers"] = state
+            kwargs[f"{part}_lora_adapter_metadata"] = (
+                self.lora_configs[part].to_dict())
+        StableDiffusionPipeline.save_lora_weights(
+            save_directory, safe_serialization=True, **kwargs)
+
+    def encode_prompt(self, text: list[str]) -> torch.Tensor:
+        """CLIP last hidden states for a list of captions."""
+        input_ids = self.tokenizer(
+            text,
+            max_length=self.tokenizer.model_max_length,
+            padding="max_length",
+            truncation=True,
+            return_tensors="pt").input_ids.to(self.text_encoder.device)
+        return self.text_encoder(input_ids)[0]
+
+    def forward(self,
+                inputs: dict,
+                data_samples: Any = None,
+                mode: str = "loss") -> dict[str, torch.Tensor]:
+        """Denoising loss on a batch; only ``mode="loss"`` is supported."""
+        if mode != "loss":
+            raise ValueError(
+                f"mode={mode!r}: StableDiffusion trains with mode='loss' and "
+                "generates with infer().")
+        return {"loss": self.denoising_loss(inputs)}
+
+    def denoising_loss(self,
+                       inputs: dict,
+                       noise: torch.Tensor | None = None,
+                       timesteps: torch.Tensor | None = None,
+                       generator: torch.Generator | None = None
+                       ) -> torch.Tensor:
+        """MSE between the UNet's prediction and its target, in fp32.
+
+        Args:
+            inputs (dict): ``img`` (B×3×H×W in [-1, 1]) and ``text`` (B str).
+            noise (Tensor, optional): Fixed noise, shaped like the latents.
+            timesteps (Tensor, optional): Fixed timesteps, one per sample.
+            generator (torch.Generator, optional): Draws the VAE sample, the
+                noise and the timesteps that are not given.
+        """
+        img = inputs["img"]
+        latent_dist = self.vae.encode(img.to(self.vae.dtype)).latent_dist
+        latents = latent_dist.sample(generator) * self.vae.config.scaling_factor
+        if noise is None:
+            noise = torch.randn(latents.shape, generator=generator,
+                                device=latents.device, dtype=latents.dtype)
+            if self.noise_offset > 0:
+                noise = noise + self.noise_offset * torch.randn(
+                    (*latents.shape[:2], 1, 1), generator=generator,
+                    device=latents.device, dtype=latents.dtype)
+        if timesteps is None:
+            timesteps = torch.randint(
+                0, self.scheduler.config.num_train_timesteps,
+                (latents.shape[0], ), generator=generator,
+                device=latents.device)
+        noisy_latents = self.scheduler.add_noise(latents, noise, timesteps)
+        if self.prediction_type == "epsilon":
+            target = noise
+        else:
+            target = self.scheduler.get_velocity(latents, noise, timesteps)
+        encoder_hidden_states = self.encode_prompt(list(inputs["text"]))
+        model_pred = self.unet(noisy_latents, timesteps,
+                               encoder_hidden_states).sample
+        return F.mse_loss(model_pred.float(), target.float())
+
+    def pipeline(self) -> StableDiffusionPipeline:
+        """A diffusers pipeline over the in-memory (adapted) modules.
+
+        The scheduler is loaded from the base model exactly as
+        ``DiffusionPipeline.from_pretrained(base)`` loads it, so images match
+        what users get after ``load_lora_weights``.
+        """
+        pipe = StableDiffusionPipeline.from_pretrained(
+            self.base_model,
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=self.unet,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    @torch.no_grad()
+    def infer(self,
+              prompts: list[str],
+              negative_prompt: str | None = None,
+              height: int | None = None,
+              width: int | None = None,
+              num_inference_steps: int = 50,
+              guidance_scale: float = 7.5,
+              seed: int = 0,
+              output_type: str = "pil") -> list[np.ndarray]:
+        """Generate one image per prompt with the model as trained so far.
+
+        Args:
+            prompts (list[str]): The prompts.
+            negative_prompt (str, optional): Defaults to None.
+            height (int, optional): Defaults to the UNet's sample size × the
+                VAE scale factor.
+            width (int, optional): Defaults likewise.
+            num_inference_steps (int): Defaults to 50.
+            guidance_scale (float): Classifier-free guidance. Defaults to 7.5.
+            seed (int): Seeds a CPU generator, so that the same seed gives
+                the same image on any device. Defaults to 0.
+            output_type (str): ``"pil"`` returns H×W×3 uint8 arrays, ``"np"``
+                float arrays in [0, 1]. Defaults to ``"pil"``.
+
+        Returns:
+            list[np.ndarray]: One image per prompt.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            images = self.pipeline()(
+                prompts,
+                negative_prompt=negative_prompt,
+                height=height,
+                width=width,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                generator=torch.Generator("cpu").manual_seed(seed),
+                output_type=output_type).images
+        finally:
+            self.train(was_training)
+        if output_type == "pil":
+            return [np.asarray(image) for image in images]
+        return list(images)

@@ -1,0 +1,80 @@
+"""Train a diffengine config: ``mim train diffengine CONFIG`` runs this."""
+from __future__ import annotations
+
+import argparse
+import os
+import os.path as osp
+
+from mmengine.config import Config, DictAction
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+from diffengine.engine import fall_back_from_amp_without_cuda
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Train a diffengine model")
+    parser.add_argument("config", help="train config file path")
+    parser.add_argument("--work-dir", help="the dir to save logs and models")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        type=str,
+        const="auto",
+        help="resume from the latest checkpoint in the work dir, or from "
+        "the checkpoint given")
+    parser.add_argument(
+        "--amp", action="store_true", help="enable mixed precision (fp16)")
+    parser.add_argument(
+        "--cfg-options",
+        nargs="+",
+        action=DictAction,
+        help="override config keys, e.g. model.unet_lora_config.r=16 "
+        "train_dataloader.batch_size=2")
+    parser.add_argument(
+        "--launcher",
+        choices=["none", "pytorch", "slurm", "mpi"],
+        default="none",
+        help="job launcher")
+    # torch.distributed.launch passes --local-rank (torch >= 2.0) or
+    # --local_rank (older); both land in LOCAL_RANK.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    return args
+
+
+def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
+    """Apply the command line to the config."""
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get("work_dir") is None:
+        cfg.work_dir = osp.join("./work_dirs",
+                                osp.splitext(osp.basename(args.config))[0])
+    if args.amp:
+        cfg.optim_wrapper.type = "AmpOptimWrapper"
+        cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
+        cfg.optim_wrapper.setdefault("dtype", "float16")
+    fall_back_from_amp_without_cuda(cfg)
+    if args.resume == "auto":
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        cfg.resume = True
+        cfg.load_from = args.resume
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    cfg = merge_args(Config.fromfile(args.config), args)
+    runner = (RUNNERS.build(cfg)
+              if "runner_type" in cfg else Runner.from_cfg(cfg))
+    runner.train()
+
+
+if __name__ == "__main__":
+    main()
