@@ -21,7 +21,6 @@ train_dataloader = dict(
     batch_size=4,
     # The tiny model trains faster than worker processes start.
     num_workers=0,
-    persistent_workers=False,
     dataset=dict(
         dataset="data/demo/shapes",
         caption_column="text",

@@ -24,6 +24,17 @@ DATA_FILE_BUILDERS = {
 def load_hf_dataset(dataset: str, split: str = "train",
                     cache_dir: str | None = None) -> datasets.Dataset:
     """Load a hub id, a local folder (imagefolder) or a local data file."""
+    try:
+        return _load(dataset, split, cache_dir)
+    except ValueError as err:
+        # datasets says 'Instruction "train" corresponds to no data!'
+        if "corresponds to no data" in str(err):
+            raise ValueError(f"dataset {dataset!r} has no rows.") from err
+        raise
+
+
+def _load(dataset: str, split: str,
+          cache_dir: str | None) -> datasets.Dataset:
     if os.path.isfile(dataset):
         ext = os.path.splitext(dataset)[1].lower()
         if ext not in DATA_FILE_BUILDERS:
@@ -93,8 +104,7 @@ class HFDataset(BaseDataset):
         transforms = [
             TRANSFORMS.build(t) if isinstance(t, dict) else t for t in pipeline
         ]
-        super().__init__(pipeline=transforms, serialize_data=False,
-                         lazy_init=True)
+        super().__init__(pipeline=transforms, serialize_data=False)
 
     def full_init(self) -> None:
         """Rows stay in the HF dataset (memory-mapped); nothing to load."""

@@ -11,7 +11,6 @@ train_pipeline = [
 train_dataloader = dict(
     batch_size=4,
     num_workers=4,
-    persistent_workers=True,
     dataset=dict(
         type="HFDataset",
         dataset="svjack/pokemon-blip-captions-en-zh",

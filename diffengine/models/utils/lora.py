@@ -13,6 +13,15 @@ from torch import nn
 # class that builds it. LoRA is what diffusers' ``load_lora_weights`` reads;
 # LoHa/LoKr/DoRA get an entry once their save/load round trip is tested.
 ADAPTER_CONFIGS: dict[str, type[LoraConfig]] = {"LoRA": LoraConfig}
+# Names other trainers use for peft's options (kohya, older diffengine).
+OPTION_ALIASES = {
+    "rank": "r",
+    "alpha": "lora_alpha",
+    "network_dim": "r",
+    "network_alpha": "lora_alpha",
+    "dropout": "lora_dropout",
+    "target": "target_modules",
+}
 
 
 def build_lora_config(cfg: dict, module: nn.Module, name: str) -> LoraConfig:
@@ -43,7 +52,8 @@ def build_lora_config(cfg: dict, module: nn.Module, name: str) -> LoraConfig:
     fields = {f.name for f in dataclasses.fields(config_class) if f.init}
     for key in options:
         if key not in fields:
-            hint = difflib.get_close_matches(key, sorted(fields), n=1)
+            hint = [OPTION_ALIASES[key]] if key in OPTION_ALIASES else (
+                difflib.get_close_matches(key, sorted(fields), n=1))
             fix = f" Did you mean {hint[0]!r}?" if hint else ""
             raise ValueError(
                 f"{name}.{key} is not an option of peft's "

@@ -1,0 +1,55 @@
+"""Shared fixtures: a tiny SD-1.x model and small image folders on disk."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffengine.demo import make_shapes_dataset, make_tiny_sd
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory) -> str:
+    """A tiny SD-1.x pipeline folder in diffusers format."""
+    return make_tiny_sd(str(tmp_path_factory.mktemp("models") / "tiny-sd"))
+
+
+@pytest.fixture(scope="session")
+def shapes_data(tmp_path_factory) -> str:
+    """24 captioned 64-px RGB images (the demo dataset)."""
+    return make_shapes_dataset(str(tmp_path_factory.mktemp("data") / "shapes"))
+
+
+def write_mixed_folder(path: str) -> str:
+    """An imagefolder of mixed modes and sizes, some captions as lists."""
+    os.makedirs(path, exist_ok=True)
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)
+    images = {
+        "rgb.png": Image.fromarray(rgb),
+        "rgba.png": Image.fromarray(rgb).convert("RGBA"),
+        "palette.png": Image.fromarray(rgb).convert("P"),
+        "gray.png": Image.fromarray(rgb).convert("L").resize((70, 120)),
+        "cmyk.jpg": Image.fromarray(rgb).convert("CMYK"),
+        "gray16.png": Image.fromarray(
+            rng.integers(0, 65536, (72, 72), dtype=np.uint16)),
+    }
+    with open(os.path.join(path, "metadata.jsonl"), "w") as f:
+        for i, (name, image) in enumerate(images.items()):
+            image.save(os.path.join(path, name))
+            # a caption column holds strings or lists, one type per column
+            text = [f"picture {i}", f"image {i}"] if i % 2 else [f"photo {i}"]
+            f.write(json.dumps({"file_name": name, "text": text}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mixed_data(tmp_path_factory) -> str:
+    return write_mixed_folder(str(tmp_path_factory.mktemp("data") / "mixed"))

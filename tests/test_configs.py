@@ -1,0 +1,101 @@
+"""Every leaf config builds, and every key in it reaches the code."""
+import glob
+import inspect
+import os
+
+import pytest
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from mmengine.runner import Runner
+
+from diffengine.registry import HOOKS, MODELS
+from tests.conftest import REPO
+from tools.train import merge_args, parse_args
+
+LEAF_CONFIGS = sorted(
+    p for p in glob.glob(os.path.join(REPO, "configs", "**", "*.py"),
+                         recursive=True)
+    if f"{os.sep}_base_{os.sep}" not in p)
+RUNNER_KEYS = set(inspect.signature(Runner.__init__).parameters) - {"self"}
+# Names the configs define to build other keys from.
+HELPER_KEYS = {"train_pipeline", "vis_backends"}
+
+
+def load(config, tiny_sd, data, *options):
+    args = parse_args([config, "--cfg-options", f"model.model={tiny_sd}",
+                       f"train_dataloader.dataset.dataset={data}",
+                       "train_dataloader.dataset.caption_column=text",
+                       *options])
+    return merge_args(Config.fromfile(config), args)
+
+
+def test_there_are_leaf_configs():
+    names = {os.path.basename(p) for p in LEAF_CONFIGS}
+    assert {"stable_diffusion_v15_lora_pokemon_blip.py",
+            "stable_diffusion_v15_lora_textencoder_pokemon_blip.py",
+            "tiny_sd_lora_demo.py"} <= names
+
+
+@pytest.mark.parametrize("config", LEAF_CONFIGS,
+                         ids=[os.path.basename(p) for p in LEAF_CONFIGS])
+def test_leaf_config_builds(config, tiny_sd, shapes_data, tmp_path):
+    cfg = load(config, tiny_sd, shapes_data, "train_dataloader.num_workers=0")
+    unknown = set(cfg.keys()) - RUNNER_KEYS - HELPER_KEYS
+    assert not unknown, f"keys no code reads: {unknown}"
+    cfg.work_dir = str(tmp_path)
+    runner = Runner.from_cfg(cfg)  # builds the model and the hooks
+    model = runner.model
+    for part, lora in (("unet", "unet_lora_config"),
+                       ("text_encoder", "text_encoder_lora_config")):
+        if lora in cfg.model:
+            assert model.lora_configs[part].r == cfg.model[lora].r
+    loop = runner.build_train_loop(cfg.train_cfg)
+    batch = next(iter(loop.dataloader))
+    assert len(batch["inputs"]["text"]) == cfg.train_dataloader.batch_size
+    optim_wrapper = runner.build_optim_wrapper(cfg.optim_wrapper)
+    assert optim_wrapper.get_lr()["lr"] == [cfg.optim_wrapper.optimizer.lr]
+    hooks = {type(h).__name__ for h in runner.hooks}
+    assert "LoRACheckpointHook" in hooks
+    assert {h["type"] for h in cfg.custom_hooks} <= hooks
+
+
+def test_cfg_options_reach_the_built_objects(tiny_sd, shapes_data):
+    config = os.path.join(REPO, "configs", "stable_diffusion_lora",
+                          "stable_diffusion_v15_lora_textencoder_pokemon_blip.py")
+    cfg = load(config, tiny_sd, shapes_data,
+               "model.unet_lora_config.r=3",
+               "model.unet_lora_config.lora_alpha=6",
+               "model.unet_lora_config.lora_dropout=0.1",
+               "model.text_encoder_lora_config.r=5",
+               "model.text_encoder_lora_config.target_modules=[q_proj,v_proj]",
+               "train_dataloader.dataset.image_column=image",
+               "train_dataloader.batch_size=3",
+               "train_dataloader.num_workers=0",
+               "train_cfg.max_epochs=7",
+               "default_hooks.checkpoint.interval=2",
+               "optim_wrapper.optimizer.lr=0.002",
+               "randomness.seed=11",
+               "custom_hooks=[]")
+    init_default_scope("diffengine")
+    model = MODELS.build(cfg.model)
+    unet, text = model.lora_configs["unet"], model.lora_configs["text_encoder"]
+    assert (unet.r, unet.lora_alpha, unet.lora_dropout) == (3, 6, 0.1)
+    assert text.r == 5 and set(text.target_modules) == {"q_proj", "v_proj"}
+    assert (cfg.train_dataloader.batch_size,
+            cfg.train_dataloader.num_workers) == (3, 0)
+    assert cfg.train_cfg.max_epochs == 7
+    assert HOOKS.build(cfg.default_hooks.checkpoint).interval == 2
+    assert cfg.optim_wrapper.optimizer.lr == 0.002
+    assert cfg.randomness.seed == 11
+    assert cfg.custom_hooks == []
+    # the LoRA step folders do not depend on custom_hooks
+    assert cfg.default_hooks.checkpoint.type == "LoRACheckpointHook"
+
+
+def test_a_typo_in_a_lora_option_fails_the_build(tiny_sd, shapes_data):
+    cfg = load(LEAF_CONFIGS[0], tiny_sd, shapes_data,
+               "model.unet_lora_config.lora_alfa=4")
+    init_default_scope("diffengine")
+    with pytest.raises(ValueError, match=r"unet_lora_config\.lora_alfa is not "
+                       r"an option .* Did you mean 'lora_alpha'\?"):
+        MODELS.build(cfg.model)

@@ -1,0 +1,83 @@
+"""LoRACheckpointHook and VisualizationHook on a real runner."""
+import glob
+import os
+
+import pytest
+import torch
+from mmengine.runner import Runner
+from PIL import Image
+from safetensors.torch import load_file
+
+import diffengine.engine  # noqa: F401  (registers the hooks)
+from diffengine.engine.hooks import VisualizationHook
+from tests.conftest import UNET_TARGETS
+
+
+def make_runner(work_dir, tiny_sd, shapes_data, custom_hooks=(), **checkpoint):
+    return Runner(
+        model=dict(type="StableDiffusion", model=tiny_sd,
+                   unet_lora_config=dict(r=2, target_modules=UNET_TARGETS)),
+        work_dir=str(work_dir),
+        train_dataloader=dict(
+            batch_size=2,
+            num_workers=0,
+            sampler=dict(type="DefaultSampler", shuffle=False),
+            dataset=dict(type="HFDataset", dataset=shapes_data, pipeline=[
+                dict(type="ResizeShortestEdge", size=32),
+                dict(type="CenterCrop", size=32),
+                dict(type="ImageToNormalizedTensor"),
+                dict(type="PackInputs"),
+            ])),
+        optim_wrapper=dict(optimizer=dict(type="AdamW", lr=1e-3)),
+        train_cfg=dict(by_epoch=False, max_iters=6),
+        default_hooks=dict(checkpoint=dict(
+            type="LoRACheckpointHook", by_epoch=False, **checkpoint)),
+        custom_hooks=list(custom_hooks),
+        default_scope="diffengine",
+        experiment_name=os.path.basename(str(work_dir)),
+    )
+
+
+def test_lora_checkpoint_hook_writes_and_rotates_step_dirs(
+        tmp_path, tiny_sd, shapes_data):
+    runner = make_runner(tmp_path, tiny_sd, shapes_data, interval=2,
+                         max_keep_ckpts=2)
+    runner.train()
+    assert sorted(glob.glob(str(tmp_path / "step*"))) == [
+        str(tmp_path / "step4"), str(tmp_path / "step6")]
+    assert sorted(os.path.basename(p) for p in glob.glob(
+        str(tmp_path / "*.pth"))) == ["iter_4.pth", "iter_6.pth"]
+    # the step dir holds the model's current adapters
+    saved = load_file(str(tmp_path / "step6" / "pytorch_lora_weights.safetensors"))
+    current = runner.model.lora_state_dicts()["unet"]
+    assert set(saved) == {f"unet.{k}" for k in current}
+    for key, value in current.items():
+        torch.testing.assert_close(saved[f"unet.{key}"], value)
+    # the .pth holds the adapters, not the frozen base
+    checkpoint = torch.load(str(tmp_path / "iter_6.pth"), map_location="cpu",
+                            weights_only=False)
+    assert checkpoint["state_dict"] and all(
+        "lora_" in k for k in checkpoint["state_dict"])
+    assert "optimizer" in checkpoint
+
+
+def test_visualization_hook_writes_pngs(tmp_path, tiny_sd, shapes_data):
+    hook = dict(type="VisualizationHook", prompt=["a red circle", "a square"],
+                by_epoch=False, interval=3, height=32, width=32,
+                num_inference_steps=2)
+    runner = make_runner(tmp_path, tiny_sd, shapes_data, custom_hooks=[hook],
+                         interval=100)
+    runner.train()
+    pngs = sorted(os.path.basename(p) for p in glob.glob(
+        str(tmp_path / "**" / "vis_image" / "*.png"), recursive=True))
+    assert pngs == ["image0_3.png", "image0_6.png", "image1_3.png",
+                    "image1_6.png"]
+    png = glob.glob(str(tmp_path / "**" / "image1_6.png"), recursive=True)[0]
+    assert Image.open(png).size == (32, 32)
+
+
+def test_visualization_hook_checks_its_arguments():
+    with pytest.raises(ValueError, match="non-empty list of prompts"):
+        VisualizationHook(prompt="a cat")
+    with pytest.raises(ValueError, match="interval=0"):
+        VisualizationHook(prompt=["a cat"], interval=0)

@@ -1,0 +1,151 @@
+"""End to end: `mim train diffengine` as a user runs it, then diffusers."""
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from safetensors import safe_open
+
+from diffengine.registry import MODELS
+from tests.conftest import REPO
+from tools.train import parse_args
+
+MIM = os.path.join(os.path.dirname(sys.executable), "mim")
+LORA_DIR = os.path.join(REPO, "configs", "stable_diffusion_lora")
+
+
+def mim_train(config, cwd, *cfg_options):
+    command = [MIM, "train", "diffengine", config]
+    if cfg_options:
+        command += ["--cfg-options", *cfg_options]
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def trained_model(config, work_dir, checkpoint, *cfg_options):
+    """The model of ``config`` with the adapters of ``checkpoint`` loaded."""
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(
+            parse_args([config, "--cfg-options", *cfg_options]).cfg_options)
+    init_default_scope("diffengine")
+    model = MODELS.build(cfg.model)
+    state = torch.load(os.path.join(work_dir, checkpoint), map_location="cpu",
+                       weights_only=False)["state_dict"]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and not any("lora_" in k for k in missing)
+    return model
+
+
+@pytest.mark.parametrize("config, parts", [
+    ("stable_diffusion_v15_lora_pokemon_blip.py", {"unet"}),
+    ("stable_diffusion_v15_lora_textencoder_pokemon_blip.py",
+     {"unet", "text_encoder"}),
+])
+def test_seed_config_trains_and_loads_in_diffusers(config, parts, tmp_path,
+                                                   tiny_sd, mixed_data):
+    config = os.path.join(LORA_DIR, config)
+    model_options = [
+        f"model.model={tiny_sd}",
+        # alpha != r: the strength only survives if alpha is saved
+        "model.unet_lora_config.lora_alpha=4",
+    ]
+    if "text_encoder" in parts:
+        model_options.append("model.text_encoder_lora_config.lora_alpha=16")
+    log = mim_train(
+        config, tmp_path, *model_options,
+        f"work_dir={tmp_path / 'work'}",
+        f"train_dataloader.dataset.dataset={mixed_data}",
+        "train_dataloader.dataset.caption_column=text",
+        "train_dataloader.dataset.pipeline.0.size=64",
+        "train_dataloader.dataset.pipeline.1.size=64",
+        "train_dataloader.num_workers=0",
+        "train_cfg.max_epochs=2",
+        "custom_hooks=[]")
+    # mim ran the train script that the editable install linked
+    assert os.path.join("diffengine", ".mim", "tools", "train.py") in log
+    assert "CUDA is not available: training in fp32" in log
+    work = tmp_path / "work"
+    # 6 images, batch 4: 2 iterations an epoch, a checkpoint each epoch
+    assert sorted(os.listdir(work / "step4")) == [
+        "pytorch_lora_weights.safetensors"]
+    assert (work / "step2").is_dir() and (work / "epoch_2.pth").is_file()
+    weights = str(work / "step4" / "pytorch_lora_weights.safetensors")
+    with safe_open(weights, "pt") as f:
+        shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}  # noqa: SIM118
+    prefixes = {k.split(".")[0] for k in shapes}
+    ranks = {shape[0] for k, shape in shapes.items()
+             if k.endswith("down.weight")}
+    assert prefixes == parts and ranks == {8}
+
+    model = trained_model(config, work, "epoch_2.pth", *model_options)
+    kwargs = dict(num_inference_steps=3, output_type="np")
+    trained = model.infer(["photo 0"], seed=3, **kwargs)[0]
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    base = pipe("photo 0", generator=torch.Generator().manual_seed(3),
+                **kwargs).images[0]
+    pipe.load_lora_weights(str(work / "step4"))
+    loaded = pipe("photo 0", generator=torch.Generator().manual_seed(3),
+                  **kwargs).images[0]
+    assert abs(loaded - trained).max() <= 1e-5
+    assert abs(loaded - base).max() > 1e-4
+
+
+def fixed_noise_loss(model, dataset):
+    """Mean denoising loss over the dataset at fixed noise and timesteps."""
+    generator = torch.Generator().manual_seed(0)
+    samples = [dataset[i]["inputs"] for i in range(len(dataset))]
+    img = torch.stack([s["img"] for s in samples])
+    noise = torch.randn(len(samples), 4, 32, 32, generator=generator)
+    timesteps = torch.linspace(50, 950, len(samples)).long()
+    with torch.no_grad():
+        return model.denoising_loss(
+            {"img": img, "text": [s["text"] for s in samples]}, noise,
+            timesteps, torch.Generator().manual_seed(1)).item()
+
+
+def test_readme_demo_trains_and_lowers_the_loss(tmp_path):
+    subprocess.run([sys.executable, os.path.join(REPO, "tools", "make_demo.py")],
+                   cwd=tmp_path, check=True, capture_output=True)
+    config = os.path.join(LORA_DIR, "tiny_sd_lora_demo.py")
+    mim_train(config, tmp_path)
+    work = tmp_path / "work_dirs" / "tiny_sd_lora_demo"
+    assert (work / "step150").is_dir() and (work / "step300").is_dir()
+    assert len(glob.glob(str(work / "*" / "vis_data" / "vis_image" / "*.png"))) == 4
+
+    os.chdir(tmp_path)  # the config's data paths are relative to the cwd
+    cfg = Config.fromfile(config)
+    init_default_scope("diffengine")
+    from diffengine.registry import DATASETS
+    dataset = DATASETS.build(cfg.train_dataloader.dataset)
+    before = fixed_noise_loss(MODELS.build(cfg.model), dataset)
+    after = fixed_noise_loss(trained_model(config, work, "epoch_50.pth"),
+                             dataset)
+    print(f"fixed-noise loss: {before:.4f} -> {after:.4f}")
+    assert after < 0.95 * before
+
+
+def test_regular_install_ships_configs_and_tools(tmp_path):
+    source = tmp_path / "src"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "work_dirs", "data", ".mim", "*.egg-info", "build",
+        "__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+                    "-w", str(tmp_path / "dist"), str(source)], check=True,
+                   capture_output=True)
+    wheel, = glob.glob(str(tmp_path / "dist" / "diffengine-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "diffengine/.mim/tools/train.py" in names
+    assert ("diffengine/.mim/configs/stable_diffusion_lora/"
+            "stable_diffusion_v15_lora_pokemon_blip.py") in names
+    assert "diffengine/.mim/configs/_base_/default_runtime.py" in names
