@@ -8,7 +8,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 
-from diffengine.registry import HOOKS, MODELS
+from diffengine.registry import HOOKS, MODELS, RUNNERS
 from tests.conftest import REPO
 from tools.train import merge_args, parse_args
 
@@ -16,7 +16,9 @@ LEAF_CONFIGS = sorted(
     p for p in glob.glob(os.path.join(REPO, "configs", "**", "*.py"),
                          recursive=True)
     if f"{os.sep}_base_{os.sep}" not in p)
+# Runner arguments, and runner_type, which picks the Runner class.
 RUNNER_KEYS = set(inspect.signature(Runner.__init__).parameters) - {"self"}
+RUNNER_KEYS.add("runner_type")
 # Names the configs define to build other keys from.
 HELPER_KEYS = {"train_pipeline", "vis_backends"}
 
@@ -43,7 +45,8 @@ def test_leaf_config_builds(config, tiny_sd, shapes_data, tmp_path):
     unknown = set(cfg.keys()) - RUNNER_KEYS - HELPER_KEYS
     assert not unknown, f"keys no code reads: {unknown}"
     cfg.work_dir = str(tmp_path)
-    runner = Runner.from_cfg(cfg)  # builds the model and the hooks
+    runner = RUNNERS.build(cfg)  # builds the model and the hooks
+    assert type(runner).__name__ == cfg.runner_type
     model = runner.model
     for part, lora in (("unet", "unet_lora_config"),
                        ("text_encoder", "text_encoder_lora_config")):

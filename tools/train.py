@@ -4,12 +4,14 @@ from __future__ import annotations
 import argparse
 import os
 import os.path as osp
+import sys
 
 from mmengine.config import Config, DictAction
-from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from diffengine.engine import fall_back_from_amp_without_cuda
+from diffengine.engine import TrainingInterruptedError, fall_back_from_amp_without_cuda
+from diffengine.errors import DiffEngineError
+from diffengine.registry import RUNNERS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,13 +70,24 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
     return cfg
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = merge_args(Config.fromfile(args.config), args)
-    runner = (RUNNERS.build(cfg)
-              if "runner_type" in cfg else Runner.from_cfg(cfg))
-    runner.train()
+    try:
+        runner = (RUNNERS.build(cfg)
+                  if "runner_type" in cfg else Runner.from_cfg(cfg))
+        runner.train()
+    except TrainingInterruptedError as err:
+        print(f"diffengine: {err}", file=sys.stderr)
+        return 128 + err.signum
+    except DiffEngineError as err:
+        # Errors the user can act on: one line naming the culprit and the fix
+        # (the last line, when a DataLoader worker wrapped it in a traceback).
+        message = str(err).strip().splitlines()[-1]
+        print(f"diffengine: error: {message}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

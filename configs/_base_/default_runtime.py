@@ -1,9 +1,13 @@
 default_scope = "diffengine"
+# DiffEngineRunner: gloo on CPUs, LoRA-only checkpoints with step{N}/
+# folders, resume that survives kills, SIGINT/SIGTERM save (see its doc).
+runner_type = "DiffEngineRunner"
 
 env_cfg = dict(
     cudnn_benchmark=False,
     mp_cfg=dict(mp_start_method="fork", opencv_num_threads=4),
-    dist_cfg=dict(backend="nccl"),
+    # No backend: NCCL with CUDA, gloo without; set one here to force it.
+    dist_cfg=dict(timeout=1800),
 )
 
 # LoRACheckpointHook writes work_dir/step{N}/pytorch_lora_weights.safetensors

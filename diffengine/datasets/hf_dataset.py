@@ -1,14 +1,18 @@
 """Captioned image datasets read through HF ``datasets``."""
 from __future__ import annotations
 
+import logging
 import os
 import random
 from collections.abc import Sequence
 
 import datasets
+import numpy as np
 from mmengine.dataset import BaseDataset
+from mmengine.logging import print_log
 
 from diffengine.datasets.image import open_image
+from diffengine.errors import ConfigError, DataError
 from diffengine.registry import DATASETS, TRANSFORMS
 
 # File extensions ``load_dataset`` reads as data files, by builder name.
@@ -29,7 +33,7 @@ def load_hf_dataset(dataset: str, split: str = "train",
     except ValueError as err:
         # datasets says 'Instruction "train" corresponds to no data!'
         if "corresponds to no data" in str(err):
-            raise ValueError(f"dataset {dataset!r} has no rows.") from err
+            raise DataError(f"dataset {dataset!r} has no rows.") from err
         raise
 
 
@@ -38,7 +42,7 @@ def _load(dataset: str, split: str,
     if os.path.isfile(dataset):
         ext = os.path.splitext(dataset)[1].lower()
         if ext not in DATA_FILE_BUILDERS:
-            raise ValueError(
+            raise ConfigError(
                 f"dataset={dataset!r}: cannot read {ext!r} files; use a "
                 f"folder or one of {sorted(DATA_FILE_BUILDERS)}.")
         return datasets.load_dataset(
@@ -47,7 +51,7 @@ def _load(dataset: str, split: str,
     if os.path.isdir(dataset):
         return datasets.load_dataset(dataset, split=split, cache_dir=cache_dir)
     if os.path.isabs(dataset) or dataset.startswith("."):
-        raise FileNotFoundError(
+        raise ConfigError(
             f"dataset={dataset!r} does not exist; give a hub id, an image "
             "folder with metadata.jsonl/metadata.csv, or a data file.")
     return datasets.load_dataset(dataset, split=split, cache_dir=cache_dir)
@@ -58,7 +62,15 @@ class HFDataset(BaseDataset):
     """Images with captions, from a hub id, an image folder or a data file.
 
     Images are read undecoded and opened here, so that a bad file can be
-    named and any mode (RGBA, palette, CMYK, 16-bit) converted to RGB.
+    named and any mode (RGBA, palette, CMYK, 16-bit) converted to RGB. A row
+    whose image is missing, truncated or not an image, or whose caption is
+    empty or not a string, is skipped with a warning naming it (the next row
+    takes its place) and counted; more than ``max_bad_fraction`` of the rows
+    bad is an error.
+
+    Indexed with ``(index, seed)`` (as ``DeterministicSampler`` yields), the
+    random transforms of the sample are seeded with ``seed`` and the seed is
+    passed on to the model for its noise.
 
     Args:
         dataset (str): Hub id, local imagefolder (images beside
@@ -70,6 +82,8 @@ class HFDataset(BaseDataset):
         split (str): Defaults to "train".
         cache_dir (str, optional): HF datasets cache. Defaults to None.
         pipeline (Sequence[dict]): Transforms applied to each sample.
+        max_bad_fraction (float): Largest share of bad rows that is skipped
+            rather than an error. Defaults to 0.05.
     """
 
     def __init__(self,
@@ -78,8 +92,11 @@ class HFDataset(BaseDataset):
                  caption_column: str = "text",
                  split: str = "train",
                  cache_dir: str | None = None,
-                 pipeline: Sequence[dict] = ()) -> None:
+                 pipeline: Sequence[dict] = (),
+                 max_bad_fraction: float = 0.05) -> None:
         self.dataset_name = dataset
+        self.max_bad_fraction = max_bad_fraction
+        self.bad_rows: set[int] = set()
         self.image_column = image_column
         self.caption_column = caption_column
         self.hf_dataset = load_hf_dataset(dataset, split, cache_dir)
@@ -87,11 +104,11 @@ class HFDataset(BaseDataset):
         for key, column in (("image_column", image_column),
                             ("caption_column", caption_column)):
             if column not in columns:
-                raise KeyError(
+                raise ConfigError(
                     f"{key}={column!r} is not a column of {dataset!r}; its "
                     f"columns are {columns}.")
         if len(self.hf_dataset) == 0:
-            raise ValueError(f"dataset {dataset!r} has no rows.")
+            raise DataError(f"dataset {dataset!r} has no rows.")
         feature = self.hf_dataset.features[image_column]
         if isinstance(feature, datasets.Image):
             self.hf_dataset = self.hf_dataset.cast_column(
@@ -120,7 +137,7 @@ class HFDataset(BaseDataset):
             captions = [c for c in caption if isinstance(c, str) and c]
             caption = random.choice(captions) if captions else None
         if not isinstance(caption, str) or not caption.strip():
-            raise ValueError(
+            raise DataError(
                 f"row {idx} of {self.dataset_name!r} has no usable caption "
                 f"in column {self.caption_column!r}: {caption!r}.")
         return caption
@@ -135,5 +152,39 @@ class HFDataset(BaseDataset):
         return {"img": open_image(source), "text": self.caption(row, idx),
                 "sample_idx": idx}
 
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """Sample ``key`` (an index, or ``(index, seed)``) after transforms."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        if seed is not None:
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+        for _ in range(len(self)):
+            try:
+                info = self.get_data_info(index)
+                break
+            except (OSError, DataError) as err:
+                self._skip_bad_row(index, err)
+                index = (index + 1) % len(self)
+        else:
+            raise DataError(f"no readable row in {self.dataset_name!r}.")
+        if seed is not None:
+            info["seed"] = seed
+        return self.pipeline(info)
+
     def prepare_data(self, idx: int) -> dict:
-        return self.pipeline(self.get_data_info(idx))
+        return self[idx]
+
+    def _skip_bad_row(self, index: int, err: Exception) -> None:
+        self.bad_rows.add(index)
+        limit = self.max_bad_fraction * len(self)
+        if len(self.bad_rows) > limit:
+            raise DataError(
+                f"{len(self.bad_rows)} bad rows in {self.dataset_name!r}, "
+                f"more than max_bad_fraction={self.max_bad_fraction} of "
+                f"{len(self)}; the latest: {err}. Fix or remove them, or "
+                "raise max_bad_fraction.") from err
+        print_log(
+            f"skipped row {index}: {err} ({len(self.bad_rows)} of "
+            f"{len(self)} rows skipped so far)",
+            logger="current",
+            level=logging.WARNING)

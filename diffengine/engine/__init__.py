@@ -1,8 +1,14 @@
 from diffengine.engine.amp import fall_back_from_amp_without_cuda
 from diffengine.engine.hooks import LoRACheckpointHook, VisualizationHook
+from diffengine.engine.loops import ResumableEpochTrainLoop, ResumableIterTrainLoop
+from diffengine.engine.runner import DiffEngineRunner, TrainingInterruptedError
 
 __all__ = [
+    "DiffEngineRunner",
     "LoRACheckpointHook",
+    "ResumableEpochTrainLoop",
+    "ResumableIterTrainLoop",
+    "TrainingInterruptedError",
     "VisualizationHook",
     "fall_back_from_amp_without_cuda",
 ]

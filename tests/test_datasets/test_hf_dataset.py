@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from diffengine.datasets import HFDataset
+from diffengine.errors import ConfigError, DataError
 
 PIPELINE = [
     dict(type="ResizeShortestEdge", size=32),
@@ -68,7 +69,7 @@ def test_metadata_csv_and_data_file(tmp_path, shapes_data):
 
 
 def test_missing_caption_column_lists_the_columns(shapes_data):
-    with pytest.raises(KeyError, match=r"caption_column='en_text' is not a "
+    with pytest.raises(ConfigError, match=r"caption_column='en_text' is not a "
                        r"column of .*; its columns are \['image', 'text'\]"):
         HFDataset(shapes_data, caption_column="en_text")
 
@@ -81,15 +82,15 @@ def test_empty_and_non_string_captions(tmp_path, shapes_data):
         f.write(json.dumps({"image": image, "text": None}) + "\n")
     dataset = HFDataset(str(data_file), pipeline=PIPELINE)
     for i in range(2):
-        with pytest.raises(ValueError, match=f"row {i} of .* has no usable "
+        with pytest.raises(DataError, match=f"row {i} of .* has no usable "
                            "caption in column 'text'"):
             dataset[i]
 
 
 def test_missing_and_empty_datasets(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(ConfigError, match="does not exist"):
         HFDataset(str(tmp_path / "nowhere"))
     empty = tmp_path / "empty.csv"
     empty.write_text("image,text\n")
-    with pytest.raises(ValueError, match="has no rows"):
+    with pytest.raises(DataError, match="has no rows"):
         HFDataset(str(empty))

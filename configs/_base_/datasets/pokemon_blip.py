@@ -18,7 +18,9 @@ train_dataloader = dict(
         caption_column="en_text",
         pipeline=train_pipeline,
     ),
-    sampler=dict(type="DefaultSampler", shuffle=True),
+    # Each sample carries a seed from (seed, epoch, index): crops, flips and
+    # noise replay exactly across process counts and resumes.
+    sampler=dict(type="DeterministicSampler", shuffle=True),
 )
 
 val_dataloader = None

@@ -28,10 +28,16 @@ class PackInputs(BaseTransform):
     Args:
         keys (Sequence[str]): Result keys the model reads. Defaults to
             ("img", "text").
+        optional_keys (Sequence[str]): Keys packed when present; ``seed``
+            (set by ``DeterministicSampler``) seeds the sample's noise.
+            Defaults to ("seed",).
     """
 
-    def __init__(self, keys: Sequence[str] = ("img", "text")) -> None:
+    def __init__(self,
+                 keys: Sequence[str] = ("img", "text"),
+                 optional_keys: Sequence[str] = ("seed", )) -> None:
         self.keys = tuple(keys)
+        self.optional_keys = tuple(optional_keys)
 
     def transform(self, results: dict) -> dict:
         missing = [k for k in self.keys if k not in results]
@@ -39,4 +45,5 @@ class PackInputs(BaseTransform):
             raise KeyError(
                 f"PackInputs: {missing} not in the sample; it has "
                 f"{sorted(results)}.")
-        return {"inputs": {k: results[k] for k in self.keys}}
+        keys = self.keys + tuple(k for k in self.optional_keys if k in results)
+        return {"inputs": {k: results[k] for k in keys}}

@@ -9,6 +9,8 @@ from collections.abc import Iterable
 from peft import LoraConfig
 from torch import nn
 
+from diffengine.errors import ConfigError
+
 # Adapter types a config may name in ``type``; each maps to the peft config
 # class that builds it. LoRA is what diffusers' ``load_lora_weights`` reads;
 # LoHa/LoKr/DoRA get an entry once their save/load round trip is tested.
@@ -39,13 +41,13 @@ def build_lora_config(cfg: dict, module: nn.Module, name: str) -> LoraConfig:
         ``"gaussian"`` as in diffusers' LoRA training scripts.
 
     Raises:
-        ValueError: If ``type`` is unknown, an option is not a field of the
+        ConfigError: If ``type`` is unknown, an option is not a field of the
             peft config, or an entry of ``target_modules`` matches no layer.
     """
     options = dict(cfg)
     adapter_type = options.pop("type", "LoRA")
     if adapter_type not in ADAPTER_CONFIGS:
-        raise ValueError(
+        raise ConfigError(
             f"{name}.type={adapter_type!r} is not supported; choose one of "
             f"{sorted(ADAPTER_CONFIGS)}.")
     config_class = ADAPTER_CONFIGS[adapter_type]
@@ -55,11 +57,11 @@ def build_lora_config(cfg: dict, module: nn.Module, name: str) -> LoraConfig:
             hint = [OPTION_ALIASES[key]] if key in OPTION_ALIASES else (
                 difflib.get_close_matches(key, sorted(fields), n=1))
             fix = f" Did you mean {hint[0]!r}?" if hint else ""
-            raise ValueError(
+            raise ConfigError(
                 f"{name}.{key} is not an option of peft's "
                 f"{config_class.__name__}.{fix}")
     if "target_modules" not in options:
-        raise ValueError(
+        raise ConfigError(
             f"{name}.target_modules is required, e.g. "
             "['to_q', 'to_k', 'to_v', 'to_out.0'] for the UNet or "
             "['q_proj', 'k_proj', 'v_proj', 'out_proj'] for CLIP.")
@@ -79,7 +81,7 @@ def check_target_modules(target_modules: str | Iterable[str],
     names = [n for n, _ in module.named_modules() if n]
     if isinstance(target_modules, str):
         if not any(re.fullmatch(target_modules, n) for n in names):
-            raise ValueError(
+            raise ConfigError(
                 f"{name}.target_modules={target_modules!r} matches no layer "
                 f"of {type(module).__name__}.")
         return
@@ -88,6 +90,6 @@ def check_target_modules(target_modules: str | Iterable[str],
             leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
             hint = difflib.get_close_matches(target, leaves, n=3)
             fix = f" Close names: {hint}." if hint else ""
-            raise ValueError(
+            raise ConfigError(
                 f"{name}.target_modules entry {target!r} matches no layer "
                 f"of {type(module).__name__}.{fix}")

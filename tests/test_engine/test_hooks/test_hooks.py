@@ -4,24 +4,24 @@ import os
 
 import pytest
 import torch
-from mmengine.runner import Runner
 from PIL import Image
 from safetensors.torch import load_file
 
 import diffengine.engine  # noqa: F401  (registers the hooks)
+from diffengine.engine import DiffEngineRunner
 from diffengine.engine.hooks import VisualizationHook
 from tests.conftest import UNET_TARGETS
 
 
 def make_runner(work_dir, tiny_sd, shapes_data, custom_hooks=(), **checkpoint):
-    return Runner(
+    return DiffEngineRunner(
         model=dict(type="StableDiffusion", model=tiny_sd,
                    unet_lora_config=dict(r=2, target_modules=UNET_TARGETS)),
         work_dir=str(work_dir),
         train_dataloader=dict(
             batch_size=2,
             num_workers=0,
-            sampler=dict(type="DefaultSampler", shuffle=False),
+            sampler=dict(type="DeterministicSampler", shuffle=False),
             dataset=dict(type="HFDataset", dataset=shapes_data, pipeline=[
                 dict(type="ResizeShortestEdge", size=32),
                 dict(type="CenterCrop", size=32),

@@ -5,6 +5,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors import safe_open
 
+from diffengine.errors import ConfigError
 from diffengine.models import StableDiffusion
 from tests.conftest import TEXT_TARGETS, UNET_TARGETS
 
@@ -81,7 +82,7 @@ def test_v_prediction_targets_velocity(tiny_sd):
     v_loss = model.denoising_loss(*args, torch.Generator().manual_seed(5))
     e_loss = epsilon.denoising_loss(*args, torch.Generator().manual_seed(5))
     assert not torch.isclose(v_loss, e_loss)
-    with pytest.raises(ValueError, match="prediction_type='sample'"):
+    with pytest.raises(ConfigError, match="prediction_type='sample'"):
         build(tiny_sd, prediction_type="sample")
 
 
@@ -102,15 +103,15 @@ def test_gradient_checkpointing_gives_the_same_loss(tiny_sd):
 
 def test_bad_model_paths(tiny_sd, tmp_path):
     lora = dict(target_modules=UNET_TARGETS)
-    with pytest.raises(FileNotFoundError, match="neither a folder nor a hub"):
+    with pytest.raises(ConfigError, match="neither a folder nor a hub"):
         StableDiffusion(str(tmp_path / "absent"), unet_lora_config=lora)
     (tmp_path / "partial" / "unet").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match=r"lacks the subfolders "
+    with pytest.raises(ConfigError, match=r"lacks the subfolders "
                        r"\['tokenizer', 'text_encoder', 'vae', 'scheduler'\]"):
         StableDiffusion(str(tmp_path / "partial"), unet_lora_config=lora)
-    with pytest.raises(ValueError, match="nothing would train"):
+    with pytest.raises(ConfigError, match="nothing would train"):
         StableDiffusion(tiny_sd)
-    with pytest.raises(ValueError, match=r"unet_lora_config\.rank"):
+    with pytest.raises(ConfigError, match=r"unet_lora_config\.rank"):
         StableDiffusion(tiny_sd, unet_lora_config=dict(rank=32, **lora))
 
 

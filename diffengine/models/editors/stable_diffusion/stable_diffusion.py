@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from diffusers import (
     AutoencoderKL,
@@ -18,6 +19,7 @@ from mmengine.model import BaseModel
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from diffengine.errors import ConfigError, NonFiniteLossError
 from diffengine.models.utils import build_lora_config
 from diffengine.registry import MODELS
 
@@ -34,14 +36,14 @@ def check_model_path(model: str) -> None:
         model.count("/") != 1)
     if not os.path.isdir(model):
         if looks_local:
-            raise FileNotFoundError(
+            raise ConfigError(
                 f"model={model!r} is neither a folder nor a hub id "
                 "('owner/name'); point it at a diffusers model folder.")
         return
     missing = [s for s in SUBFOLDERS
                if not os.path.isdir(os.path.join(model, s))]
     if missing:
-        raise FileNotFoundError(
+        raise ConfigError(
             f"model={model!r} lacks the subfolders {missing}; a diffusers "
             "Stable Diffusion folder (as written by "
             "StableDiffusionPipeline.save_pretrained) has "
@@ -99,7 +101,7 @@ class StableDiffusion(BaseModel):
         super().__init__(data_preprocessor=MODELS.build(
             data_preprocessor or dict(type="SDDataPreprocessor")))
         if unet_lora_config is None and text_encoder_lora_config is None:
-            raise ValueError(
+            raise ConfigError(
                 "Neither unet_lora_config nor text_encoder_lora_config is "
                 "set: nothing would train.")
         check_model_path(model)
@@ -115,7 +117,7 @@ class StableDiffusion(BaseModel):
             model, subfolder="unet")
         if prediction_type is not None:
             if prediction_type not in ("epsilon", "v_prediction"):
-                raise ValueError(
+                raise ConfigError(
                     f"prediction_type={prediction_type!r}; use 'epsilon' or "
                     "'v_prediction'.")
             self.scheduler.register_to_config(prediction_type=prediction_type)
@@ -221,20 +223,33 @@ class StableDiffusion(BaseModel):
                 noise and the timesteps that are not given.
         """
         img = inputs["img"]
+        seeds = inputs.get("seed")
+        generators = None
+        if generator is None and seeds is not None:
+            # One CPU generator per sample: its noise depends on the sample
+            # alone, not on the batch split, the device or the process.
+            generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
         latent_dist = self.vae.encode(img.to(self.vae.dtype)).latent_dist
-        latents = latent_dist.sample(generator) * self.vae.config.scaling_factor
+        mean = latent_dist.mean
+        latents = mean + latent_dist.std * self._randn(mean.shape, mean,
+                                                       generators, generator)
+        latents = latents * self.vae.config.scaling_factor
         if noise is None:
-            noise = torch.randn(latents.shape, generator=generator,
-                                device=latents.device, dtype=latents.dtype)
+            noise = self._randn(latents.shape, latents, generators, generator)
             if self.noise_offset > 0:
-                noise = noise + self.noise_offset * torch.randn(
-                    (*latents.shape[:2], 1, 1), generator=generator,
-                    device=latents.device, dtype=latents.dtype)
+                noise = noise + self.noise_offset * self._randn(
+                    (*latents.shape[:2], 1, 1), latents, generators, generator)
         if timesteps is None:
-            timesteps = torch.randint(
-                0, self.scheduler.config.num_train_timesteps,
-                (latents.shape[0], ), generator=generator,
-                device=latents.device)
+            num_timesteps = self.scheduler.config.num_train_timesteps
+            if generators is not None:
+                timesteps = torch.cat([
+                    torch.randint(0, num_timesteps, (1, ), generator=g)
+                    for g in generators
+                ]).to(latents.device)
+            else:
+                timesteps = torch.randint(
+                    0, num_timesteps, (latents.shape[0], ),
+                    generator=generator, device=latents.device)
         noisy_latents = self.scheduler.add_noise(latents, noise, timesteps)
         if self.prediction_type == "epsilon":
             target = noise
@@ -244,6 +259,35 @@ class StableDiffusion(BaseModel):
         model_pred = self.unet(noisy_latents, timesteps,
                                encoder_hidden_states).sample
         return F.mse_loss(model_pred.float(), target.float())
+
+    @staticmethod
+    def _randn(shape: tuple, like: torch.Tensor,
+               generators: list[torch.Generator] | None,
+               generator: torch.Generator | None) -> torch.Tensor:
+        """Normal noise shaped ``shape``, per sample when ``generators``."""
+        if generators is not None:
+            noise = torch.stack(
+                [torch.randn(shape[1:], generator=g) for g in generators])
+            return noise.to(like.device, like.dtype)
+        return torch.randn(shape, generator=generator, device=like.device,
+                           dtype=like.dtype)
+
+    def parse_losses(self, losses: dict) -> tuple[torch.Tensor, dict]:
+        """mmengine's loss sum, refused when it is NaN or infinite.
+
+        The check runs before the optimizer step, so non-finite values never
+        reach the LoRA weights. Across processes the verdict is shared, so
+        that every rank stops at the same iteration instead of one waiting
+        for the others' gradients.
+        """
+        loss, log_vars = super().parse_losses(losses)
+        finite = torch.isfinite(loss.detach()).float()
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if finite.item() < 1:
+            raise NonFiniteLossError(
+                f"the loss is {loss.item()} (on this or another process)")
+        return loss, log_vars
 
     def pipeline(self) -> StableDiffusionPipeline:
         """A diffusers pipeline over the in-memory (adapted) modules.

@@ -1,0 +1,175 @@
+"""Checkpoint files that load with ``torch.load(weights_only=True)``.
+
+mmengine pickles its message hub's ``HistoryBuffer`` objects, whose
+unpickling needs ``builtins.getattr``, and numpy arrays in RNG states; torch
+>= 2.6 refuses both by default, and allow-listing ``getattr`` would let a
+crafted checkpoint run code. Here everything is stored as plain data
+(tensors, numbers, strings, lists, dicts) and rebuilt on load, so loading
+needs no allow-list at all. Writes go to a temporary file in the same folder
+that is renamed into place, so a kill or a full disk during a save leaves
+the previous file intact.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import random
+import shutil
+import zipfile
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from mmengine.logging import HistoryBuffer
+
+HISTORY_BUFFER = "__history_buffer__"
+
+
+def to_plain(obj: Any) -> Any:
+    """``obj`` with HistoryBuffers, numpy arrays and scalars made plain."""
+    if isinstance(obj, HistoryBuffer):
+        logs, counts = obj.data
+        return {HISTORY_BUFFER: True, "log_history": logs.tolist(),
+                "count_history": counts.tolist(),
+                "max_length": obj.max_length}
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return type(obj)((k, to_plain(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_plain(v) for v in obj)
+    return obj
+
+
+def from_plain(obj: Any) -> Any:
+    """Rebuild the HistoryBuffers that :func:`to_plain` flattened."""
+    if isinstance(obj, dict):
+        if obj.get(HISTORY_BUFFER):
+            return HistoryBuffer(obj["log_history"], obj["count_history"],
+                                 obj["max_length"])
+        return type(obj)((k, from_plain(v)) for k, v in obj.items())
+    if isinstance(obj, list):
+        return [from_plain(v) for v in obj]
+    return obj
+
+
+def capture_rng_state() -> dict:
+    """The python, numpy and torch (CPU and CUDA) generator states."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos,
+                  has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    """Undo :func:`capture_rng_state`."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(
+        (name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fsync_dir(path: str) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp)`` on a temporary name beside ``path``, then rename.
+
+    On any failure the temporary file is removed and ``path`` is untouched.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    _fsync_dir(folder)
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """``torch.save`` that leaves either the old file or the new one."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.write(text)
+    atomic_write(path, write)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str) -> Iterator[str]:
+    """Yield a temporary folder that replaces ``path`` once the block ends.
+
+    A failure inside the block removes the temporary folder and keeps any
+    existing ``path``.
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        yield tmp
+        old = None
+        if os.path.exists(path):
+            old = f"{tmp}.old"
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(parent)
+
+
+class CheckpointLoadError(RuntimeError):
+    """A checkpoint file is truncated, corrupt or not a plain-data file."""
+
+
+def load_checkpoint_file(path: str, map_location: Any = "cpu") -> dict:
+    """Load a checkpoint with ``weights_only=True`` and rebuild its objects.
+
+    Raises:
+        CheckpointLoadError: If the file is truncated or corrupt, or holds
+            objects outside torch's safe set (such as a checkpoint written by
+            plain mmengine); the message names the file.
+    """
+    try:
+        checkpoint = torch.load(path, map_location=map_location,
+                                weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError,
+            zipfile.BadZipFile, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err) else ""
+        raise CheckpointLoadError(
+            f"cannot load checkpoint {path}: {type(err).__name__}: "
+            f"{first_line}") from err
+    if "message_hub" in checkpoint:
+        checkpoint["message_hub"] = from_plain(checkpoint["message_hub"])
+    return checkpoint

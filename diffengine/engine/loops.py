@@ -1,0 +1,125 @@
+"""Training loops that resume mid-epoch without re-reading seen images."""
+from __future__ import annotations
+
+import torch
+from mmengine.logging import print_log
+from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop
+from torch.utils.data import DataLoader
+
+from diffengine.errors import NonFiniteLossError
+from diffengine.registry import LOOPS
+
+
+def fresh_iterator(dataloader: DataLoader):
+    """``iter(dataloader)`` without drawing from the global torch RNG.
+
+    A DataLoader draws its workers' base seed from the global generator each
+    time an iterator is made; an interrupted and resumed run makes one at a
+    different point, which would shift every later random number.
+    """
+    state = torch.get_rng_state()
+    iterator = iter(dataloader)
+    torch.set_rng_state(state)
+    return iterator
+
+
+def position(dataloader: DataLoader, epoch: int, batches: int) -> None:
+    """Make the next epoch of ``dataloader`` epoch ``epoch`` from batch
+    ``batches`` on."""
+    sampler = dataloader.sampler
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    if batches and hasattr(sampler, "skip"):
+        sampler.skip(batches * dataloader.batch_size)
+    elif batches:
+        raise RuntimeError(
+            f"resuming mid-epoch needs a sampler with skip() "
+            f"(DeterministicSampler); {type(sampler).__name__} has none.")
+
+
+class _ResumableMixin:
+    """What both loops share: the stop checks around each iteration."""
+
+    def run_iter(self, *args) -> None:
+        try:
+            super().run_iter(*args)
+        except NonFiniteLossError as err:
+            last = self.runner.message_hub.get_info("last_ckpt")
+            raise NonFiniteLossError(
+                f"{err} at iteration {self._iter + 1}; no weights were "
+                "updated with it. The last good checkpoint is "
+                f"{last or 'none (no checkpoint saved yet)'}: resume with "
+                "--resume after lowering optim_wrapper.optimizer.lr or "
+                "checking the data.") from err
+        self.runner.stop_if_signalled()
+
+
+@LOOPS.register_module()
+class ResumableEpochTrainLoop(_ResumableMixin, EpochBasedTrainLoop):
+    """``EpochBasedTrainLoop`` that resumes inside an epoch.
+
+    A checkpoint taken after iteration ``i`` of epoch ``e`` resumes at batch
+    ``i - e × len(dataloader)`` of that epoch; the sampler skips the samples
+    before it without loading them.
+    """
+
+    def run(self) -> torch.nn.Module:
+        self._resume_batches = self._iter - self._epoch * len(self.dataloader)
+        if not 0 <= self._resume_batches <= len(self.dataloader):
+            raise RuntimeError(
+                f"checkpoint at epoch {self._epoch}, iteration {self._iter} "
+                f"does not fit {len(self.dataloader)} batches an epoch: the "
+                "dataset, batch size or process count changed since.")
+        return super().run()
+
+    def run_epoch(self) -> None:
+        self.runner.call_hook("before_train_epoch")
+        self.runner.model.train()
+        start, self._resume_batches = self._resume_batches, 0
+        if start:
+            print_log(f"resuming epoch {self._epoch + 1} at batch {start}",
+                      logger="current")
+        position(self.dataloader, self._epoch, start)
+        for idx, data_batch in enumerate(fresh_iterator(self.dataloader),
+                                         start=start):
+            self.run_iter(idx, data_batch)
+        self.runner.call_hook("after_train_epoch")
+        self._epoch += 1
+
+
+@LOOPS.register_module()
+class ResumableIterTrainLoop(_ResumableMixin, IterBasedTrainLoop):
+    """``IterBasedTrainLoop`` that resumes without replaying the data.
+
+    The data cycles through epochs of the dataloader; iteration ``i``
+    resumes at batch ``i mod len`` of epoch ``i // len``.
+    """
+
+    def run(self) -> torch.nn.Module:
+        self.runner.call_hook("before_train")
+        self.runner.call_hook("before_train_epoch")
+        self._data_epoch, start = divmod(self._iter, len(self.dataloader))
+        position(self.dataloader, self._data_epoch, start)
+        self._iterator = fresh_iterator(self.dataloader)
+        while self._iter < self._max_iters and not self.stop_training:
+            self.runner.model.train()
+            self.run_iter(self._next_batch())
+            self._decide_current_val_interval()
+            if (self.runner.val_loop is not None
+                    and self._iter >= self.val_begin
+                    and (self._iter % self.val_interval == 0
+                         or self._iter == self._max_iters)):
+                self.runner.val_loop.run()
+        self.runner.call_hook("after_train_epoch")
+        self.runner.call_hook("after_train")
+        return self.runner.model
+
+    def _next_batch(self):
+        try:
+            return next(self._iterator)
+        except StopIteration:
+            self._data_epoch += 1
+            position(self.dataloader, self._data_epoch, 0)
+            self._iterator = fresh_iterator(self.dataloader)
+            return next(self._iterator)
+

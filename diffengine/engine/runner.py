@@ -1,0 +1,333 @@
+"""mmengine's Runner with what LoRA training on any machine needs."""
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import os.path as osp
+import signal
+import time
+from collections.abc import Iterator
+
+import mmengine
+import torch
+import torch.distributed as dist
+from mmengine.dist import is_distributed, is_main_process
+from mmengine.model import MMDistributedDataParallel, is_model_wrapper
+from mmengine.optim import OptimWrapper
+from mmengine.runner import Runner
+from mmengine.utils import apply_to
+from torch.nn.parallel import DistributedDataParallel
+
+from diffengine.engine.checkpoint import (
+    CheckpointLoadError,
+    atomic_directory,
+    atomic_save,
+    atomic_write_text,
+    capture_rng_state,
+    load_checkpoint_file,
+    restore_rng_state,
+    to_plain,
+)
+from diffengine.errors import ConfigError, DiffEngineError
+from diffengine.registry import RUNNERS
+from diffengine.version import __version__
+
+STEP_DIR = "step{}"
+
+
+class TrainingInterruptedError(DiffEngineError):
+    """SIGINT or SIGTERM stopped training after a resumable checkpoint."""
+
+    def __init__(self, signum: int, checkpoint: str) -> None:
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name} after saving "
+            f"{checkpoint}; continue with --resume")
+        self.signum = signum
+        self.checkpoint = checkpoint
+
+
+def check_work_dir(work_dir: str) -> None:
+    """Fail before training when ``work_dir`` cannot be written."""
+    try:
+        os.makedirs(work_dir, exist_ok=True)
+        probe = osp.join(work_dir, f".write-test-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as err:
+        raise ConfigError(
+            f"work_dir={work_dir!r} cannot be written ({err.strerror}); "
+            "pass --work-dir with a writable folder.") from err
+
+
+def write_last_checkpoint(work_dir: str, checkpoint: str) -> None:
+    """Point ``work_dir/last_checkpoint`` (read by ``--resume``) at a file."""
+    atomic_write_text(osp.join(work_dir, "last_checkpoint"), checkpoint)
+
+
+def to_cpu(obj):
+    """``obj`` with every tensor in it moved to the CPU."""
+    return apply_to(obj, lambda x: hasattr(x, "cpu"), lambda x: x.cpu())
+
+
+def step_dir_of(checkpoint: str, iteration: int) -> str:
+    return osp.join(osp.dirname(checkpoint), STEP_DIR.format(iteration))
+
+
+@RUNNERS.register_module()
+class DiffEngineRunner(Runner):
+    """mmengine ``Runner`` for LoRA training, on CUDA or on CPUs.
+
+    What it changes, and why:
+
+    - Distributed setup picks NCCL on CUDA and gloo on CPUs (unless
+      ``env_cfg.dist_cfg.backend`` says otherwise), and calls
+      ``torch.cuda.set_device`` only when there is CUDA; DDP gets device ids
+      only on CUDA and leaves the frozen base out, so only LoRA gradients
+      are synchronised.
+    - Loops without ``type`` are the resumable ones, which continue inside
+      an epoch without re-reading seen images.
+    - Checkpoints are plain data written atomically (see
+      :mod:`diffengine.engine.checkpoint`), hold only the trainable weights,
+      the optimizer and scheduler states, the RNG states and the sampler
+      seed, and each comes with ``step{iteration}/`` holding the LoRA in
+      diffusers' format.
+    - Resume loads with ``weights_only=True``, restores the RNG states last
+      (after any reseeding), and falls back to an older checkpoint with a
+      warning when the newest cannot be read.
+    - SIGINT and SIGTERM finish the current iteration, save a resumable
+      checkpoint and stop.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        if kwargs.get("work_dir") is not None:
+            check_work_dir(kwargs["work_dir"])
+        self._stop_signal = 0
+        super().__init__(*args, **kwargs)
+
+    # ---- distributed -------------------------------------------------
+    def setup_env(self, env_cfg: dict) -> None:
+        if self.distributed and not is_distributed():
+            dist_cfg = dict(env_cfg.get("dist_cfg", {}))
+            backend = dist_cfg.pop("backend", None)
+            if self.launcher == "pytorch":
+                if torch.cuda.is_available():
+                    torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+                if backend is None:
+                    backend = "nccl" if torch.cuda.is_available() else "gloo"
+                dist.init_process_group(backend=backend, **dist_cfg)
+            elif backend is not None:
+                env_cfg = dict(env_cfg, dist_cfg=dict(dist_cfg, backend=backend))
+        super().setup_env(env_cfg)
+
+    def wrap_model(self, model_wrapper_cfg, model):
+        if not self.distributed or model_wrapper_cfg is not None:
+            return super().wrap_model(model_wrapper_cfg, model)
+        model = model.to(mmengine.device.get_device())
+        frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+        frozen += [n for n, _ in model.named_buffers()]
+        # Every rank loads the same frozen base; DDP need neither broadcast
+        # it at start nor watch it for gradients.
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            model, frozen)
+        device_ids = ([int(os.environ["LOCAL_RANK"])]
+                      if torch.cuda.is_available() else None)
+        return MMDistributedDataParallel(
+            module=model,
+            device_ids=device_ids,
+            broadcast_buffers=False,
+            find_unused_parameters=self.cfg.get("find_unused_parameters",
+                                                False))
+
+    def build_train_loop(self, loop):
+        if isinstance(loop, dict) and "type" not in loop:
+            loop = dict(loop)
+            by_epoch = loop.pop("by_epoch")
+            loop["type"] = ("ResumableEpochTrainLoop"
+                            if by_epoch else "ResumableIterTrainLoop")
+        return super().build_train_loop(loop)
+
+    # ---- signals -----------------------------------------------------
+    def train(self) -> torch.nn.Module:
+        with self._catch_stop_signals():
+            return super().train()
+
+    @contextlib.contextmanager
+    def _catch_stop_signals(self) -> Iterator[None]:
+        def request_stop(signum, frame):
+            if self._stop_signal:  # a second signal stops at once
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+            self.logger.warning(
+                f"{signal.Signals(signum).name}: saving a checkpoint after "
+                "this iteration, then stopping")
+
+        previous = {s: signal.signal(s, request_stop)
+                    for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def stop_if_signalled(self) -> None:
+        """Called after each iteration: on a stop signal, save and stop.
+
+        Processes agree on the iteration, so all of them save and stop at
+        the same one.
+        """
+        signum = self._stop_signal
+        if is_distributed():
+            flag = torch.tensor([signum], device=mmengine.device.get_device()
+                                if dist.get_backend() == "nccl" else "cpu")
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            signum = int(flag.item())
+        if not signum:
+            return
+        loop = self.train_loop
+        filename = f"iter_{loop.iter}.pth"
+        self.save_checkpoint(self.work_dir, filename,
+                             meta=dict(epoch=loop.epoch, iter=loop.iter))
+        path = osp.join(self.work_dir, filename)
+        if is_main_process():
+            write_last_checkpoint(self.work_dir, path)
+        raise TrainingInterruptedError(signum, path)
+
+    # ---- saving ------------------------------------------------------
+    def save_checkpoint(self,
+                        out_dir: str,
+                        filename: str,
+                        file_client_args=None,
+                        save_optimizer: bool = True,
+                        save_param_scheduler: bool = True,
+                        meta: dict | None = None,
+                        by_epoch: bool = True,
+                        backend_args=None) -> None:
+        """Write ``filename`` and ``step{iteration}/``, each atomically."""
+        meta = dict(meta or {})
+        if by_epoch:
+            meta.setdefault("epoch", self.epoch + 1)
+            meta.setdefault("iter", self.iter)
+        else:
+            meta.setdefault("epoch", self.epoch)
+            meta.setdefault("iter", self.iter + 1)
+        sampler = getattr(self.train_dataloader, "sampler", None)
+        meta.update(
+            cfg=self.cfg.pretty_text,
+            seed=self.seed,
+            sampler_seed=getattr(sampler, "seed", None),
+            experiment_name=self.experiment_name,
+            time=time.strftime("%Y%m%d_%H%M%S", time.localtime()),
+            mmengine_version=mmengine.__version__,
+            diffengine_version=__version__,
+            world_size=self.world_size,
+            rng_state=capture_rng_state(),
+        )
+        model = self.model.module if is_model_wrapper(self.model) else self.model
+        checkpoint = {
+            "meta": meta,
+            "state_dict": to_cpu(model.state_dict()),
+            "message_hub": to_plain(self.message_hub.state_dict()),
+        }
+        if save_optimizer and isinstance(self.optim_wrapper, OptimWrapper):
+            checkpoint["optimizer"] = to_plain(
+                to_cpu(self.optim_wrapper.state_dict()))
+        if save_param_scheduler and self.param_schedulers:
+            checkpoint["param_schedulers"] = to_plain(
+                [s.state_dict() for s in self.param_schedulers])
+        self.call_hook("before_save_checkpoint", checkpoint=checkpoint)
+        if not is_main_process():
+            return
+        os.makedirs(out_dir, exist_ok=True)
+        path = osp.join(out_dir, filename)
+        atomic_save(checkpoint, path)
+        with atomic_directory(step_dir_of(path, meta["iter"])) as tmp:
+            model.save_lora_weights(tmp)
+        self.logger.info(
+            f"saved {path} and {STEP_DIR.format(meta['iter'])}/")
+
+    # ---- loading -----------------------------------------------------
+    def load_or_resume(self) -> None:
+        if self._has_loaded or not self._resume or self._load_from is not None:
+            return super().load_or_resume()
+        for path in self._resume_candidates():
+            try:
+                self.resume(path)
+                return
+            except CheckpointLoadError as err:
+                self.logger.warning(f"{err}; trying an older checkpoint")
+        self.logger.info(f"no checkpoint in {self.work_dir}: starting fresh")
+
+    def _resume_candidates(self) -> list[str]:
+        """``last_checkpoint``'s file first, then the others, newest first."""
+        paths = sorted(glob.glob(osp.join(self.work_dir, "*.pth")),
+                       key=osp.getmtime, reverse=True)
+        last = osp.join(self.work_dir, "last_checkpoint")
+        if osp.isfile(last):
+            with open(last) as f:
+                target = f.read().strip()
+            if target in paths:
+                paths.remove(target)
+            paths.insert(0, target)
+        return paths
+
+    def _load_model_state(self, checkpoint: dict, path: str) -> None:
+        model = self.model.module if is_model_wrapper(self.model) else self.model
+        state = checkpoint["state_dict"]
+        expected = set(model.state_dict())
+        unexpected = sorted(set(state) - expected)
+        missing = sorted(expected - set(state))
+        if unexpected or missing:
+            raise ConfigError(
+                f"{path} does not match the model's LoRA layers: "
+                f"{len(missing)} missing (e.g. {missing[:2]}), "
+                f"{len(unexpected)} unexpected (e.g. {unexpected[:2]}); was "
+                "it trained with other unet/text_encoder LoRA options?")
+        model.load_state_dict(state, strict=False)
+        self.logger.info(
+            f"loaded {len(state)} LoRA tensors from {path}; the frozen base "
+            "comes from the model config")
+
+    def load_checkpoint(self, filename: str, map_location="cpu",
+                        strict: bool = False, revise_keys=None) -> dict:
+        checkpoint = load_checkpoint_file(filename, map_location)
+        self._load_model_state(checkpoint, filename)
+        return checkpoint
+
+    def resume(self, filename: str, resume_optimizer: bool = True,
+               resume_param_scheduler: bool = True,
+               map_location="cpu") -> None:
+        checkpoint = load_checkpoint_file(filename, map_location)
+        self._load_model_state(checkpoint, filename)
+        meta = checkpoint["meta"]
+        if meta.get("world_size", self.world_size) != self.world_size:
+            self.logger.warning(
+                f"{filename} was written by {meta['world_size']} processes, "
+                f"this run has {self.world_size}: the data order differs")
+        self.train_loop._epoch = meta["epoch"]
+        self.train_loop._iter = meta["iter"]
+        self.message_hub.load_state_dict(checkpoint["message_hub"])
+        if "optimizer" in checkpoint and resume_optimizer:
+            self.optim_wrapper = self.build_optim_wrapper(self.optim_wrapper)
+            self.optim_wrapper.load_state_dict(checkpoint["optimizer"])
+        if "param_schedulers" in checkpoint and resume_param_scheduler:
+            self.param_schedulers = self.build_param_scheduler(
+                self.param_schedulers)
+            for scheduler, state in zip(self.param_schedulers,
+                                        checkpoint["param_schedulers"],
+                                        strict=True):
+                scheduler.load_state_dict(state)
+        # The run continues with the checkpoint's seeds and random states;
+        # they are restored last so that nothing after them reseeds.
+        self._seed = meta["seed"]
+        self._randomness_cfg.update(seed=meta["seed"])
+        sampler = getattr(self.train_dataloader, "sampler", None)
+        if meta.get("sampler_seed") is not None and hasattr(sampler, "seed"):
+            sampler.seed = meta["sampler_seed"]
+        restore_rng_state(meta["rng_state"])
+        self._has_loaded = True
+        self.logger.info(
+            f"resumed from {filename}: epoch {self.epoch}, iteration "
+            f"{self.iter}")
+
