@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import glob
 import os
 import os.path as osp
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -61,6 +63,16 @@ def check_work_dir(work_dir: str) -> None:
             "pass --work-dir with a writable folder.") from err
 
 
+def remove_stale_temporaries(work_dir: str) -> None:
+    """Remove what a killed save left: ``.NAME.tmpPID`` files and folders."""
+    for path in glob.glob(osp.join(work_dir, ".*.tmp*")):
+        if osp.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+
+
 def write_last_checkpoint(work_dir: str, checkpoint: str) -> None:
     """Point ``work_dir/last_checkpoint`` (read by ``--resume``) at a file."""
     atomic_write_text(osp.join(work_dir, "last_checkpoint"), checkpoint)
@@ -111,6 +123,9 @@ class DiffEngineRunner(Runner):
         if self.distributed and not is_distributed():
             dist_cfg = dict(env_cfg.get("dist_cfg", {}))
             backend = dist_cfg.pop("backend", None)
+            if isinstance(dist_cfg.get("timeout"), (int, float)):
+                dist_cfg["timeout"] = datetime.timedelta(
+                    seconds=dist_cfg["timeout"])
             if self.launcher == "pytorch":
                 if torch.cuda.is_available():
                     torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
@@ -249,6 +264,8 @@ class DiffEngineRunner(Runner):
 
     # ---- loading -----------------------------------------------------
     def load_or_resume(self) -> None:
+        if is_main_process():
+            remove_stale_temporaries(self.work_dir)
         if self._has_loaded or not self._resume or self._load_from is not None:
             return super().load_or_resume()
         for path in self._resume_candidates():

@@ -13,6 +13,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from safetensors import safe_open
 
+from diffengine.engine.checkpoint import load_checkpoint_file
 from diffengine.registry import MODELS
 from tests.conftest import REPO
 from tools.train import parse_args
@@ -39,8 +40,8 @@ def trained_model(config, work_dir, checkpoint, *cfg_options):
             parse_args([config, "--cfg-options", *cfg_options]).cfg_options)
     init_default_scope("diffengine")
     model = MODELS.build(cfg.model)
-    state = torch.load(os.path.join(work_dir, checkpoint), map_location="cpu",
-                       weights_only=False)["state_dict"]
+    state = load_checkpoint_file(os.path.join(work_dir, checkpoint))[
+        "state_dict"]
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and not any("lora_" in k for k in missing)
     return model

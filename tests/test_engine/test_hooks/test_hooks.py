@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 import diffengine.engine  # noqa: F401  (registers the hooks)
 from diffengine.engine import DiffEngineRunner
+from diffengine.engine.checkpoint import load_checkpoint_file
 from diffengine.engine.hooks import VisualizationHook
 from tests.conftest import UNET_TARGETS
 
@@ -54,8 +55,7 @@ def test_lora_checkpoint_hook_writes_and_rotates_step_dirs(
     for key, value in current.items():
         torch.testing.assert_close(saved[f"unet.{key}"], value)
     # the .pth holds the adapters, not the frozen base
-    checkpoint = torch.load(str(tmp_path / "iter_6.pth"), map_location="cpu",
-                            weights_only=False)
+    checkpoint = load_checkpoint_file(str(tmp_path / "iter_6.pth"))
     assert checkpoint["state_dict"] and all(
         "lora_" in k for k in checkpoint["state_dict"])
     assert "optimizer" in checkpoint

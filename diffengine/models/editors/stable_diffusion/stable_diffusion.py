@@ -171,6 +171,14 @@ class StableDiffusion(BaseModel):
             }
         return state_dicts
 
+    def adapter_metadata(self, part: str) -> dict:
+        """The peft config of ``part`` as a dict, with sets sorted so that
+        the same weights always give the same file."""
+        return {
+            k: sorted(v) if isinstance(v, (set, frozenset)) else v
+            for k, v in self.lora_configs[part].to_dict().items()
+        }
+
     def save_lora_weights(self, save_directory: str) -> None:
         """Write ``pytorch_lora_weights.safetensors`` for ``load_lora_weights``.
 
@@ -181,8 +189,8 @@ class StableDiffusion(BaseModel):
         kwargs: dict[str, Any] = {}
         for part, state in state_dicts.items():
             kwargs[f"{part}_lora_layers"] = state
-            kwargs[f"{part}_lora_adapter_metadata"] = (
-                self.lora_configs[part].to_dict())
+            kwargs[f"{part}_lora_adapter_metadata"] = self.adapter_metadata(
+                part)
         StableDiffusionPipeline.save_lora_weights(
             save_directory, safe_serialization=True, **kwargs)
 
