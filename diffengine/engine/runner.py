@@ -63,6 +63,22 @@ def check_work_dir(work_dir: str) -> None:
             "pass --work-dir with a writable folder.") from err
 
 
+def init_process_group(dist_cfg: dict) -> None:
+    """torch.distributed for ``--launcher pytorch``, on CUDA or CPUs.
+
+    mmengine's version calls ``torch.cuda.set_device`` unconditionally and
+    defaults to NCCL; here the backend is NCCL with CUDA and gloo without,
+    unless ``dist_cfg`` names one.
+    """
+    backend = dist_cfg.pop("backend", None) or (
+        "nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    if isinstance(dist_cfg.get("timeout"), (int, float)):
+        dist_cfg["timeout"] = datetime.timedelta(seconds=dist_cfg["timeout"])
+    dist.init_process_group(backend=backend, **dist_cfg)
+
+
 def remove_stale_temporaries(work_dir: str) -> None:
     """Remove what a killed save left: ``.NAME.tmpPID`` files and folders."""
     for path in glob.glob(osp.join(work_dir, ".*.tmp*")):
@@ -115,25 +131,18 @@ class DiffEngineRunner(Runner):
     def __init__(self, *args, **kwargs) -> None:
         if kwargs.get("work_dir") is not None:
             check_work_dir(kwargs["work_dir"])
+        # mmengine's default names NCCL; without one the device decides.
+        if kwargs.get("env_cfg") is None:
+            kwargs["env_cfg"] = dict(dist_cfg=dict())
         self._stop_signal = 0
         super().__init__(*args, **kwargs)
 
     # ---- distributed -------------------------------------------------
     def setup_env(self, env_cfg: dict) -> None:
-        if self.distributed and not is_distributed():
-            dist_cfg = dict(env_cfg.get("dist_cfg", {}))
-            backend = dist_cfg.pop("backend", None)
-            if isinstance(dist_cfg.get("timeout"), (int, float)):
-                dist_cfg["timeout"] = datetime.timedelta(
-                    seconds=dist_cfg["timeout"])
-            if self.launcher == "pytorch":
-                if torch.cuda.is_available():
-                    torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-                if backend is None:
-                    backend = "nccl" if torch.cuda.is_available() else "gloo"
-                dist.init_process_group(backend=backend, **dist_cfg)
-            elif backend is not None:
-                env_cfg = dict(env_cfg, dist_cfg=dict(dist_cfg, backend=backend))
+        if (self.distributed and self.launcher == "pytorch"
+                and not is_distributed()):
+            init_process_group(dict(env_cfg.get("dist_cfg", {})))
+        # slurm and mpi go through mmengine's own init, unchanged.
         super().setup_env(env_cfg)
 
     def wrap_model(self, model_wrapper_cfg, model):
