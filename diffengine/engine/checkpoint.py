@@ -5,24 +5,22 @@ unpickling needs ``builtins.getattr``, and numpy arrays in RNG states; torch
 >= 2.6 refuses both by default, and allow-listing ``getattr`` would let a
 crafted checkpoint run code. Here everything is stored as plain data
 (tensors, numbers, strings, lists, dicts) and rebuilt on load, so loading
-needs no allow-list at all. Writes go to a temporary file in the same folder
-that is renamed into place, so a kill or a full disk during a save leaves
-the previous file intact.
+needs no allow-list at all. Writes go through :mod:`diffengine.fileio`: to a
+temporary file in the same folder that is renamed into place, so a kill or a
+full disk during a save leaves the previous file intact.
 """
 from __future__ import annotations
 
-import contextlib
-import os
 import pickle
 import random
-import shutil
 import zipfile
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer
+
+from diffengine.fileio import atomic_write
 
 HISTORY_BUFFER = "__history_buffer__"
 
@@ -83,71 +81,9 @@ def restore_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _fsync_dir(path: str) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp)`` on a temporary name beside ``path``, then rename.
-
-    On any failure the temporary file is removed and ``path`` is untouched.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-    _fsync_dir(folder)
-
-
 def atomic_save(obj: Any, path: str) -> None:
     """``torch.save`` that leaves either the old file or the new one."""
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            f.write(text)
-    atomic_write(path, write)
-
-
-@contextlib.contextmanager
-def atomic_directory(path: str) -> Iterator[str]:
-    """Yield a temporary folder that replaces ``path`` once the block ends.
-
-    A failure inside the block removes the temporary folder and keeps any
-    existing ``path``.
-    """
-    parent = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
-        yield tmp
-        old = None
-        if os.path.exists(path):
-            old = f"{tmp}.old"
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _fsync_dir(parent)
-
 
 class CheckpointLoadError(RuntimeError):
     """A checkpoint file is truncated, corrupt or not a plain-data file."""

@@ -23,15 +23,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 from diffengine.engine.checkpoint import (
     CheckpointLoadError,
-    atomic_directory,
     atomic_save,
-    atomic_write_text,
     capture_rng_state,
     load_checkpoint_file,
     restore_rng_state,
     to_plain,
 )
 from diffengine.errors import ConfigError, DiffEngineError
+from diffengine.fileio import atomic_directory, atomic_write_text
 from diffengine.registry import RUNNERS
 from diffengine.version import __version__
 

@@ -66,15 +66,3 @@ def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert ckpt.load_checkpoint_file(path)["v"].item() == 1
     assert os.listdir(tmp_path) == ["c.pth"]
-
-
-def test_atomic_directory_replaces_only_on_success(tmp_path):
-    target = tmp_path / "step2"
-    with ckpt.atomic_directory(str(target)) as tmp:
-        (open(os.path.join(tmp, "a"), "w")).close()
-    assert os.listdir(target) == ["a"]
-    with pytest.raises(RuntimeError), ckpt.atomic_directory(str(target)) as tmp:
-        (open(os.path.join(tmp, "b"), "w")).close()
-        raise RuntimeError("killed mid-save")
-    assert os.listdir(target) == ["a"]
-    assert sorted(os.listdir(tmp_path)) == ["step2"]
