@@ -1,3 +1,13 @@
-from diffengine.models.utils.lora import build_lora_config, check_target_modules
+from diffengine.models.utils.lora import (
+    add_lora_adapter,
+    build_lora_config,
+    check_target_modules,
+    count_trainable_parameters,
+)
 
-__all__ = ["build_lora_config", "check_target_modules"]
+__all__ = [
+    "add_lora_adapter",
+    "build_lora_config",
+    "check_target_modules",
+    "count_trainable_parameters",
+]

@@ -6,7 +6,7 @@ import difflib
 import re
 from collections.abc import Iterable
 
-from peft import LoraConfig
+from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
 from diffengine.errors import ConfigError
@@ -93,3 +93,31 @@ def check_target_modules(target_modules: str | Iterable[str],
             raise ConfigError(
                 f"{name}.target_modules entry {target!r} matches no layer "
                 f"of {type(module).__name__}.{fix}")
+
+
+def add_lora_adapter(module: nn.Module, cfg: dict, name: str) -> LoraConfig:
+    """Inject a checked LoRA adapter into ``module``; its weights are fp32.
+
+    The adapter trains in fp32 whatever the dtype of the frozen layers it
+    wraps (peft casts the layer input to the adapter's dtype), so that small
+    updates are not lost to rounding.
+
+    Args:
+        module (nn.Module): The frozen module to adapt.
+        cfg (dict): The adapter config, as for :func:`build_lora_config`.
+        name (str): The config key, named in errors.
+
+    Returns:
+        LoraConfig: The peft config of the injected adapter.
+    """
+    config = build_lora_config(cfg, module, name)
+    inject_adapter_in_model(config, module)
+    for param in module.parameters():
+        if param.requires_grad:
+            param.data = param.data.float()
+    return config
+
+
+def count_trainable_parameters(module: nn.Module) -> int:
+    """The number of parameters of ``module`` that require a gradient."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -2,11 +2,15 @@ import os
 
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.models.attention_processor import AttnProcessor2_0
+from mmengine.logging import MMLogger
 from safetensors import safe_open
 
+from diffengine.demo import SD15_UNET_CONFIG
 from diffengine.errors import ConfigError
 from diffengine.models import StableDiffusion
+from diffengine.models.utils import add_lora_adapter, count_trainable_parameters
 from tests.conftest import TEXT_TARGETS, UNET_TARGETS
 
 
@@ -156,3 +160,88 @@ def test_infer_returns_uint8_images(tiny_sd):
     assert [i.shape for i in images] == [(32, 48, 3)] * 2
     assert images[0].dtype.name == "uint8"
     assert model.training  # infer restores the mode
+
+
+@pytest.mark.parametrize("rank", [1, 8])
+def test_sd15_attention_lora_has_199296_parameters_per_rank(rank):
+    # The SD1.5 architecture on the meta device: shapes without memory.
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**SD15_UNET_CONFIG)
+    unet.requires_grad_(False)
+    add_lora_adapter(unet, dict(r=rank, target_modules=UNET_TARGETS),
+                     "unet_lora_config")
+    assert count_trainable_parameters(unet) == 199_296 * rank
+
+
+def test_the_trainable_parameter_count_is_logged(tiny_sd, tmp_path):
+    log_file = tmp_path / "count.log"
+    MMLogger.get_instance("count-test", log_file=str(log_file))
+    model = build(tiny_sd)
+    counts = model.trainable_parameter_counts()
+    assert counts == {"unet": 15_360, "text_encoder": 2_560}
+    assert ("LoRA: 17,920 trainable parameters (unet 15,360, text_encoder "
+            "2,560); frozen base in float32") in log_file.read_text()
+
+
+def test_attention_runs_through_sdpa(tiny_sd):
+    model = build(tiny_sd)
+    processors = set(map(type, model.unet.attn_processors.values()))
+    assert processors == {AttnProcessor2_0}
+    assert model.text_encoder.config._attn_implementation == "sdpa"
+
+
+def fixed_loss(model, inputs=None):
+    noise = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(3))
+    return model.denoising_loss(inputs or batch(), noise,
+                                torch.tensor([10, 500]),
+                                torch.Generator().manual_seed(5))
+
+
+def test_base_in_bfloat16_keeps_lora_in_fp32(tiny_sd):
+    reference = build(tiny_sd)
+    model = build(tiny_sd, weight_dtype="bfloat16")
+    model.load_state_dict(reference.state_dict(), strict=False)
+    dtypes = {p.dtype for p in model.parameters() if not p.requires_grad}
+    assert dtypes == {torch.bfloat16}
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {
+        torch.float32}
+    loss = fixed_loss(model)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, fixed_loss(reference), rtol=0.05, atol=0)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and g.dtype == torch.float32 for g in grads)
+    with pytest.raises(ConfigError, match=r"weight_dtype='fp16'; choose one "
+                       r"of \['bfloat16', 'float16', 'float32'\]"):
+        build(tiny_sd, weight_dtype="fp16")
+
+
+def test_channels_last_gives_the_same_loss(tiny_sd):
+    reference = build(tiny_sd)
+    model = build(tiny_sd, channels_last=True)
+    model.load_state_dict(reference.state_dict(), strict=False)
+    conv = model.unet.conv_in.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    assert not conv.is_contiguous()
+    torch.testing.assert_close(fixed_loss(model), fixed_loss(reference))
+
+
+def test_cached_latents_give_the_same_loss_as_images(tiny_sd):
+    model = build(tiny_sd)
+    inputs = batch()
+    latents = model.encode_images(inputs["img"])
+    assert latents.shape == (2, 8, 32, 32) and latents.dtype == torch.float32
+    cached = {"latents": latents, "text": inputs["text"]}
+    assert fixed_loss(model, cached) == fixed_loss(model, inputs)
+
+
+def test_cached_text_embeddings_give_the_same_loss(tiny_sd):
+    reference = build(tiny_sd, text_encoder=False)
+    model = build(tiny_sd, text_encoder=False, cache_text_embeddings=True)
+    model.load_state_dict(reference.state_dict(), strict=False)
+    assert fixed_loss(model) == fixed_loss(reference)
+    assert len(model.text_embeddings) == 2
+    model.encode_prompt(["a red circle", "a green triangle"])
+    assert len(model.text_embeddings) == 3  # only the new caption encoded
+    with pytest.raises(ConfigError, match="the text encoder trains"):
+        build(tiny_sd, cache_text_embeddings=True)

@@ -1,7 +1,6 @@
 """Stable Diffusion 1.x with LoRA adapters on the UNet and text encoder."""
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -14,40 +13,20 @@ from diffusers import (
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.utils import convert_state_dict_to_diffusers
+from mmengine.logging import print_log
 from mmengine.model import BaseModel
-from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+from peft import LoraConfig, get_peft_model_state_dict
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from diffengine.errors import ConfigError, NonFiniteLossError
-from diffengine.models.utils import build_lora_config
+from diffengine.models.editors.stable_diffusion.model_folder import check_model_path
+from diffengine.models.utils import add_lora_adapter, count_trainable_parameters
+from diffengine.models.utils.dtypes import resolve_dtype
+from diffengine.models.utils.fingerprint import weights_fingerprint
+from diffengine.models.utils.text_embedding_cache import TextEmbeddingCache
 from diffengine.registry import MODELS
-
-SUBFOLDERS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
-
-
-def check_model_path(model: str) -> None:
-    """Raise a clear error when a local diffusers folder is incomplete.
-
-    A string that is not an existing folder is taken as a hub id and left to
-    ``from_pretrained``.
-    """
-    looks_local = os.path.isabs(model) or model.startswith(".") or (
-        model.count("/") != 1)
-    if not os.path.isdir(model):
-        if looks_local:
-            raise ConfigError(
-                f"model={model!r} is neither a folder nor a hub id "
-                "('owner/name'); point it at a diffusers model folder.")
-        return
-    missing = [s for s in SUBFOLDERS
-               if not os.path.isdir(os.path.join(model, s))]
-    if missing:
-        raise ConfigError(
-            f"model={model!r} lacks the subfolders {missing}; a diffusers "
-            "Stable Diffusion folder (as written by "
-            "StableDiffusionPipeline.save_pretrained) has "
-            f"{list(SUBFOLDERS)}.")
 
 
 def canonical_text_encoder_keys(state_dict: dict) -> dict:
@@ -63,13 +42,23 @@ def canonical_text_encoder_keys(state_dict: dict) -> dict:
     }
 
 
+def first_parameter(module: torch.nn.Module) -> torch.Tensor:
+    """The first parameter of ``module``: its device and (for the frozen
+    base) its dtype.
+
+    diffusers' ``ModelMixin.dtype`` and ``.device`` walk every submodule
+    (about 2 ms for SD 1.5's UNet), too slow to ask at every step.
+    """
+    return next(module.parameters())
+
+
 @MODELS.register_module()
 class StableDiffusion(BaseModel):
     """Stable Diffusion 1.x trained through LoRA adapters.
 
     The base (VAE, text encoder, UNet) is frozen; only the adapters train, in
-    fp32 whatever the autocast dtype, so that small updates are not lost to
-    rounding.
+    fp32 whatever the dtype of the base or of autocast, so that small updates
+    are not lost to rounding.
 
     Args:
         model (str): Hub id or local diffusers folder of the base model.
@@ -84,6 +73,20 @@ class StableDiffusion(BaseModel):
             with Offset Noise"); 0 disables it. Defaults to 0.
         gradient_checkpointing (bool): Recompute activations in the backward
             pass to save memory. Defaults to False.
+        weight_dtype (str, optional): Keep the frozen base in ``"float16"`` or
+            ``"bfloat16"`` (half its memory, and its matmuls run in that
+            dtype); the adapters stay fp32. None keeps float32. Defaults to
+            None.
+        channels_last (bool): Store the UNet's and VAE's convolution weights
+            channels-last (NHWC), which tensor cores and oneDNN prefer.
+            Defaults to False.
+        compile_unet (bool | dict): ``torch.compile`` the UNet in place
+            (``nn.Module.compile``, so parameter names stay the same); a dict
+            is passed to it as keyword arguments, e.g. ``dict(mode=
+            "max-autotune")``. Defaults to False.
+        cache_text_embeddings (bool): Encode each distinct caption once and
+            reuse its embedding; only with a frozen text encoder. Defaults to
+            False.
         data_preprocessor (dict, optional): Defaults to
             ``dict(type="SDDataPreprocessor")``.
     """
@@ -95,6 +98,10 @@ class StableDiffusion(BaseModel):
                  prediction_type: str | None = None,
                  noise_offset: float = 0.0,
                  gradient_checkpointing: bool = False,
+                 weight_dtype: str | None = None,
+                 channels_last: bool = False,
+                 compile_unet: bool | dict = False,
+                 cache_text_embeddings: bool = False,
                  data_preprocessor: dict | None = None) -> None:
         # Built here from diffengine's registry: BaseModel would look it up
         # in mmengine's root registry, which knows no diffengine module.
@@ -104,17 +111,25 @@ class StableDiffusion(BaseModel):
             raise ConfigError(
                 "Neither unet_lora_config nor text_encoder_lora_config is "
                 "set: nothing would train.")
+        if cache_text_embeddings and text_encoder_lora_config is not None:
+            raise ConfigError(
+                "cache_text_embeddings=True with text_encoder_lora_config: "
+                "the text encoder trains, so its embeddings change every "
+                "step; drop one of the two.")
         check_model_path(model)
+        dtype = resolve_dtype(weight_dtype, "weight_dtype")
         self.base_model = model
         self.tokenizer = CLIPTokenizer.from_pretrained(
             model, subfolder="tokenizer")
         self.scheduler = DDPMScheduler.from_pretrained(
             model, subfolder="scheduler")
         self.text_encoder = CLIPTextModel.from_pretrained(
-            model, subfolder="text_encoder")
-        self.vae = AutoencoderKL.from_pretrained(model, subfolder="vae")
+            model, subfolder="text_encoder").to(dtype)
+        # Loaded in the weight dtype: no float32 copy of the UNet in memory.
+        self.vae = AutoencoderKL.from_pretrained(
+            model, subfolder="vae", torch_dtype=dtype)
         self.unet = UNet2DConditionModel.from_pretrained(
-            model, subfolder="unet")
+            model, subfolder="unet", torch_dtype=dtype)
         if prediction_type is not None:
             if prediction_type not in ("epsilon", "v_prediction"):
                 raise ConfigError(
@@ -126,28 +141,47 @@ class StableDiffusion(BaseModel):
         self.requires_grad_(False)
 
         self.lora_configs: dict[str, LoraConfig] = {}
-        if unet_lora_config is not None:
-            self._add_adapter("unet", unet_lora_config)
-        if text_encoder_lora_config is not None:
-            self._add_adapter("text_encoder", text_encoder_lora_config)
+        for part, cfg in (("unet", unet_lora_config),
+                          ("text_encoder", text_encoder_lora_config)):
+            if cfg is not None:
+                self.lora_configs[part] = add_lora_adapter(
+                    getattr(self, part), cfg, f"{part}_lora_config")
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
             if "text_encoder" in self.lora_configs:
                 self.text_encoder.gradient_checkpointing_enable()
+        if channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+            self.vae.to(memory_format=torch.channels_last)
+        if compile_unet:
+            self.unet.compile(
+                **(compile_unet if isinstance(compile_unet, dict) else {}))
+        self.text_embeddings = TextEmbeddingCache(
+            self._encode_prompt) if cache_text_embeddings else None
+        counts = self.trainable_parameter_counts()
+        print_log(
+            f"LoRA: {sum(counts.values()):,} trainable parameters ("
+            + ", ".join(f"{part} {n:,}" for part, n in counts.items())
+            + f"); frozen base in {str(dtype).removeprefix('torch.')}",
+            logger="current")
 
-    def _add_adapter(self, part: str, cfg: dict) -> None:
-        module = getattr(self, part)
-        config = build_lora_config(cfg, module, f"{part}_lora_config")
-        inject_adapter_in_model(config, module)
-        for param in module.parameters():
-            if param.requires_grad:
-                param.data = param.data.float()
-        self.lora_configs[part] = config
+    def init_weights(self) -> None:
+        """Nothing to initialise: the base is pretrained and the adapters
+        were initialised when injected.
+
+        mmengine's default would read every parameter of the base to log
+        its mean.
+        """
 
     @property
     def trainable_parts(self) -> list[str]:
         """Names of the submodules that carry trained adapters."""
         return list(self.lora_configs)
+
+    def trainable_parameter_counts(self) -> dict[str, int]:
+        """Trainable parameters of each adapted part, e.g. ``{"unet": n}``."""
+        return {part: count_trainable_parameters(getattr(self, part))
+                for part in self.lora_configs}
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict:
         """Only the trainable adapter weights: the frozen base is not saved."""
@@ -195,14 +229,39 @@ class StableDiffusion(BaseModel):
             save_directory, safe_serialization=True, **kwargs)
 
     def encode_prompt(self, text: list[str]) -> torch.Tensor:
-        """CLIP last hidden states for a list of captions."""
+        """CLIP last hidden states for a list of captions (from the cache
+        when ``cache_text_embeddings``)."""
+        if self.text_embeddings is not None:
+            return self.text_embeddings(text)
+        return self._encode_prompt(text)
+
+    def _encode_prompt(self, text: list[str]) -> torch.Tensor:
         input_ids = self.tokenizer(
             text,
             max_length=self.tokenizer.model_max_length,
             padding="max_length",
             truncation=True,
-            return_tensors="pt").input_ids.to(self.text_encoder.device)
+            return_tensors="pt").input_ids.to(
+                first_parameter(self.text_encoder).device)
         return self.text_encoder(input_ids)[0]
+
+    @torch.no_grad()
+    def encode_images(self, img: torch.Tensor) -> torch.Tensor:
+        """The VAE's latent distributions of images in [-1, 1].
+
+        Returns:
+            Tensor: B × 8 × H/8 × W/8 in fp32 on the model's device: the
+            mean and log-variance (diffusers' ``DiagonalGaussianDistribution``
+            parameters), from which each step draws its latents.
+        """
+        weight = first_parameter(self.vae)
+        img = img.to(weight.device, weight.dtype)
+        return self.vae.encode(img).latent_dist.parameters.float()
+
+    def latent_encoder_id(self) -> str:
+        """A string that changes whenever :meth:`encode_images` would give
+        other values: a digest of the VAE encoder's weights and dtype."""
+        return weights_fingerprint(self.vae.encoder, self.vae.quant_conv)
 
     def forward(self,
                 inputs: dict,
@@ -224,20 +283,26 @@ class StableDiffusion(BaseModel):
         """MSE between the UNet's prediction and its target, in fp32.
 
         Args:
-            inputs (dict): ``img`` (B×3×H×W in [-1, 1]) and ``text`` (B str).
+            inputs (dict): ``img`` (B×3×H×W in [-1, 1]) or ``latents`` (the
+                cached output of :meth:`encode_images` for those images),
+                and ``text`` (B str); optionally ``seed`` (B ints).
             noise (Tensor, optional): Fixed noise, shaped like the latents.
             timesteps (Tensor, optional): Fixed timesteps, one per sample.
             generator (torch.Generator, optional): Draws the VAE sample, the
                 noise and the timesteps that are not given.
         """
-        img = inputs["img"]
         seeds = inputs.get("seed")
         generators = None
         if generator is None and seeds is not None:
             # One CPU generator per sample: its noise depends on the sample
             # alone, not on the batch split, the device or the process.
             generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        latent_dist = self.vae.encode(img.to(self.vae.dtype)).latent_dist
+        moments = inputs.get("latents")
+        if moments is None:
+            moments = self.encode_images(inputs["img"])
+        # fp32 from here on: the target and the noisy input stay exact
+        # whatever the weight dtype; only the UNet's input is cast.
+        latent_dist = DiagonalGaussianDistribution(moments.float())
         mean = latent_dist.mean
         latents = mean + latent_dist.std * self._randn(mean.shape, mean,
                                                        generators, generator)
@@ -264,7 +329,8 @@ class StableDiffusion(BaseModel):
         else:
             target = self.scheduler.get_velocity(latents, noise, timesteps)
         encoder_hidden_states = self.encode_prompt(list(inputs["text"]))
-        model_pred = self.unet(noisy_latents, timesteps,
+        unet_dtype = first_parameter(self.unet).dtype
+        model_pred = self.unet(noisy_latents.to(unet_dtype), timesteps,
                                encoder_hidden_states).sample
         return F.mse_loss(model_pred.float(), target.float())
 

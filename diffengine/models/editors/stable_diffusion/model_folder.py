@@ -1,0 +1,32 @@
+"""The diffusers folder (or hub id) a Stable Diffusion model loads from."""
+from __future__ import annotations
+
+import os
+
+from diffengine.errors import ConfigError
+
+SUBFOLDERS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
+
+
+def check_model_path(model: str) -> None:
+    """Raise a clear error when a local diffusers folder is incomplete.
+
+    A string that is not an existing folder is taken as a hub id and left to
+    ``from_pretrained``.
+    """
+    looks_local = os.path.isabs(model) or model.startswith(".") or (
+        model.count("/") != 1)
+    if not os.path.isdir(model):
+        if looks_local:
+            raise ConfigError(
+                f"model={model!r} is neither a folder nor a hub id "
+                "('owner/name'); point it at a diffusers model folder.")
+        return
+    missing = [s for s in SUBFOLDERS
+               if not os.path.isdir(os.path.join(model, s))]
+    if missing:
+        raise ConfigError(
+            f"model={model!r} lacks the subfolders {missing}; a diffusers "
+            "Stable Diffusion folder (as written by "
+            "StableDiffusionPipeline.save_pretrained) has "
+            f"{list(SUBFOLDERS)}.")
