@@ -4,14 +4,17 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import datasets
 import numpy as np
+import torch
 from mmengine.dataset import BaseDataset
+from mmengine.dist import barrier, get_dist_info
 from mmengine.logging import print_log
 
-from diffengine.datasets.image import open_image
+from diffengine.datasets.image import image_digest, open_image
+from diffengine.datasets.latent_cache import LatentCache, LatentCachePlan
 from diffengine.errors import ConfigError, DataError
 from diffengine.registry import DATASETS, TRANSFORMS
 
@@ -72,6 +75,13 @@ class HFDataset(BaseDataset):
     random transforms of the sample are seeded with ``seed`` and the seed is
     passed on to the model for its noise.
 
+    With ``cache_latents``, samples carry ``latents`` (the VAE's latent
+    distribution of the image after the fixed transforms, flipped as the
+    seed draws) instead of ``img``; see :mod:`diffengine.datasets.latent_cache`
+    for what is cached and how crops behave. :meth:`build_latent_cache`
+    fills the cache; ``DiffEngineRunner`` calls it when it builds the train
+    loop.
+
     Args:
         dataset (str): Hub id, local imagefolder (images beside
             ``metadata.jsonl`` or ``metadata.csv``), or a local data file
@@ -84,6 +94,9 @@ class HFDataset(BaseDataset):
         pipeline (Sequence[dict]): Transforms applied to each sample.
         max_bad_fraction (float): Largest share of bad rows that is skipped
             rather than an error. Defaults to 0.05.
+        cache_latents (bool): Train on latents encoded once and kept on disk
+            instead of decoding and encoding each image at every step.
+            Defaults to False.
     """
 
     def __init__(self,
@@ -93,9 +106,13 @@ class HFDataset(BaseDataset):
                  split: str = "train",
                  cache_dir: str | None = None,
                  pipeline: Sequence[dict] = (),
-                 max_bad_fraction: float = 0.05) -> None:
+                 max_bad_fraction: float = 0.05,
+                 cache_latents: bool = False) -> None:
         self.dataset_name = dataset
         self.max_bad_fraction = max_bad_fraction
+        self.cache_latents = cache_latents
+        self.latent_cache: LatentCache | None = None
+        self._latent_keys: list[str | None] = []
         self.bad_rows: set[int] = set()
         self.image_column = image_column
         self.caption_column = caption_column
@@ -142,15 +159,101 @@ class HFDataset(BaseDataset):
                 f"in column {self.caption_column!r}: {caption!r}.")
         return caption
 
-    def get_data_info(self, idx: int) -> dict:
-        """Row ``idx`` as ``{"img": PIL.Image (RGB), "text": str}``."""
-        row = self.hf_dataset[idx]
+    def image_source(self, row: dict) -> dict | str:
+        """The image of ``row`` undecoded: a path, or ``{"bytes", "path"}``."""
         source = row[self.image_column]
         if isinstance(source, str) and self.image_root and not os.path.isabs(
                 source):
             source = os.path.join(self.image_root, source)
-        return {"img": open_image(source), "text": self.caption(row, idx),
-                "sample_idx": idx}
+        return source
+
+    def get_data_info(self, idx: int) -> dict:
+        """Row ``idx`` as ``{"img": PIL.Image (RGB), "text": str}``, or with
+        ``latents`` (V×8×h×w, every cached view) in place of ``img`` when
+        the latents are cached."""
+        if self.latent_cache is not None:
+            key = self._latent_keys[idx]
+            if key is None:
+                raise DataError(
+                    f"row {idx} of {self.dataset_name!r} has no cached "
+                    "latents: its image could not be read.")
+            row = self._caption_rows[idx]
+            return {"latents": self.latent_cache.load(key),
+                    "text": self.caption(row, idx), "sample_idx": idx}
+        if self.cache_latents:
+            raise RuntimeError(
+                "cache_latents=True: call build_latent_cache() before "
+                "reading samples (DiffEngineRunner does).")
+        row = self.hf_dataset[idx]
+        return {"img": open_image(self.image_source(row)),
+                "text": self.caption(row, idx), "sample_idx": idx}
+
+    def build_latent_cache(self,
+                           encode: Callable[[torch.Tensor], torch.Tensor],
+                           encoder_id: str,
+                           folder: str,
+                           batch_size: int = 4) -> None:
+        """Encode the images not cached yet, then serve samples from the cache.
+
+        Each process encodes its share of the missing images and waits for
+        the others; images cached by an earlier run (same bytes, transforms
+        and VAE) are reused.
+
+        Args:
+            encode (Callable): V×3×H×W images in [-1, 1] → their latent
+                distributions, V×8×h×w (``StableDiffusion.encode_images``).
+            encoder_id (str): Changes whenever ``encode`` would give other
+                values (``StableDiffusion.latent_encoder_id()``).
+            folder (str): Where the cache files live.
+            batch_size (int): Images encoded together. Defaults to 4.
+        """
+        plan = LatentCachePlan(self.pipeline.transforms)
+        cache = LatentCache(folder, dict(transforms=plan.settings,
+                                         encoder=encoder_id))
+        keys: list[str | None] = []
+        for idx in range(len(self)):
+            try:
+                source = self.image_source(self.hf_dataset[idx])
+                keys.append(cache.key(image_digest(source)))
+            except OSError as err:
+                self._skip_bad_row(idx, err)
+                keys.append(None)
+        missing = [i for i, k in enumerate(keys)
+                   if k is not None and not cache.has(k)]
+        rank, world_size = get_dist_info()
+        batch: list[tuple[str, torch.Tensor]] = []
+        for idx in missing[rank::world_size]:
+            try:
+                image = open_image(self.image_source(self.hf_dataset[idx]))
+            except OSError as err:
+                self._skip_bad_row(idx, err)
+                continue
+            views = plan.view_tensors(image)
+            if batch and (len(batch) == batch_size
+                          or batch[0][1].shape != views.shape):
+                _encode_into(cache, batch, encode)
+                batch = []
+            batch.append((keys[idx], views))
+        if batch:
+            _encode_into(cache, batch, encode)
+        barrier()
+        for idx, key in enumerate(keys):
+            if key is not None and not cache.has(key):
+                keys[idx] = None
+                if idx not in self.bad_rows:
+                    self._skip_bad_row(idx, OSError(
+                        f"image of row {idx} could not be read for the "
+                        "latent cache"))
+        self._latent_keys = keys
+        self._caption_rows = self.hf_dataset.select_columns(
+            [self.caption_column])
+        self.latent_cache = cache
+        self.pipeline = plan.pipeline
+        print_log(
+            f"cache_latents: {len(missing)} images encoded "
+            f"({len(plan.views)} views each), "
+            f"{len(keys) - len(missing) - keys.count(None)} reused, in "
+            f"{folder}", logger="current")
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         """Sample ``key`` (an index, or ``(index, seed)``) after transforms."""
@@ -188,3 +291,12 @@ class HFDataset(BaseDataset):
             f"{len(self)} rows skipped so far)",
             logger="current",
             level=logging.WARNING)
+
+
+def _encode_into(cache: LatentCache, batch: list[tuple[str, torch.Tensor]],
+                 encode: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Encode the views of ``batch`` (key, V×3×H×W) together; save each."""
+    latents = encode(torch.cat([views for _, views in batch]))
+    for (key, _), image_latents in zip(
+            batch, latents.split(len(batch[0][1])), strict=True):
+        cache.save(key, image_latents)

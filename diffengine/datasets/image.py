@@ -1,6 +1,7 @@
 """Opening dataset images as RGB, whatever their file's mode."""
 from __future__ import annotations
 
+import hashlib
 import io
 
 import numpy as np
@@ -33,6 +34,17 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def path_and_bytes(source: dict | str | bytes) -> tuple[str | None,
+                                                         bytes | None]:
+    """Split an image source into its path and its bytes (either may be
+    None): a path, raw bytes, or an undecoded HF ``datasets`` image."""
+    if isinstance(source, dict):
+        return source.get("path"), source.get("bytes")
+    if isinstance(source, bytes):
+        return None, source
+    return source, None
+
+
 def open_image(source: dict | str | bytes) -> Image.Image:
     """Open and fully decode an image as RGB.
 
@@ -44,10 +56,7 @@ def open_image(source: dict | str | bytes) -> Image.Image:
         OSError: If the file is missing, truncated or not an image; the
             message names the file.
     """
-    path = source if isinstance(source, str) else None
-    data = source if isinstance(source, bytes) else None
-    if isinstance(source, dict):
-        path, data = source.get("path"), source.get("bytes")
+    path, data = path_and_bytes(source)
     try:
         image = Image.open(io.BytesIO(data) if data is not None else path)
         # load() decodes every pixel: verify() lets truncated JPEGs through.
@@ -55,3 +64,22 @@ def open_image(source: dict | str | bytes) -> Image.Image:
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise OSError(f"cannot read image {path or '<bytes>'}: {err}") from err
     return to_rgb(image)
+
+
+def image_digest(source: dict | str | bytes) -> str:
+    """SHA-256 (hex) of the bytes of an image file, as cache keys need.
+
+    Args:
+        source: As for :func:`open_image`.
+
+    Raises:
+        OSError: If the file cannot be read; the message names it.
+    """
+    path, data = path_and_bytes(source)
+    if data is None:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except (OSError, TypeError) as err:
+            raise OSError(f"cannot read image {path}: {err}") from err
+    return hashlib.sha256(data).hexdigest()

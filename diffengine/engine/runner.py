@@ -21,6 +21,7 @@ from mmengine.runner import Runner
 from mmengine.utils import apply_to
 from torch.nn.parallel import DistributedDataParallel
 
+from diffengine.datasets import HFDataset
 from diffengine.engine.checkpoint import (
     CheckpointLoadError,
     atomic_save,
@@ -125,6 +126,9 @@ class DiffEngineRunner(Runner):
       warning when the newest cannot be read.
     - SIGINT and SIGTERM finish the current iteration, save a resumable
       checkpoint and stop.
+    - A dataset with ``cache_latents`` gets its images encoded by the
+      model's VAE when the train loop is built (see
+      :meth:`prepare_latent_cache`).
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -164,12 +168,33 @@ class DiffEngineRunner(Runner):
                                                 False))
 
     def build_train_loop(self, loop):
-        if isinstance(loop, dict) and "type" not in loop:
+        if not isinstance(loop, dict):
+            return super().build_train_loop(loop)
+        if "type" not in loop:
             loop = dict(loop)
             by_epoch = loop.pop("by_epoch")
             loop["type"] = ("ResumableEpochTrainLoop"
                             if by_epoch else "ResumableIterTrainLoop")
-        return super().build_train_loop(loop)
+        loop = super().build_train_loop(loop)
+        self.prepare_latent_cache(loop.dataloader)
+        return loop
+
+    def prepare_latent_cache(self, dataloader) -> None:
+        """Encode the training images once when the dataset caches latents.
+
+        Files go to ``work_dir/latent_cache``, where later runs of the same
+        work dir find them.
+        """
+        dataset = dataloader.dataset
+        if not (isinstance(dataset, HFDataset) and dataset.cache_latents):
+            return
+        model = self.model.module if is_model_wrapper(self.model) else self.model
+        start = time.perf_counter()
+        dataset.build_latent_cache(
+            model.encode_images, model.latent_encoder_id(),
+            osp.join(self.work_dir, "latent_cache"), dataloader.batch_size)
+        self.logger.info(
+            f"latent cache ready in {time.perf_counter() - start:.1f} s")
 
     # ---- signals -----------------------------------------------------
     def train(self) -> torch.nn.Module:

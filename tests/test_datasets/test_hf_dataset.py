@@ -7,6 +7,8 @@ import torch
 
 from diffengine.datasets import HFDataset
 from diffengine.errors import ConfigError, DataError
+from diffengine.models import StableDiffusion
+from tests.conftest import UNET_TARGETS
 
 PIPELINE = [
     dict(type="ResizeShortestEdge", size=32),
@@ -94,3 +96,85 @@ def test_missing_and_empty_datasets(tmp_path):
     empty.write_text("image,text\n")
     with pytest.raises(DataError, match="has no rows"):
         HFDataset(str(empty))
+
+
+CACHED_PIPELINE = [
+    dict(type="ResizeShortestEdge", size=32),
+    dict(type="CenterCrop", size=32),
+    dict(type="RandomHorizontalFlip", p=0.5),
+    dict(type="ImageToNormalizedTensor"),
+    dict(type="PackInputs"),
+]
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_sd):
+    return StableDiffusion(tiny_sd, unet_lora_config=dict(
+        r=2, target_modules=UNET_TARGETS))
+
+
+def cached_dataset(data, encoder, folder, pipeline=CACHED_PIPELINE):
+    dataset = HFDataset(data, pipeline=pipeline, cache_latents=True)
+    dataset.build_latent_cache(encoder.encode_images,
+                               encoder.latent_encoder_id(), str(folder))
+    return dataset
+
+
+def test_cached_samples_hold_the_latents_of_their_images(
+        tmp_path, shapes_data, encoder):
+    cached = cached_dataset(shapes_data, encoder, tmp_path)
+    uncached = HFDataset(shapes_data, pipeline=CACHED_PIPELINE)
+    flips = set()
+    for index, seed in [(0, 11), (0, 12), (5, 13), (23, 14), (7, 15)]:
+        sample = cached[index, seed]["inputs"]
+        image = uncached[index, seed]["inputs"]
+        assert sample.keys() == {"latents", "text", "seed"}
+        assert sample["text"] == image["text"] and sample["seed"] == seed
+        torch.testing.assert_close(
+            sample["latents"], encoder.encode_images(image["img"][None])[0])
+        flips.add(torch.equal(cached.latent_cache.load(
+            cached._latent_keys[index])[1], sample["latents"]))
+    assert flips == {False, True}  # both views were picked
+
+
+def test_latent_cache_is_reused_and_keyed_by_settings(
+        tmp_path, shapes_data, encoder):
+    cached_dataset(shapes_data, encoder, tmp_path)
+    files = sorted(tmp_path.glob("*/*.safetensors"))
+    assert len(files) == 24
+    mtimes = [f.stat().st_mtime_ns for f in files]
+    cached_dataset(shapes_data, encoder, tmp_path)  # another run
+    assert [f.stat().st_mtime_ns for f in files] == mtimes
+    bigger = [dict(t, size=48) if "size" in t else t for t in CACHED_PIPELINE]
+    cached_dataset(shapes_data, encoder, tmp_path, bigger)
+    assert len(list(tmp_path.glob("*/*.safetensors"))) == 48
+
+
+def test_samples_need_the_cache_built_first(shapes_data):
+    dataset = HFDataset(shapes_data, pipeline=CACHED_PIPELINE,
+                        cache_latents=True)
+    with pytest.raises(RuntimeError, match="call build_latent_cache"):
+        dataset[0]
+
+
+def test_an_unreadable_image_is_skipped_with_the_cache(
+        tmp_path, shapes_data, encoder):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    with open(os.path.join(shapes_data, "metadata.jsonl")) as f:
+        rows = [json.loads(line) for line in f][:3]
+    for row in rows:
+        os.link(os.path.join(shapes_data, row["file_name"]),
+                folder / row["file_name"])
+    (folder / "0001.png").unlink()
+    (folder / "0001.png").write_bytes(b"not a png")
+    with open(folder / "metadata.jsonl", "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    dataset = HFDataset(str(folder), pipeline=CACHED_PIPELINE,
+                        cache_latents=True, max_bad_fraction=0.5)
+    dataset.build_latent_cache(encoder.encode_images,
+                               encoder.latent_encoder_id(),
+                               str(tmp_path / "cache"))
+    assert dataset.bad_rows == {1}
+    # the next row takes its place, as without the cache
+    assert dataset[1, 5]["inputs"]["text"] == rows[2]["text"]

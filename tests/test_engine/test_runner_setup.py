@@ -1,4 +1,5 @@
-"""DiffEngineRunner's distributed setup, without a multi-process launch."""
+"""DiffEngineRunner's setup (distributed, data loaders, latent cache),
+without a multi-process launch."""
 import os
 
 import pytest
@@ -54,3 +55,46 @@ def test_ddp_leaves_the_frozen_base_out(tmp_path, tiny_sd, monkeypatch):
         if dist.is_initialized():
             dist.destroy_process_group()
     assert os.environ["LOCAL_RANK"] == "0"
+
+
+def runner_for(work_dir, tiny_sd, shapes_data, cache):
+    return DiffEngineRunner(
+        model=dict(type="StableDiffusion", model=tiny_sd,
+                   cache_text_embeddings=cache,
+                   unet_lora_config=dict(r=2, target_modules=UNET_TARGETS)),
+        work_dir=str(work_dir),
+        train_dataloader=dict(
+            batch_size=2, num_workers=0,
+            sampler=dict(type="DeterministicSampler", shuffle=True),
+            dataset=dict(type="HFDataset", dataset=shapes_data,
+                         cache_latents=cache, pipeline=[
+                             dict(type="ResizeShortestEdge", size=32),
+                             dict(type="CenterCrop", size=32),
+                             dict(type="RandomHorizontalFlip", p=0.5),
+                             dict(type="ImageToNormalizedTensor"),
+                             dict(type="PackInputs"),
+                         ])),
+        optim_wrapper=dict(optimizer=dict(type="AdamW", lr=1e-3)),
+        train_cfg=dict(by_epoch=False, max_iters=1),
+        randomness=dict(seed=0),
+        default_hooks=dict(checkpoint=dict(
+            type="LoRACheckpointHook", by_epoch=False, interval=10)),
+        default_scope="diffengine",
+        experiment_name=f"{os.path.basename(str(work_dir))}-{cache}")
+
+
+def first_loss(runner):
+    runner.train()
+    return runner.message_hub.get_scalar("train/loss").current()
+
+
+def test_cached_and_uncached_training_give_the_same_loss_at_step_0(
+        tmp_path, tiny_sd, shapes_data):
+    # the same batch (seeded sampler) and the same per-sample noise
+    uncached = first_loss(runner_for(tmp_path / "a", tiny_sd, shapes_data,
+                                     cache=False))
+    runner = runner_for(tmp_path / "b", tiny_sd, shapes_data, cache=True)
+    cached = first_loss(runner)
+    assert cached == pytest.approx(uncached, rel=1e-6)
+    assert len(runner.model.text_embeddings) == 2
+    assert len(list((tmp_path / "b" / "latent_cache").glob("*/*"))) == 24

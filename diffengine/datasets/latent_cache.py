@@ -1,0 +1,165 @@
+"""VAE latents of the training images, encoded once and kept on disk.
+
+With ``cache_latents``, each image goes through the deterministic part of
+the pipeline once, unflipped and (when the pipeline flips) flipped, and the
+VAE's latent distributions of both views are stored in one file. A training
+sample then picks one of the two with the flip its seed draws, so no image
+is decoded, resized or encoded during training.
+
+A cached latent is one fixed crop per image, so ``RandomCrop`` crops at the
+centre when the latents are cached (``CenterCrop`` does anyway).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+from collections.abc import Sequence
+
+import torch
+from mmcv.transforms import BaseTransform, Compose
+from mmengine.logging import print_log
+from safetensors.torch import load_file, save_file
+
+from diffengine.datasets.transforms import (
+    CenterCrop,
+    ImageToNormalizedTensor,
+    PackInputs,
+    RandomCrop,
+    RandomHorizontalFlip,
+    ResizeShortestEdge,
+)
+from diffengine.errors import ConfigError
+from diffengine.fileio import atomic_write
+
+# Bumped when the file layout or the meaning of a key changes.
+FORMAT_VERSION = 1
+# Transforms whose output depends on the image alone: applied before caching.
+FIXED_TRANSFORMS = (ResizeShortestEdge, CenterCrop, ImageToNormalizedTensor)
+
+
+class PickLatentView(BaseTransform):
+    """Pick the cached latents of the unflipped or of the flipped image.
+
+    Draws the flip as ``RandomHorizontalFlip`` does (one ``random.random()``
+    against ``p``), so a sample's flip is the same with and without the
+    cache when the crop is fixed.
+
+    Args:
+        p (float, optional): The flip probability; None when the pipeline
+            does not flip (one view is cached).
+    """
+
+    def __init__(self, p: float | None) -> None:
+        self.p = p
+
+    def transform(self, results: dict) -> dict:
+        flip = self.p is not None and random.random() < self.p
+        results["flip"] = flip
+        results["latents"] = results["latents"][int(flip)]
+        return results
+
+
+class LatentCachePlan:
+    """How a pipeline is split for caching.
+
+    Attributes:
+        views (list[Compose]): Image → C×H×W tensor, one per cached view:
+            unflipped, then flipped when the pipeline flips.
+        settings (list): What the cached values depend on besides the image
+            and the VAE (the fixed transforms and their options), for keys.
+        pipeline (Compose): What training applies to a cached sample: the
+            flip pick and ``PackInputs`` with ``latents`` in place of
+            ``img``.
+
+    Raises:
+        ConfigError: If the pipeline holds a transform that cannot be
+            cached, or lacks ``ImageToNormalizedTensor`` or ``PackInputs``.
+    """
+
+    def __init__(self, transforms: Sequence) -> None:
+        unflipped, flipped, settings = [], [], []
+        flip_p, pack = None, None
+        for transform in transforms:
+            if isinstance(transform, RandomCrop):
+                print_log(
+                    "cache_latents: RandomCrop crops at the centre, since a "
+                    "cached latent is one fixed crop per image",
+                    logger="current", level=logging.WARNING)
+                transform = CenterCrop(transform.size)
+            if isinstance(transform, FIXED_TRANSFORMS):
+                unflipped.append(transform)
+                flipped.append(transform)
+                settings.append([type(transform).__name__, vars(transform)])
+            elif isinstance(transform, RandomHorizontalFlip):
+                flip_p = transform.p
+                unflipped.append(RandomHorizontalFlip(p=0.0))
+                flipped.append(RandomHorizontalFlip(p=1.0))
+                settings.append(["RandomHorizontalFlip"])
+            elif isinstance(transform, PackInputs):
+                pack = PackInputs(
+                    keys=["latents" if k == "img" else k
+                          for k in transform.keys],
+                    optional_keys=transform.optional_keys)
+            else:
+                raise ConfigError(
+                    f"cache_latents: the pipeline's {type(transform).__name__}"
+                    " cannot be cached; the cache supports "
+                    "ResizeShortestEdge, CenterCrop, RandomCrop (at the "
+                    "centre), RandomHorizontalFlip, ImageToNormalizedTensor "
+                    "and PackInputs.")
+        if pack is None or not any(
+                isinstance(t, ImageToNormalizedTensor) for t in unflipped):
+            raise ConfigError(
+                "cache_latents: the pipeline needs ImageToNormalizedTensor "
+                "and PackInputs.")
+        self.views = [Compose(unflipped)]
+        if flip_p is not None and flip_p > 0:
+            self.views.append(Compose(flipped))
+        self.settings = settings
+        self.pipeline = Compose([PickLatentView(flip_p), pack])
+
+    def view_tensors(self, image) -> torch.Tensor:
+        """The views of a PIL image, stacked: V × 3 × H × W in [-1, 1]."""
+        return torch.stack([view({"img": image})["img"] for view in self.views])
+
+
+class LatentCache:
+    """Files of cached latents, one per image, under ``folder``.
+
+    A file holds ``latents``: V × 8 × h × w fp32 (the VAE's mean and
+    log-variance of each view). Its name is a digest of the image's bytes,
+    the fixed transforms and the VAE, so that a run with other settings or
+    another VAE never reads it, and any run with the same ones does.
+
+    Args:
+        folder (str): Where the files go, e.g. ``work_dir/latent_cache``.
+        settings (dict): What the values depend on besides the image.
+    """
+
+    def __init__(self, folder: str, settings: dict) -> None:
+        self.folder = folder
+        self.settings = json.dumps(
+            {"format": FORMAT_VERSION, **settings}, sort_keys=True)
+
+    def key(self, image_digest: str) -> str:
+        """The key of the image whose bytes have SHA-256 ``image_digest``."""
+        return hashlib.sha256(
+            f"{image_digest}\n{self.settings}".encode()).hexdigest()
+
+    def path(self, key: str) -> str:
+        return os.path.join(self.folder, key[:2], f"{key}.safetensors")
+
+    def has(self, key: str) -> bool:
+        return os.path.isfile(self.path(key))
+
+    def load(self, key: str) -> torch.Tensor:
+        return load_file(self.path(key))["latents"]
+
+    def save(self, key: str, latents: torch.Tensor) -> None:
+        path = self.path(key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tensors = {"latents": latents.detach().float().cpu().contiguous()}
+        atomic_write(path, lambda tmp: save_file(tensors, tmp))

@@ -1,0 +1,98 @@
+"""The latent cache: how a pipeline is split, keys, views, flip picks."""
+import random
+
+import pytest
+import torch
+from mmcv.transforms import BaseTransform
+from PIL import Image
+
+from diffengine.datasets.latent_cache import (
+    LatentCache,
+    LatentCachePlan,
+    PickLatentView,
+)
+from diffengine.datasets.transforms import (
+    CenterCrop,
+    ImageToNormalizedTensor,
+    PackInputs,
+    RandomCrop,
+    RandomHorizontalFlip,
+    ResizeShortestEdge,
+)
+from diffengine.errors import ConfigError
+
+
+def pipeline(crop=RandomCrop, flip=0.5):
+    transforms = [ResizeShortestEdge(16), crop(16)]
+    if flip is not None:
+        transforms.append(RandomHorizontalFlip(flip))
+    return [*transforms, ImageToNormalizedTensor(), PackInputs()]
+
+
+def test_plan_caches_the_centre_crop_and_its_mirror():
+    plan = LatentCachePlan(pipeline())
+    assert [name for name, *_ in plan.settings] == [
+        "ResizeShortestEdge", "CenterCrop", "RandomHorizontalFlip",
+        "ImageToNormalizedTensor"]
+    assert plan.settings[1][1] == {"size": (16, 16)}
+    image = Image.effect_mandelbrot((24, 20), (-2, -1.5, 1, 1.5), 50).convert(
+        "RGB")
+    views = plan.view_tensors(image)
+    assert views.shape == (2, 3, 16, 16)
+    assert torch.equal(views[1], views[0].flip(-1))
+    # the centre of the 19×16 resized image: columns 1..17
+    centre = CenterCrop(16).transform(
+        ResizeShortestEdge(16).transform({"img": image}))
+    assert torch.equal(
+        views[0], ImageToNormalizedTensor().transform(centre)["img"])
+    pick, pack = plan.pipeline.transforms
+    assert pick.p == 0.5 and pack.keys == ("latents", "text")
+
+
+def test_without_flip_one_view_is_cached():
+    plan = LatentCachePlan(pipeline(crop=CenterCrop, flip=None))
+    assert len(plan.views) == 1
+    assert plan.pipeline.transforms[0].p is None
+    assert len(LatentCachePlan(pipeline(flip=0.0)).views) == 1
+
+
+class Blur(BaseTransform):
+    def transform(self, results):
+        return results
+
+
+def test_transforms_that_cannot_be_cached_are_named():
+    with pytest.raises(ConfigError, match="pipeline's Blur cannot be cached"):
+        LatentCachePlan([ResizeShortestEdge(16), Blur(),
+                         ImageToNormalizedTensor(), PackInputs()])
+    with pytest.raises(ConfigError, match="needs ImageToNormalizedTensor"):
+        LatentCachePlan([ResizeShortestEdge(16), PackInputs()])
+
+
+def test_the_pick_draws_the_flip_as_the_uncached_flip_does():
+    latents = torch.stack([torch.zeros(8, 2, 2), torch.ones(8, 2, 2)])
+    for seed in range(20):
+        random.seed(seed)
+        uncached = RandomHorizontalFlip(0.5).transform(
+            {"img": Image.new("RGB", (2, 2))})["flip"]
+        random.seed(seed)
+        cached = PickLatentView(0.5).transform({"latents": latents})
+        assert cached["flip"] == uncached
+        assert cached["latents"].mean().item() == float(uncached)
+
+
+def test_keys_depend_on_image_settings_and_encoder(tmp_path):
+    cache = LatentCache(str(tmp_path), dict(transforms=[1], encoder="a"))
+    key = cache.key("digest")
+    assert key == LatentCache(str(tmp_path), dict(
+        encoder="a", transforms=[1])).key("digest")
+    assert len({key, cache.key("other"),
+                LatentCache(str(tmp_path), dict(transforms=[2], encoder="a")
+                            ).key("digest"),
+                LatentCache(str(tmp_path), dict(transforms=[1], encoder="b")
+                            ).key("digest")}) == 4
+    assert not cache.has(key)
+    cache.save(key, torch.arange(8.0).view(1, 8, 1, 1))
+    assert cache.has(key) and cache.path(key).startswith(
+        str(tmp_path / key[:2]))
+    assert torch.equal(cache.load(key), torch.arange(8.0).view(1, 8, 1, 1))
