@@ -1,11 +1,13 @@
 from diffengine.engine.amp import fall_back_from_amp_without_cuda
 from diffengine.engine.hooks import LoRACheckpointHook, VisualizationHook
 from diffengine.engine.loops import ResumableEpochTrainLoop, ResumableIterTrainLoop
+from diffengine.engine.optim_wrapper_constructor import LoRAOptimWrapperConstructor
 from diffengine.engine.runner import DiffEngineRunner, TrainingInterruptedError
 
 __all__ = [
     "DiffEngineRunner",
     "LoRACheckpointHook",
+    "LoRAOptimWrapperConstructor",
     "ResumableEpochTrainLoop",
     "ResumableIterTrainLoop",
     "TrainingInterruptedError",

@@ -129,6 +129,9 @@ class DiffEngineRunner(Runner):
     - A dataset with ``cache_latents`` gets its images encoded by the
       model's VAE when the train loop is built (see
       :meth:`prepare_latent_cache`).
+    - The optimizer holds the trainable parameters only, fused on CUDA
+      (``LoRAOptimWrapperConstructor``); DataLoaders default to persistent
+      workers and, with CUDA, pinned memory.
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -178,6 +181,29 @@ class DiffEngineRunner(Runner):
         loop = super().build_train_loop(loop)
         self.prepare_latent_cache(loop.dataloader)
         return loop
+
+    def build_optim_wrapper(self, optim_wrapper):
+        if (isinstance(optim_wrapper, dict) and "optimizer" in optim_wrapper
+                and "constructor" not in optim_wrapper):
+            optim_wrapper = dict(optim_wrapper,
+                                 constructor="LoRAOptimWrapperConstructor")
+        return super().build_optim_wrapper(optim_wrapper)
+
+    @staticmethod
+    def build_dataloader(dataloader, seed=None, diff_rank_seed=False):
+        """mmengine's, with defaults that fit the machine.
+
+        Workers persist across epochs (instead of forking anew and copying
+        the dataset each epoch), and batches are pinned when they go to a
+        GPU, so that the copy overlaps compute. A config that sets either
+        keeps its value.
+        """
+        if isinstance(dataloader, dict):
+            dataloader = dict(dataloader)
+            dataloader.setdefault("persistent_workers",
+                                  dataloader.get("num_workers", 0) > 0)
+            dataloader.setdefault("pin_memory", torch.cuda.is_available())
+        return Runner.build_dataloader(dataloader, seed, diff_rank_seed)
 
     def prepare_latent_cache(self, dataloader) -> None:
         """Encode the training images once when the dataset caches latents.

@@ -6,6 +6,7 @@ import pytest
 import torch.distributed as dist
 from mmengine.runner import runner as mmengine_runner
 
+from diffengine.datasets import HFDataset
 from diffengine.engine import DiffEngineRunner
 from diffengine.models import StableDiffusion
 from tests.conftest import UNET_TARGETS
@@ -98,3 +99,15 @@ def test_cached_and_uncached_training_give_the_same_loss_at_step_0(
     assert cached == pytest.approx(uncached, rel=1e-6)
     assert len(runner.model.text_embeddings) == 2
     assert len(list((tmp_path / "b" / "latent_cache").glob("*/*"))) == 24
+
+
+def test_dataloaders_default_to_persistent_workers(shapes_data):
+    def build(**options):
+        return DiffEngineRunner.build_dataloader(dict(
+            batch_size=2, sampler=dict(type="DefaultSampler"),
+            dataset=HFDataset(shapes_data), **options))
+
+    loader = build(num_workers=1)
+    assert loader.persistent_workers and not loader.pin_memory  # no CUDA
+    assert not build(num_workers=0).persistent_workers
+    assert not build(num_workers=1, persistent_workers=False).persistent_workers
