@@ -4,6 +4,7 @@ import inspect
 import os
 
 import pytest
+import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
@@ -102,3 +103,33 @@ def test_a_typo_in_a_lora_option_fails_the_build(tiny_sd, shapes_data):
     with pytest.raises(ValueError, match=r"unet_lora_config\.lora_alfa is not "
                        r"an option .* Did you mean 'lora_alpha'\?"):
         MODELS.build(cfg.model)
+
+
+def test_speed_and_cache_options_reach_the_built_objects(tiny_sd, shapes_data,
+                                                         tmp_path):
+    config = os.path.join(REPO, "configs", "stable_diffusion_lora",
+                          "tiny_sd_lora_demo.py")
+    cfg = load(config, tiny_sd, shapes_data,
+               "model.weight_dtype=bfloat16",
+               "model.channels_last=True",
+               "model.gradient_checkpointing=True",
+               "model.compile_unet=True",
+               "model.cache_text_embeddings=True",
+               "train_dataloader.dataset.cache_latents=True",
+               "train_dataloader.num_workers=0",
+               "custom_hooks=[]")
+    cfg.work_dir = str(tmp_path)
+    runner = RUNNERS.build(cfg)
+    model = runner.model
+    assert {p.dtype for p in model.unet.parameters() if not p.requires_grad} == {
+        torch.bfloat16}
+    assert model.unet.conv_in.weight.is_contiguous(
+        memory_format=torch.channels_last)
+    assert model.unet.is_gradient_checkpointing
+    assert model.unet._compiled_call_impl is not None  # compiled in place
+    assert model.text_embeddings is not None
+    loop = runner.build_train_loop(cfg.train_cfg)
+    assert loop.dataloader.dataset.latent_cache is not None
+    batch = next(iter(loop.dataloader))
+    assert batch["inputs"]["latents"][0].shape == (8, 32, 32)
+    assert len(list((tmp_path / "latent_cache").glob("*/*"))) == 24
