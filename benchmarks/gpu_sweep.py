@@ -1,0 +1,179 @@
+"""SD1.5-shaped LoRA training on one GPU: samples/s, peak memory and MFU.
+
+Builds the SD1.5 architecture with random weights on the GPU (no download),
+then trains it through ``DiffEngineRunner`` at 512 px in bf16 (autocast and
+the frozen base in bf16, LoRA rank 4 on the UNet's attention) for each batch
+size, with and without cached latents (and text embeddings), with and
+without gradient checkpointing. Each configuration runs in this process
+with a fresh runner; rows print as they finish. ``benchmarks/gpu.sh`` runs
+it; see benchmarks/README.md.
+
+MFU counts model FLOPs per 512 px sample (recomputation under gradient
+checkpointing is not counted): a LoRA step with a frozen base is about
+2.15 × the UNet forward (803 GFLOP), encoding the image with the VAE
+1,117 GFLOP and the caption with CLIP 13 GFLOP; cached latents and text
+embeddings remove the last two.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, REPO)
+
+UNET_FORWARD_GFLOP = 803
+LORA_STEP_GFLOP = 2.15 * UNET_FORWARD_GFLOP
+VAE_ENCODE_GFLOP = 1117
+CLIP_GFLOP = 13
+# Options of every configuration: bf16 frozen base, channels-last weights,
+# cuDNN picking its fastest convolutions for the fixed 512 px shapes.
+BASE_OPTIONS = ["model.weight_dtype=bfloat16", "model.channels_last=True",
+                "env_cfg.cudnn_benchmark=True",
+                # runners log their setup at INFO; the rows are the output
+                "log_level=WARNING"]
+CACHE_OPTIONS = ["train_dataloader.dataset.cache_latents=True",
+                 "model.cache_text_embeddings=True"]
+
+
+def sample_gflop(cached: bool, resolution: int = 512) -> float:
+    """Model GFLOP of one training sample (scaled by the pixel count away
+    from 512 px, which undercounts attention a little)."""
+    gflop = LORA_STEP_GFLOP
+    if not cached:
+        gflop += VAE_ENCODE_GFLOP + CLIP_GFLOP
+    return gflop * (resolution / 512) ** 2
+
+
+def build_inputs(folder: str, num_images: int,
+                 build_model: bool = True) -> tuple[str, str]:
+    """The SD1.5-shaped model (bf16, initialised on the GPU) and images."""
+    import torch
+
+    from diffengine.demo import make_sd15_shaped, make_shapes_dataset
+
+    model = os.path.join(folder, "sd15-shaped")
+    if build_model and not os.path.isfile(
+            os.path.join(model, "model_index.json")):
+        start = time.time()
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(torch.bfloat16)  # half the bytes to write
+        try:
+            make_sd15_shaped(model, device="cuda")
+        finally:
+            torch.set_default_dtype(default)
+        print(f"built {model} in {time.time() - start:.0f} s", flush=True)
+    data = os.path.join(folder, "shapes-640")
+    if not os.path.isfile(os.path.join(data, "metadata.jsonl")):
+        make_shapes_dataset(data, num_images=num_images, size=640)
+    return model, data
+
+
+def run_one(model: str, data: str, work_dir: str, batch_size: int,
+            cached: bool, checkpointing: bool, args,
+            compiled: bool = False) -> dict:
+    import torch
+
+    from benchmarks.framework_loop import run_framework
+
+    name = (f"b{batch_size}_{'cached' if cached else 'encoded'}"
+            f"{'_gc' if checkpointing else ''}{'_compiled' if compiled else ''}")
+    options = [*BASE_OPTIONS, f"experiment_name={name}",
+               f"model.gradient_checkpointing={checkpointing}",
+               f"model.compile_unet={compiled}"]
+    if cached:
+        options += CACHE_OPTIONS
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    result = run_framework(
+        device=args.device, model=model, data=data,
+        resolution=args.resolution,
+        batch_size=batch_size, rank=4, steps=args.steps, warmup=args.warmup,
+        work_dir=work_dir, num_workers=args.num_workers,
+        mixed_precision="bf16", options=tuple(options))
+    gc.collect()
+    torch.cuda.empty_cache()
+    tflops = result["samples_per_s"] * sample_gflop(
+        cached, args.resolution) / 1000
+    return dict(name=name, batch_size=batch_size, cached=cached,
+                checkpointing=checkpointing, compiled=compiled,
+                median_s=result["median_s"],
+                samples_per_s=result["samples_per_s"],
+                peak_gib=result["peak_bytes"] / 2**30,
+                model_tflops=tflops, mfu=tflops / args.peak_tflops)
+
+
+HEADER = (f"{'batch':>5} {'latents':>8} {'ckpt':>5} {'compile':>8} "
+          f"{'s/step':>8} {'samples/s':>10} {'peak GiB':>9} {'TFLOP/s':>8} "
+          f"{'MFU':>6}")
+
+
+def format_row(row: dict) -> str:
+    return (f"{row['batch_size']:>5} "
+            f"{'cached' if row['cached'] else 'encoded':>8}"
+            f" {'on' if row['checkpointing'] else 'off':>5}"
+            f" {'on' if row['compiled'] else 'off':>8}"
+            f" {row['median_s']:>8.4f} {row['samples_per_s']:>10.1f}"
+            f" {row['peak_gib']:>9.1f} {row['model_tflops']:>8.0f}"
+            f" {row['mfu']:>6.1%}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--folder", default="/tmp/diffengine-gpu-bench")
+    parser.add_argument("--model", help="a diffusers SD 1.x folder instead "
+                        "of the SD1.5-shaped one built in --folder")
+    parser.add_argument("--resolution", type=int, default=512)
+    parser.add_argument("--device", default="cuda",
+                        help="cpu only checks the plumbing, with a small "
+                        "--model and --resolution")
+    parser.add_argument("--batch-sizes", type=int, nargs="+",
+                        default=[1, 4, 8])
+    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--num-workers", type=int, default=8)
+    parser.add_argument("--num-images", type=int, default=64)
+    parser.add_argument("--peak-tflops", type=float, default=790.0)
+    parser.add_argument("--no-compile", action="store_true",
+                        help="skip the last row (largest batch, cached, "
+                        "compile_unet=True), whose compilation takes minutes")
+    parser.add_argument("--json", help="also write the rows here")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from benchmarks.train_step import versions
+
+    if args.device == "cuda":
+        assert torch.cuda.is_available(), "gpu_sweep needs CUDA"
+        print(torch.cuda.get_device_name(), flush=True)
+    print(versions(), flush=True)
+    model, data = build_inputs(args.folder, args.num_images,
+                               build_model=args.model is None)
+    model = args.model or model
+    work_dir = os.path.join(args.folder, "work")  # one latent cache for all
+    print(HEADER, flush=True)
+    configs = [(batch_size, cached, checkpointing, False)
+               for cached in (True, False) for checkpointing in (False, True)
+               for batch_size in args.batch_sizes]
+    if not args.no_compile:
+        configs.append((max(args.batch_sizes), True, False, True))
+    rows = []
+    for batch_size, cached, checkpointing, compiled in configs:
+        rows.append(run_one(model, data, work_dir, batch_size, cached,
+                            checkpointing, args, compiled))
+        print(format_row(rows[-1]), flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=2)
+    print("\nall rows:", HEADER, *map(format_row, rows), sep="\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
