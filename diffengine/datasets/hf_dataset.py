@@ -237,9 +237,11 @@ class HFDataset(BaseDataset):
         if batch:
             _encode_into(cache, batch, encode)
         barrier()
+        failed = 0
         for idx, key in enumerate(keys):
             if key is not None and not cache.has(key):
                 keys[idx] = None
+                failed += 1
                 if idx not in self.bad_rows:
                     self._skip_bad_row(idx, OSError(
                         f"image of row {idx} could not be read for the "
@@ -249,11 +251,12 @@ class HFDataset(BaseDataset):
             [self.caption_column])
         self.latent_cache = cache
         self.pipeline = plan.pipeline
+        encoded = len(missing) - failed
         print_log(
-            f"cache_latents: {len(missing)} images encoded "
+            f"cache_latents: {encoded} images encoded "
             f"({len(plan.views)} views each), "
-            f"{len(keys) - len(missing) - keys.count(None)} reused, in "
-            f"{folder}", logger="current")
+            f"{len(keys) - keys.count(None) - encoded} reused, in {folder}",
+            logger="current")
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         """Sample ``key`` (an index, or ``(index, seed)``) after transforms."""

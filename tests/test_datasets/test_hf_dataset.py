@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+from mmengine.logging import MMLogger
 
 from diffengine.datasets import HFDataset
 from diffengine.errors import ConfigError, DataError
@@ -143,8 +144,12 @@ def test_latent_cache_is_reused_and_keyed_by_settings(
     files = sorted(tmp_path.glob("*/*.safetensors"))
     assert len(files) == 24
     mtimes = [f.stat().st_mtime_ns for f in files]
+    log_file = tmp_path / "run.log"
+    MMLogger.get_instance("cache-reuse-test", log_file=str(log_file))
     cached_dataset(shapes_data, encoder, tmp_path)  # another run
     assert [f.stat().st_mtime_ns for f in files] == mtimes
+    assert ("cache_latents: 0 images encoded (2 views each), 24 reused"
+            in log_file.read_text())
     bigger = [dict(t, size=48) if "size" in t else t for t in CACHED_PIPELINE]
     cached_dataset(shapes_data, encoder, tmp_path, bigger)
     assert len(list(tmp_path.glob("*/*.safetensors"))) == 48
