@@ -221,11 +221,13 @@ def corrupt_data(tmp_path, shapes_data):
     folder = tmp_path / "corrupt"
     folder.mkdir()
     for name in os.listdir(shapes_data):
-        os.link(os.path.join(shapes_data, name), folder / name)
+        if name.endswith(".png"):
+            os.link(os.path.join(shapes_data, name), folder / name)
     data = Path(shapes_data, "0000.png").read_bytes()
     (folder / "broken.png").write_bytes(data[:100])
-    with open(folder / "metadata.jsonl", "a") as f:
-        f.write('{"file_name": "broken.png", "text": "broken"}\n')
+    metadata = Path(shapes_data, "metadata.jsonl").read_text()
+    (folder / "metadata.jsonl").write_text(
+        metadata + '{"file_name": "broken.png", "text": "broken"}\n')
     return folder
 
 

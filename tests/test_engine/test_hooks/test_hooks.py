@@ -35,6 +35,7 @@ def make_runner(work_dir, tiny_sd, shapes_data, custom_hooks=(), **checkpoint):
             type="LoRACheckpointHook", by_epoch=False, **checkpoint)),
         custom_hooks=list(custom_hooks),
         default_scope="diffengine",
+        randomness=dict(seed=0),
         experiment_name=os.path.basename(str(work_dir)),
     )
 
@@ -81,3 +82,27 @@ def test_visualization_hook_checks_its_arguments():
         VisualizationHook(prompt="a cat")
     with pytest.raises(ValueError, match="interval=0"):
         VisualizationHook(prompt=["a cat"], interval=0)
+
+
+def test_iteration_based_resume_is_bit_exact(tmp_path, tiny_sd, shapes_data):
+    """12 iterations straight, or 8 then a resume from iteration 8."""
+    def run(work_dir, max_iters, **kwargs):
+        runner = make_runner(work_dir, tiny_sd, shapes_data, interval=4,
+                             max_keep_ckpts=-1)
+        runner._train_loop = dict(by_epoch=False, max_iters=max_iters)
+        for key, value in kwargs.items():
+            setattr(runner, key, value)
+        runner.train()
+        return runner
+
+    run(tmp_path / "straight", 12)
+    run(tmp_path / "first", 8)
+    resumed = run(tmp_path / "first", 12, _resume=True)
+    # 24 images, batch 2: iteration 12 starts the second pass over the data
+    assert resumed.iter == 12
+    straight = load_file(str(tmp_path / "straight" / "step12" /
+                             "pytorch_lora_weights.safetensors"))
+    again = load_file(str(tmp_path / "first" / "step12" /
+                          "pytorch_lora_weights.safetensors"))
+    assert straight.keys() == again.keys()
+    assert all(torch.equal(straight[k], again[k]) for k in straight)
