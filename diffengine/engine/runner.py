@@ -265,9 +265,10 @@ class DiffEngineRunner(Runner):
             return
         os.makedirs(out_dir, exist_ok=True)
         path = osp.join(out_dir, filename)
-        atomic_save(checkpoint, path)
+        # The step folder first: a .pth on disk implies its step folder.
         with atomic_directory(step_dir_of(path, meta["iter"])) as tmp:
             model.save_lora_weights(tmp)
+        atomic_save(checkpoint, path)
         self.logger.info(
             f"saved {path} and {STEP_DIR.format(meta['iter'])}/")
 
@@ -286,17 +287,14 @@ class DiffEngineRunner(Runner):
         self.logger.info(f"no checkpoint in {self.work_dir}: starting fresh")
 
     def _resume_candidates(self) -> list[str]:
-        """``last_checkpoint``'s file first, then the others, newest first."""
-        paths = sorted(glob.glob(osp.join(self.work_dir, "*.pth")),
-                       key=osp.getmtime, reverse=True)
-        last = osp.join(self.work_dir, "last_checkpoint")
-        if osp.isfile(last):
-            with open(last) as f:
-                target = f.read().strip()
-            if target in paths:
-                paths.remove(target)
-            paths.insert(0, target)
-        return paths
+        """The work dir's checkpoints, newest first.
+
+        Newest by file time rather than ``last_checkpoint``: a kill between
+        a checkpoint's rename and the update of ``last_checkpoint`` leaves a
+        complete checkpoint that ``last_checkpoint`` does not name yet.
+        """
+        return sorted(glob.glob(osp.join(self.work_dir, "*.pth")),
+                      key=osp.getmtime, reverse=True)
 
     def _load_model_state(self, checkpoint: dict, path: str) -> None:
         model = self.model.module if is_model_wrapper(self.model) else self.model

@@ -95,9 +95,9 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_exact(
     process = run_until_checkpoint(train_command(*args), tmp_path, kill_at)
     process.kill()
     process.wait()
-    # The newest checkpoint may be the one the kill cut short; truncate it
-    # for sure: resume must fall back to the one before.
-    newest = (tmp_path / "last_checkpoint").read_text().strip()
+    # Saves are atomic, so the newest checkpoint is complete; truncate it as
+    # a disk fault would: resume must fall back to the one before.
+    newest = max(glob.glob(str(tmp_path / "*.pth")), key=os.path.getmtime)
     with open(newest, "r+b") as f:
         f.truncate(os.path.getsize(newest) // 2)
     result = subprocess.run(train_command(*args, "--resume"),
@@ -286,5 +286,5 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(
     assert sorted(glob.glob(str(tmp_path / "*.pth"))) == sorted(
         p for p in checkpoint_files if p.endswith(".pth"))
     assert not glob.glob(str(tmp_path / ".*tmp*"))
-    newest = (tmp_path / "last_checkpoint").read_text().strip()
+    newest = max(glob.glob(str(tmp_path / "*.pth")), key=os.path.getmtime)
     assert load_checkpoint_file(newest)["meta"]["iter"] == 6
