@@ -19,6 +19,8 @@ DATA_FILE_BUILDERS = {
     ".parquet": "parquet",
     ".arrow": "arrow",
 }
+# Files that make a folder an imagefolder (captions beside image paths).
+IMAGEFOLDER_METADATA = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
 
 
 def load_hf_dataset(dataset: str, split: str = "train",
@@ -45,6 +47,12 @@ def _load(dataset: str, split: str,
             DATA_FILE_BUILDERS[ext], data_files=dataset, split=split,
             cache_dir=cache_dir)
     if os.path.isdir(dataset):
+        if any(os.path.isfile(os.path.join(dataset, name))
+               for name in IMAGEFOLDER_METADATA):
+            # Named, not inferred: ``datasets`` picks the builder of the most
+            # common file type, "text" for images beside .txt captions.
+            return datasets.load_dataset("imagefolder", data_dir=dataset,
+                                         split=split, cache_dir=cache_dir)
         return datasets.load_dataset(dataset, split=split, cache_dir=cache_dir)
     if os.path.isabs(dataset) or dataset.startswith("."):
         raise FileNotFoundError(
