@@ -1,19 +1,16 @@
 """Captioned image datasets read through HF ``datasets``."""
 from __future__ import annotations
 
-import logging
 import os
 import random
 from collections.abc import Sequence
 
 import datasets
-import numpy as np
-from mmengine.dataset import BaseDataset
-from mmengine.logging import print_log
 
+from diffengine.datasets.base import CaptionedImageDataset
 from diffengine.datasets.image import open_image
 from diffengine.errors import ConfigError, DataError
-from diffengine.registry import DATASETS, TRANSFORMS
+from diffengine.registry import DATASETS
 
 # File extensions ``load_dataset`` reads as data files, by builder name.
 DATA_FILE_BUILDERS = {
@@ -23,6 +20,8 @@ DATA_FILE_BUILDERS = {
     ".parquet": "parquet",
     ".arrow": "arrow",
 }
+# Files that make a folder an imagefolder (captions beside image paths).
+IMAGEFOLDER_METADATA = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
 
 
 def load_hf_dataset(dataset: str, split: str = "train",
@@ -49,6 +48,12 @@ def _load(dataset: str, split: str,
             DATA_FILE_BUILDERS[ext], data_files=dataset, split=split,
             cache_dir=cache_dir)
     if os.path.isdir(dataset):
+        if any(os.path.isfile(os.path.join(dataset, name))
+               for name in IMAGEFOLDER_METADATA):
+            # Named, not inferred: ``datasets`` picks the builder of the most
+            # common file type, "text" for images beside .txt captions.
+            return datasets.load_dataset("imagefolder", data_dir=dataset,
+                                         split=split, cache_dir=cache_dir)
         return datasets.load_dataset(dataset, split=split, cache_dir=cache_dir)
     if os.path.isabs(dataset) or dataset.startswith("."):
         raise ConfigError(
@@ -58,19 +63,14 @@ def _load(dataset: str, split: str,
 
 
 @DATASETS.register_module()
-class HFDataset(BaseDataset):
+class HFDataset(CaptionedImageDataset):
     """Images with captions, from a hub id, an image folder or a data file.
 
     Images are read undecoded and opened here, so that a bad file can be
     named and any mode (RGBA, palette, CMYK, 16-bit) converted to RGB. A row
     whose image is missing, truncated or not an image, or whose caption is
-    empty or not a string, is skipped with a warning naming it (the next row
-    takes its place) and counted; more than ``max_bad_fraction`` of the rows
-    bad is an error.
-
-    Indexed with ``(index, seed)`` (as ``DeterministicSampler`` yields), the
-    random transforms of the sample are seeded with ``seed`` and the seed is
-    passed on to the model for its noise.
+    empty or not a string, is skipped and counted (see
+    ``CaptionedImageDataset``).
 
     Args:
         dataset (str): Hub id, local imagefolder (images beside
@@ -94,9 +94,6 @@ class HFDataset(BaseDataset):
                  cache_dir: str | None = None,
                  pipeline: Sequence[dict] = (),
                  max_bad_fraction: float = 0.05) -> None:
-        self.dataset_name = dataset
-        self.max_bad_fraction = max_bad_fraction
-        self.bad_rows: set[int] = set()
         self.image_column = image_column
         self.caption_column = caption_column
         self.hf_dataset = load_hf_dataset(dataset, split, cache_dir)
@@ -116,16 +113,7 @@ class HFDataset(BaseDataset):
         self.image_root = dataset if os.path.isdir(dataset) else (
             os.path.dirname(os.path.abspath(dataset))
             if os.path.isfile(dataset) else None)
-        # Built from diffengine's registry, so that a dataset made outside a
-        # runner (no default scope) finds diffengine's transforms too.
-        transforms = [
-            TRANSFORMS.build(t) if isinstance(t, dict) else t for t in pipeline
-        ]
-        super().__init__(pipeline=transforms, serialize_data=False)
-
-    def full_init(self) -> None:
-        """Rows stay in the HF dataset (memory-mapped); nothing to load."""
-        self._fully_initialized = True
+        super().__init__(dataset, pipeline, max_bad_fraction)
 
     def __len__(self) -> int:
         return len(self.hf_dataset)
@@ -151,40 +139,3 @@ class HFDataset(BaseDataset):
             source = os.path.join(self.image_root, source)
         return {"img": open_image(source), "text": self.caption(row, idx),
                 "sample_idx": idx}
-
-    def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        """Sample ``key`` (an index, or ``(index, seed)``) after transforms."""
-        index, seed = key if isinstance(key, tuple) else (key, None)
-        if seed is not None:
-            random.seed(seed)
-            np.random.seed(seed % 2**32)
-        for _ in range(len(self)):
-            try:
-                info = self.get_data_info(index)
-                break
-            except (OSError, DataError) as err:
-                self._skip_bad_row(index, err)
-                index = (index + 1) % len(self)
-        else:
-            raise DataError(f"no readable row in {self.dataset_name!r}.")
-        if seed is not None:
-            info["seed"] = seed
-        return self.pipeline(info)
-
-    def prepare_data(self, idx: int) -> dict:
-        return self[idx]
-
-    def _skip_bad_row(self, index: int, err: Exception) -> None:
-        self.bad_rows.add(index)
-        limit = self.max_bad_fraction * len(self)
-        if len(self.bad_rows) > limit:
-            raise DataError(
-                f"{len(self.bad_rows)} bad rows in {self.dataset_name!r}, "
-                f"more than max_bad_fraction={self.max_bad_fraction} of "
-                f"{len(self)}; the latest: {err}. Fix or remove them, or "
-                "raise max_bad_fraction.") from err
-        print_log(
-            f"skipped row {index}: {err} ({len(self.bad_rows)} of "
-            f"{len(self)} rows skipped so far)",
-            logger="current",
-            level=logging.WARNING)

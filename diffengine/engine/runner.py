@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import glob
+import json
 import os
 import os.path as osp
 import shutil
@@ -267,10 +268,33 @@ class DiffEngineRunner(Runner):
         path = osp.join(out_dir, filename)
         # The step folder first: a .pth on disk implies its step folder.
         with atomic_directory(step_dir_of(path, meta["iter"])) as tmp:
-            model.save_lora_weights(tmp)
+            model.save_lora_weights(tmp, self.training_metadata(meta))
         atomic_save(checkpoint, path)
         self.logger.info(
             f"saved {path} and {STEP_DIR.format(meta['iter'])}/")
+
+    def training_metadata(self, meta: dict) -> dict[str, str]:
+        """What a step file tells about its training run.
+
+        Read back by ``export_lora`` into the ``ss_*`` and ``modelspec.*``
+        keys that A1111 and ComfyUI show.
+        """
+        dataset_cfg = self.cfg.get("train_dataloader", {}).get("dataset", {})
+        metadata = {
+            "step": meta["iter"],
+            "epoch": meta["epoch"],
+            "max_steps": self.max_iters,
+            "num_train_images": len(self.train_dataloader.dataset),
+            "seed": self.seed,
+            "version": __version__,
+            "training_config": json.dumps(self.cfg.to_dict(), default=str),
+        }
+        if isinstance(dataset_cfg.get("dataset"), str):
+            metadata["dataset"] = dataset_cfg["dataset"]
+        resolution = self.message_hub.get_info("train_resolution")
+        if resolution is not None:
+            metadata["resolution"] = resolution
+        return {k: str(v) for k, v in metadata.items()}
 
     # ---- loading -----------------------------------------------------
     def load_or_resume(self) -> None:

@@ -122,7 +122,11 @@ def test_readme_demo_trains_and_lowers_the_loss(tmp_path):
     mim_train(config, tmp_path)
     work = tmp_path / "work_dirs" / "tiny_sd_lora_demo"
     assert (work / "step150").is_dir() and (work / "step300").is_dir()
-    assert len(glob.glob(str(work / "*" / "vis_data" / "vis_image" / "*.png"))) == 4
+    # a grid of both prompts per sampling interval, named by prompts and step
+    samples = glob.glob(str(work / "*" / "vis_data" / "vis_image" / "*.png"))
+    assert sorted(os.path.basename(p) for p in samples) == [
+        f"a-red-circle-on-a-white-background+a-blue-square-on-a-black-"
+        f"background_{step}.png" for step in (150, 300)]
 
     os.chdir(tmp_path)  # the config's data paths are relative to the cwd
     cfg = Config.fromfile(config)
