@@ -80,12 +80,20 @@ def run_until_checkpoint(command, work_dir, iteration, timeout=300):
 
 
 def assert_identical(work_dir, reference):
-    tensors, data = lora_weights(work_dir)
-    ref_tensors, ref_data = reference
+    tensors, (header, data) = lora_weights(work_dir)
+    ref_tensors, (ref_header, ref_data) = reference
     assert tensors.keys() == ref_tensors.keys()
     for key, value in tensors.items():
         assert torch.equal(value, ref_tensors[key]), key
-    assert data == ref_data  # same header, byte-identical tensor data
+    # The same tensors at the same offsets, the same adapter config, and
+    # byte-identical tensor data; the training metadata names the work dir.
+    metadata, ref_metadata = header["__metadata__"], ref_header["__metadata__"]
+    assert {k: v for k, v in header.items() if k != "__metadata__"} == {
+        k: v for k, v in ref_header.items() if k != "__metadata__"}
+    assert metadata["lora_adapter_metadata"] == ref_metadata[
+        "lora_adapter_metadata"]
+    assert metadata["diffengine.step"] == ref_metadata["diffengine.step"]
+    assert data == ref_data
 
 
 def test_sigkill_at_a_random_step_then_resume_is_bit_exact(
