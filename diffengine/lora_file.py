@@ -21,6 +21,10 @@ WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 ADAPTER_METADATA_KEY = "lora_adapter_metadata"
 # Prefix of the training metadata (base model, step, dataset, config).
 TRAINING_METADATA_PREFIX = "diffengine."
+# Ends of the down-projection keys, one per module: diffusers' own names
+# (``lora.down``, ``lora_linear_layer.down``), kohya's (``lora_down``) and,
+# where diffusers keeps them (CLIP's ``fc1``/``fc2``), peft's (``lora_A``).
+DOWN_SUFFIXES = ("down.weight", "lora_A.weight")
 
 
 def weights_path(lora: str) -> str:
@@ -65,7 +69,7 @@ class LoRAFile:
         if part in self.adapter_configs:
             return int(self.adapter_configs[part]["r"])
         return max(v.shape[0] for k, v in self.state_dict.items()
-                   if k.startswith(f"{part}.") and "down" in k)
+                   if k.startswith(f"{part}.") and k.endswith(DOWN_SUFFIXES))
 
     def alpha(self, part: str) -> float:
         """``lora_alpha`` of ``part``; the rank (strength 1) if not saved."""

@@ -39,7 +39,8 @@ class SpeedLogProcessor(LogProcessor):
         seconds = tag.get("time", tag.get("train/time"))
         extra: dict[str, float] = {}
         if seconds:
-            extra["it/s"] = round(1.0 / seconds, self.num_digits)
+            # significant digits: slow runs log 0.01234 it/s, not 0.0123
+            extra["it/s"] = float(f"{1.0 / seconds:.{self.num_digits}g}")
         extra["peak_ram"] = peak_ram_mb()
         tag.update(extra)
         log_str = log_str.rstrip() + "  " + "  ".join(

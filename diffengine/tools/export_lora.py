@@ -9,6 +9,7 @@ import argparse
 import os
 
 from diffengine.export.export_lora import DTYPES, FORMATS, export_lora
+from diffengine.lora_file import DOWN_SUFFIXES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     tensors = export_lora(args.lora, args.out, args.format, args.title,
                           args.dtype)
-    modules = sum(k.endswith("down.weight") for k in tensors)
+    modules = sum(k.endswith(DOWN_SUFFIXES) for k in tensors)
     size_kb = os.path.getsize(args.out) / 1024
     print(f"wrote {args.out} ({args.format}, {len(tensors)} tensors, "
           f"{modules} modules, {size_kb:.0f} KB)")

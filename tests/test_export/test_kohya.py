@@ -12,7 +12,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from diffengine.export import export_lora, to_kohya
 from diffengine.export.kohya import module_strength
 from diffengine.inference import generate, load_pipeline
-from diffengine.lora_file import LoRAFile, read_lora_file
+from diffengine.lora_file import DOWN_SUFFIXES, LoRAFile, read_lora_file
 from diffengine.models.editors.stable_diffusion.stable_diffusion import (
     canonical_text_encoder_keys,
 )
@@ -99,7 +99,7 @@ def test_kohya_file_loads_in_diffusers_with_the_same_images(lora_step, tiny_sd,
     kohya = export_lora(lora_step.step_dir, out, format="kohya")
     source = read_lora_file(lora_step.step_dir)
     assert sum(k.endswith(".lora_down.weight") for k in kohya) == sum(
-        k.endswith("down.weight") for k in source.state_dict)
+        k.endswith(DOWN_SUFFIXES) for k in source.state_dict)
     # alpha != rank on both parts: unet 2 / 4, text encoder 8 / 2
     alphas = {k.split("_")[1]: v.item() for k, v in kohya.items()
               if k.endswith(".alpha")}
