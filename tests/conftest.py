@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import json
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from diffengine.demo import make_shapes_dataset, make_tiny_sd
+from diffengine.models import StableDiffusion
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -19,6 +22,40 @@ TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 def tiny_sd(tmp_path_factory) -> str:
     """A tiny SD-1.x pipeline folder in diffusers format."""
     return make_tiny_sd(str(tmp_path_factory.mktemp("models") / "tiny-sd"))
+
+
+def perturb_lora(model, seed=1):
+    """Move the adapters away from their (no-op) initialisation."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param += 0.3 * torch.randn(param.shape, generator=generator)
+
+
+# Settings of the reference images of ``lora_step``.
+SAMPLE = dict(prompt="a red circle", seed=7, num_inference_steps=3,
+              output_type="np")
+
+
+@pytest.fixture(scope="session")
+def lora_step(tmp_path_factory, tiny_sd):
+    """A step folder of a UNet + text-encoder LoRA with alpha != rank.
+
+    ``reference`` is the image the in-memory model makes with ``SAMPLE``.
+    """
+    model = StableDiffusion(
+        tiny_sd,
+        unet_lora_config=dict(r=4, lora_alpha=2, target_modules=UNET_TARGETS),
+        text_encoder_lora_config=dict(r=2, lora_alpha=8,
+                                      target_modules=TEXT_TARGETS))
+    perturb_lora(model)
+    step_dir = str(tmp_path_factory.mktemp("work") / "step6")
+    model.save_lora_weights(step_dir, {"step": "6", "resolution": "64x48"})
+    settings = {k: v for k, v in SAMPLE.items() if k != "prompt"}
+    reference = model.infer([SAMPLE["prompt"]], **settings)[0]
+    return SimpleNamespace(step_dir=step_dir, reference=reference,
+                           model=model)
 
 
 @pytest.fixture(scope="session")

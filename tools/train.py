@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         # Errors the user can act on: one line naming the culprit and the fix
         # (the last line, when a DataLoader worker wrapped it in a traceback).
         message = str(err).strip().splitlines()[-1]
+        qualified = f"{type(err).__module__}.{type(err).__name__}: "
+        message = message.removeprefix(qualified)
         print(f"diffengine: error: {message}", file=sys.stderr)
         return 1
     return 0

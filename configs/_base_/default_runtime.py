@@ -24,7 +24,9 @@ default_hooks = dict(
 
 vis_backends = [dict(type="LocalVisBackend")]
 visualizer = dict(type="Visualizer", vis_backends=vis_backends)
-log_processor = dict(by_epoch=True)
+# SpeedLogProcessor: mmengine's log line (eta, time, CUDA memory) plus it/s and
+# the peak host memory (peak_ram, MB).
+log_processor = dict(type="SpeedLogProcessor", by_epoch=True)
 log_level = "INFO"
 load_from = None
 resume = False

@@ -1,5 +1,6 @@
 from diffengine.engine.amp import fall_back_from_amp_without_cuda
 from diffengine.engine.hooks import LoRACheckpointHook, VisualizationHook
+from diffengine.engine.log_processor import SpeedLogProcessor
 from diffengine.engine.loops import ResumableEpochTrainLoop, ResumableIterTrainLoop
 from diffengine.engine.optim_wrapper_constructor import LoRAOptimWrapperConstructor
 from diffengine.engine.runner import DiffEngineRunner, TrainingInterruptedError
@@ -10,6 +11,7 @@ __all__ = [
     "LoRAOptimWrapperConstructor",
     "ResumableEpochTrainLoop",
     "ResumableIterTrainLoop",
+    "SpeedLogProcessor",
     "TrainingInterruptedError",
     "VisualizationHook",
     "fall_back_from_amp_without_cuda",

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import glob
+import json
 import os
 import os.path as osp
 import shutil
@@ -21,7 +22,7 @@ from mmengine.runner import Runner
 from mmengine.utils import apply_to
 from torch.nn.parallel import DistributedDataParallel
 
-from diffengine.datasets import HFDataset
+from diffengine.datasets.base import CaptionedImageDataset
 from diffengine.engine.checkpoint import (
     CheckpointLoadError,
     atomic_save,
@@ -212,7 +213,8 @@ class DiffEngineRunner(Runner):
         work dir find them.
         """
         dataset = dataloader.dataset
-        if not (isinstance(dataset, HFDataset) and dataset.cache_latents):
+        if not (isinstance(dataset, CaptionedImageDataset)
+                and dataset.cache_latents):
             return
         model = self.model.module if is_model_wrapper(self.model) else self.model
         start = time.perf_counter()
@@ -315,11 +317,35 @@ class DiffEngineRunner(Runner):
             return
         os.makedirs(out_dir, exist_ok=True)
         path = osp.join(out_dir, filename)
-        atomic_save(checkpoint, path)
+        # The step folder first: a .pth on disk implies its step folder.
         with atomic_directory(step_dir_of(path, meta["iter"])) as tmp:
-            model.save_lora_weights(tmp)
+            model.save_lora_weights(tmp, self.training_metadata(meta))
+        atomic_save(checkpoint, path)
         self.logger.info(
             f"saved {path} and {STEP_DIR.format(meta['iter'])}/")
+
+    def training_metadata(self, meta: dict) -> dict[str, str]:
+        """What a step file tells about its training run.
+
+        Read back by ``export_lora`` into the ``ss_*`` and ``modelspec.*``
+        keys that A1111 and ComfyUI show.
+        """
+        dataset_cfg = self.cfg.get("train_dataloader", {}).get("dataset", {})
+        metadata = {
+            "step": meta["iter"],
+            "epoch": meta["epoch"],
+            "max_steps": self.max_iters,
+            "num_train_images": len(self.train_dataloader.dataset),
+            "seed": self.seed,
+            "version": __version__,
+            "training_config": json.dumps(self.cfg.to_dict(), default=str),
+        }
+        if isinstance(dataset_cfg.get("dataset"), str):
+            metadata["dataset"] = dataset_cfg["dataset"]
+        resolution = self.message_hub.get_info("train_resolution")
+        if resolution is not None:
+            metadata["resolution"] = resolution
+        return {k: str(v) for k, v in metadata.items()}
 
     # ---- loading -----------------------------------------------------
     def load_or_resume(self) -> None:
@@ -336,17 +362,14 @@ class DiffEngineRunner(Runner):
         self.logger.info(f"no checkpoint in {self.work_dir}: starting fresh")
 
     def _resume_candidates(self) -> list[str]:
-        """``last_checkpoint``'s file first, then the others, newest first."""
-        paths = sorted(glob.glob(osp.join(self.work_dir, "*.pth")),
-                       key=osp.getmtime, reverse=True)
-        last = osp.join(self.work_dir, "last_checkpoint")
-        if osp.isfile(last):
-            with open(last) as f:
-                target = f.read().strip()
-            if target in paths:
-                paths.remove(target)
-            paths.insert(0, target)
-        return paths
+        """The work dir's checkpoints, newest first.
+
+        Newest by file time rather than ``last_checkpoint``: a kill between
+        a checkpoint's rename and the update of ``last_checkpoint`` leaves a
+        complete checkpoint that ``last_checkpoint`` does not name yet.
+        """
+        return sorted(glob.glob(osp.join(self.work_dir, "*.pth")),
+                      key=osp.getmtime, reverse=True)
 
     def _load_model_state(self, checkpoint: dict, path: str) -> None:
         model = self.model.module if is_model_wrapper(self.model) else self.model

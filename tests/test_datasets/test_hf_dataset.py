@@ -1,6 +1,7 @@
 import csv
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -183,3 +184,15 @@ def test_an_unreadable_image_is_skipped_with_the_cache(
     assert dataset.bad_rows == {1}
     # the next row takes its place, as without the cache
     assert dataset[1, 5]["inputs"]["text"] == rows[2]["text"]
+
+
+def test_imagefolder_with_txt_files_beside_the_images(tmp_path, shapes_data):
+    # .txt files outnumbering the images must not turn it into a text dataset
+    shutil.copytree(shapes_data, tmp_path / "folder")
+    for name in os.listdir(tmp_path / "folder"):
+        if name.endswith(".png"):
+            (tmp_path / "folder" / name.replace(".png", ".txt")).write_text("x")
+    (tmp_path / "folder" / "notes.txt").write_text("x")
+    dataset = HFDataset(str(tmp_path / "folder"), pipeline=PIPELINE)
+    assert len(dataset) == 24
+    assert dataset[0]["inputs"]["text"] == "a red circle on a white background"

@@ -80,12 +80,20 @@ def run_until_checkpoint(command, work_dir, iteration, timeout=300):
 
 
 def assert_identical(work_dir, reference):
-    tensors, data = lora_weights(work_dir)
-    ref_tensors, ref_data = reference
+    tensors, (header, data) = lora_weights(work_dir)
+    ref_tensors, (ref_header, ref_data) = reference
     assert tensors.keys() == ref_tensors.keys()
     for key, value in tensors.items():
         assert torch.equal(value, ref_tensors[key]), key
-    assert data == ref_data  # same header, byte-identical tensor data
+    # The same tensors at the same offsets, the same adapter config, and
+    # byte-identical tensor data; the training metadata names the work dir.
+    metadata, ref_metadata = header["__metadata__"], ref_header["__metadata__"]
+    assert {k: v for k, v in header.items() if k != "__metadata__"} == {
+        k: v for k, v in ref_header.items() if k != "__metadata__"}
+    assert metadata["lora_adapter_metadata"] == ref_metadata[
+        "lora_adapter_metadata"]
+    assert metadata["diffengine.step"] == ref_metadata["diffengine.step"]
+    assert data == ref_data
 
 
 def test_sigkill_at_a_random_step_then_resume_is_bit_exact(
@@ -95,9 +103,9 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_exact(
     process = run_until_checkpoint(train_command(*args), tmp_path, kill_at)
     process.kill()
     process.wait()
-    # The newest checkpoint may be the one the kill cut short; truncate it
-    # for sure: resume must fall back to the one before.
-    newest = (tmp_path / "last_checkpoint").read_text().strip()
+    # Saves are atomic, so the newest checkpoint is complete; truncate it as
+    # a disk fault would: resume must fall back to the one before.
+    newest = max(glob.glob(str(tmp_path / "*.pth")), key=os.path.getmtime)
     with open(newest, "r+b") as f:
         f.truncate(os.path.getsize(newest) // 2)
     result = subprocess.run(train_command(*args, "--resume"),
@@ -225,7 +233,6 @@ def corrupt_data(tmp_path, shapes_data):
             os.link(os.path.join(shapes_data, name), folder / name)
     data = Path(shapes_data, "0000.png").read_bytes()
     (folder / "broken.png").write_bytes(data[:100])
-    # a copy: appending to a link would change the shared shapes folder
     metadata = Path(shapes_data, "metadata.jsonl").read_text()
     (folder / "metadata.jsonl").write_text(
         metadata + '{"file_name": "broken.png", "text": "broken"}\n')
@@ -287,5 +294,5 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(
     assert sorted(glob.glob(str(tmp_path / "*.pth"))) == sorted(
         p for p in checkpoint_files if p.endswith(".pth"))
     assert not glob.glob(str(tmp_path / ".*tmp*"))
-    newest = (tmp_path / "last_checkpoint").read_text().strip()
+    newest = max(glob.glob(str(tmp_path / "*.pth")), key=os.path.getmtime)
     assert load_checkpoint_file(newest)["meta"]["iter"] == 6

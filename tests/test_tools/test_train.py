@@ -16,6 +16,7 @@ from safetensors import safe_open
 from diffengine.engine.checkpoint import load_checkpoint_file
 from diffengine.registry import MODELS
 from tests.conftest import REPO
+from tests.test_docs import FENCE, rewrite, run_command
 from tools.train import parse_args
 
 MIM = os.path.join(os.path.dirname(sys.executable), "mim")
@@ -122,7 +123,11 @@ def test_readme_demo_trains_and_lowers_the_loss(tmp_path):
     mim_train(config, tmp_path)
     work = tmp_path / "work_dirs" / "tiny_sd_lora_demo"
     assert (work / "step150").is_dir() and (work / "step300").is_dir()
-    assert len(glob.glob(str(work / "*" / "vis_data" / "vis_image" / "*.png"))) == 4
+    # a grid of both prompts per sampling interval, named by prompts and step
+    samples = glob.glob(str(work / "*" / "vis_data" / "vis_image" / "*.png"))
+    assert sorted(os.path.basename(p) for p in samples) == [
+        f"a-red-circle-on-a-white-background+a-blue-square-on-a-black-"
+        f"background_{step}.png" for step in (150, 300)]
 
     os.chdir(tmp_path)  # the config's data paths are relative to the cwd
     cfg = Config.fromfile(config)
@@ -134,6 +139,16 @@ def test_readme_demo_trains_and_lowers_the_loss(tmp_path):
                              dataset)
     print(f"fixed-noise loss: {before:.4f} -> {after:.4f}")
     assert after < 0.95 * before
+
+    # the README's tool commands on the demo's step folder, run as the docs
+    # test runs the guides' (see docs/README.md)
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        block, = [b for b in FENCE.findall(f.read())
+                  if b[0] == "bash" and "mim run diffengine" in b[1]]
+    for command in block[1].strip().splitlines():
+        run_command(rewrite(command, str(tmp_path)), str(tmp_path))
+    assert (tmp_path / "demo.png").is_file()
+    assert (tmp_path / "tiny_lora.safetensors").is_file()
 
 
 def test_regular_install_ships_configs_and_tools(tmp_path):
@@ -150,3 +165,8 @@ def test_regular_install_ships_configs_and_tools(tmp_path):
     assert ("diffengine/.mim/configs/stable_diffusion_lora/"
             "stable_diffusion_v15_lora_pokemon_blip.py") in names
     assert "diffengine/.mim/configs/_base_/default_runtime.py" in names
+    for tool in ("demo", "export_lora", "merge_lora", "plot_loss",
+                 "browse_dataset", "kohya_to_imagefolder"):
+        assert f"diffengine/.mim/tools/{tool}.py" in names
+        assert f"diffengine/tools/{tool}.py" in names
+    assert "diffengine/export/kohya.py" in names

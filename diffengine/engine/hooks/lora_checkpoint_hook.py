@@ -23,7 +23,19 @@ class LoRACheckpointHook(CheckpointHook):
     the oldest ``.pth`` together with its step folder; mmengine's hook
     deletes first and writes ``last_checkpoint`` in place. It lives in
     ``default_hooks`` so that ``custom_hooks=[]`` keeps it.
+
+    It also notes the training resolution (``train_resolution`` in the
+    message hub), which the runner writes into each step file's metadata.
     """
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None,
+                         outputs=None) -> None:
+        img = (data_batch or {}).get("inputs", {}).get("img")
+        if img is not None and len(img):
+            height, width = img[0].shape[-2:]
+            runner.message_hub.update_info("train_resolution",
+                                           f"{width}x{height}")
+        super().after_train_iter(runner, batch_idx, data_batch, outputs)
 
     def before_train(self, runner) -> None:
         super().before_train(runner)

@@ -7,20 +7,24 @@ from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
+from diffengine.inference import make_grid, prompt_slug
 from diffengine.registry import HOOKS
 
 
 @HOOKS.register_module()
 class VisualizationHook(Hook):
-    """Generate images from ``prompt`` every ``interval`` and record them.
+    """Generate a grid of samples every ``interval`` and record it.
 
-    Images go to every visualizer backend: PNGs under
-    ``work_dir/<timestamp>/vis_data/vis_image`` with the local backend,
-    TensorBoard when ``TensorboardVisBackend`` is configured. Only the main
-    process generates.
+    The grid has a row per prompt and a column per seed. It goes to every
+    visualizer backend: with the local backend a PNG named after the prompts
+    and the step, ``work_dir/<timestamp>/vis_data/vis_image/<prompts>_<step>.png``;
+    TensorBoard when ``TensorboardVisBackend`` is configured. Images are made
+    as the ``demo`` tool makes them (same scheduler, per-image CPU seeds,
+    steps, guidance), so ``demo`` on the step folder reproduces them. Only
+    the main process generates.
 
     Args:
-        prompt (Sequence[str]): Prompts, one image each.
+        prompt (Sequence[str]): Prompts, one row each.
         interval (int): Every ``interval`` epochs (or iterations when
             ``by_epoch`` is False). Defaults to 1.
         by_epoch (bool): Count epochs rather than iterations. Defaults to
@@ -28,8 +32,9 @@ class VisualizationHook(Hook):
         height (int, optional): Image height. Defaults to the model's.
         width (int, optional): Image width. Defaults to the model's.
         num_inference_steps (int): Denoising steps. Defaults to 50.
-        seed (int): Generator seed, the same for every interval. Defaults to
-            0.
+        guidance_scale (float): Classifier-free guidance. Defaults to 7.5.
+        seed (int | Sequence[int]): Seeds, one column each, the same at every
+            interval. Defaults to 0.
         negative_prompt (str, optional): Defaults to None.
     """
 
@@ -42,21 +47,26 @@ class VisualizationHook(Hook):
                  height: int | None = None,
                  width: int | None = None,
                  num_inference_steps: int = 50,
-                 seed: int = 0,
+                 guidance_scale: float = 7.5,
+                 seed: int | Sequence[int] = 0,
                  negative_prompt: str | None = None) -> None:
         if isinstance(prompt, str) or not prompt:
             raise ValueError(
                 f"prompt={prompt!r}: give a non-empty list of prompts.")
         if interval < 1:
             raise ValueError(f"interval={interval} must be >= 1.")
+        seeds = [seed] if isinstance(seed, int) else list(seed)
+        if not seeds:
+            raise ValueError("seed=[]: give a seed or a list of seeds.")
         self.prompt = list(prompt)
+        self.seeds = seeds
         self.interval = interval
         self.by_epoch = by_epoch
         self.infer_kwargs = dict(
             height=height,
             width=width,
             num_inference_steps=num_inference_steps,
-            seed=seed,
+            guidance_scale=guidance_scale,
             negative_prompt=negative_prompt)
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None,
@@ -74,6 +84,6 @@ class VisualizationHook(Hook):
             return
         model = runner.model.module if is_model_wrapper(
             runner.model) else runner.model
-        images = model.infer(self.prompt, **self.infer_kwargs)
-        for i, image in enumerate(images):
-            runner.visualizer.add_image(f"image{i}", image, step=step)
+        images = model.infer(self.prompt, seed=self.seeds, **self.infer_kwargs)
+        grid = make_grid(images, columns=len(self.seeds))
+        runner.visualizer.add_image(prompt_slug(self.prompt), grid, step=step)

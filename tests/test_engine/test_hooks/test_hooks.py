@@ -1,9 +1,12 @@
 """LoRACheckpointHook and VisualizationHook on a real runner."""
 import glob
+import json
 import os
 
+import numpy as np
 import pytest
 import torch
+from mmengine.config import Config
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -11,11 +14,14 @@ import diffengine.engine  # noqa: F401  (registers the hooks)
 from diffengine.engine import DiffEngineRunner
 from diffengine.engine.checkpoint import load_checkpoint_file
 from diffengine.engine.hooks import VisualizationHook
+from diffengine.inference import generate, load_pipeline
+from diffengine.lora_file import read_lora_file
 from tests.conftest import UNET_TARGETS
 
 
 def make_runner(work_dir, tiny_sd, shapes_data, custom_hooks=(), **checkpoint):
-    return DiffEngineRunner(
+    # from a Config, as `mim train` builds it: the runner reads runner.cfg
+    return DiffEngineRunner.from_cfg(Config(dict(
         model=dict(type="StableDiffusion", model=tiny_sd,
                    unet_lora_config=dict(r=2, target_modules=UNET_TARGETS)),
         work_dir=str(work_dir),
@@ -35,8 +41,9 @@ def make_runner(work_dir, tiny_sd, shapes_data, custom_hooks=(), **checkpoint):
             type="LoRACheckpointHook", by_epoch=False, **checkpoint)),
         custom_hooks=list(custom_hooks),
         default_scope="diffengine",
+        randomness=dict(seed=0),
         experiment_name=os.path.basename(str(work_dir)),
-    )
+    )))
 
 
 def test_lora_checkpoint_hook_writes_and_rotates_step_dirs(
@@ -54,6 +61,15 @@ def test_lora_checkpoint_hook_writes_and_rotates_step_dirs(
     assert set(saved) == {f"unet.{k}" for k in current}
     for key, value in current.items():
         torch.testing.assert_close(saved[f"unet.{key}"], value)
+    # the step file tells how it was trained, for export_lora
+    training = read_lora_file(str(tmp_path / "step6")).training
+    assert {k: training[k] for k in ("step", "epoch", "max_steps",
+                                     "num_train_images", "resolution",
+                                     "dataset", "base_model")} == {
+        "step": "6", "epoch": "0", "max_steps": "6", "num_train_images": "24",
+        "resolution": "32x32", "dataset": shapes_data, "base_model": tiny_sd}
+    assert json.loads(training["training_config"])["train_cfg"] == {
+        "by_epoch": False, "max_iters": 6}
     # the .pth holds the adapters, not the frozen base
     checkpoint = load_checkpoint_file(str(tmp_path / "iter_6.pth"))
     assert checkpoint["state_dict"] and all(
@@ -61,19 +77,28 @@ def test_lora_checkpoint_hook_writes_and_rotates_step_dirs(
     assert "optimizer" in checkpoint
 
 
-def test_visualization_hook_writes_pngs(tmp_path, tiny_sd, shapes_data):
-    hook = dict(type="VisualizationHook", prompt=["a red circle", "a square"],
+def test_visualization_hook_writes_a_grid_that_demo_reproduces(
+        tmp_path, tiny_sd, shapes_data):
+    prompts = ["a red circle", "a square"]
+    hook = dict(type="VisualizationHook", prompt=prompts, seed=[1, 2],
                 by_epoch=False, interval=3, height=32, width=32,
                 num_inference_steps=2)
     runner = make_runner(tmp_path, tiny_sd, shapes_data, custom_hooks=[hook],
-                         interval=100)
+                         interval=3)
     runner.train()
-    pngs = sorted(os.path.basename(p) for p in glob.glob(
-        str(tmp_path / "**" / "vis_image" / "*.png"), recursive=True))
-    assert pngs == ["image0_3.png", "image0_6.png", "image1_3.png",
-                    "image1_6.png"]
-    png = glob.glob(str(tmp_path / "**" / "image1_6.png"), recursive=True)[0]
-    assert Image.open(png).size == (32, 32)
+    pngs = sorted(glob.glob(str(tmp_path / "**" / "vis_image" / "*.png"),
+                            recursive=True))
+    assert [os.path.basename(p) for p in pngs] == [
+        "a-red-circle+a-square_3.png", "a-red-circle+a-square_6.png"]
+    grid = np.asarray(Image.open(pngs[1]))
+    assert grid.shape == (64, 64, 3)  # a row per prompt, a column per seed
+
+    # demo's generation on step6 gives the same pixels
+    pipe = load_pipeline(tiny_sd, str(tmp_path / "step6"))
+    for row, prompt in enumerate(prompts):
+        images = generate(pipe, prompt, [1, 2], height=32, width=32,
+                          num_inference_steps=2)
+        assert np.array_equal(grid[row * 32:(row + 1) * 32], np.hstack(images))
 
 
 def test_visualization_hook_checks_its_arguments():
@@ -81,3 +106,29 @@ def test_visualization_hook_checks_its_arguments():
         VisualizationHook(prompt="a cat")
     with pytest.raises(ValueError, match="interval=0"):
         VisualizationHook(prompt=["a cat"], interval=0)
+    with pytest.raises(ValueError, match=r"seed=\[\]"):
+        VisualizationHook(prompt=["a cat"], seed=[])
+
+
+def test_iteration_based_resume_is_bit_exact(tmp_path, tiny_sd, shapes_data):
+    """12 iterations straight, or 8 then a resume from iteration 8."""
+    def run(work_dir, max_iters, **kwargs):
+        runner = make_runner(work_dir, tiny_sd, shapes_data, interval=4,
+                             max_keep_ckpts=-1)
+        runner._train_loop = dict(by_epoch=False, max_iters=max_iters)
+        for key, value in kwargs.items():
+            setattr(runner, key, value)
+        runner.train()
+        return runner
+
+    run(tmp_path / "straight", 12)
+    run(tmp_path / "first", 8)
+    resumed = run(tmp_path / "first", 12, _resume=True)
+    # 24 images, batch 2: iteration 12 starts the second pass over the data
+    assert resumed.iter == 12
+    straight = load_file(str(tmp_path / "straight" / "step12" /
+                             "pytorch_lora_weights.safetensors"))
+    again = load_file(str(tmp_path / "first" / "step12" /
+                          "pytorch_lora_weights.safetensors"))
+    assert straight.keys() == again.keys()
+    assert all(torch.equal(straight[k], again[k]) for k in straight)

@@ -11,7 +11,7 @@ from diffengine.demo import SD15_UNET_CONFIG
 from diffengine.errors import ConfigError
 from diffengine.models import StableDiffusion
 from diffengine.models.utils import add_lora_adapter, count_trainable_parameters
-from tests.conftest import TEXT_TARGETS, UNET_TARGETS
+from tests.conftest import TEXT_TARGETS, UNET_TARGETS, perturb_lora
 
 
 def build(tiny_sd, text_encoder=True, **kwargs):
@@ -23,15 +23,6 @@ def build(tiny_sd, text_encoder=True, **kwargs):
             type="LoRA", r=2, lora_alpha=8,
             target_modules=TEXT_TARGETS) if text_encoder else None,
         **kwargs)
-
-
-def perturb_lora(model, seed=1):
-    """Move the adapters away from their (no-op) initialisation."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.requires_grad:
-                param += 0.3 * torch.randn(param.shape, generator=generator)
 
 
 def batch(n=2, size=64):

@@ -1,6 +1,8 @@
 """Stable Diffusion 1.x with LoRA adapters on the UNet and text encoder."""
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,8 @@ from peft import LoraConfig, get_peft_model_state_dict
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from diffengine.errors import ConfigError, NonFiniteLossError
+from diffengine.inference import generate
+from diffengine.lora_file import WEIGHT_NAME, add_training_metadata
 from diffengine.models.editors.stable_diffusion.model_folder import check_model_path
 from diffengine.models.utils import add_lora_adapter, count_trainable_parameters
 from diffengine.models.utils.dtypes import resolve_dtype
@@ -213,11 +217,20 @@ class StableDiffusion(BaseModel):
             for k, v in self.lora_configs[part].to_dict().items()
         }
 
-    def save_lora_weights(self, save_directory: str) -> None:
+    def save_lora_weights(self, save_directory: str,
+                          metadata: dict[str, str] | None = None) -> None:
         """Write ``pytorch_lora_weights.safetensors`` for ``load_lora_weights``.
 
         The adapter configs go into the file's metadata, so that
-        ``lora_alpha`` (and with it the strength) survives the round trip.
+        ``lora_alpha`` (and with it the strength) survives the round trip;
+        so do the base model, the prediction type and ``metadata``, under
+        ``diffengine.*`` keys that diffusers ignores and ``export_lora``
+        reads.
+
+        Args:
+            save_directory (str): The step folder.
+            metadata (dict[str, str], optional): More training facts (step,
+                dataset, ...), keys without the ``diffengine.`` prefix.
         """
         state_dicts = self.lora_state_dicts()
         kwargs: dict[str, Any] = {}
@@ -227,6 +240,11 @@ class StableDiffusion(BaseModel):
                 part)
         StableDiffusionPipeline.save_lora_weights(
             save_directory, safe_serialization=True, **kwargs)
+        training = {"base_model": self.base_model,
+                    "prediction_type": self.prediction_type,
+                    **(metadata or {})}
+        add_training_metadata(os.path.join(save_directory, WEIGHT_NAME),
+                              training)
 
     def encode_prompt(self, text: list[str]) -> torch.Tensor:
         """CLIP last hidden states for a list of captions (from the cache
@@ -390,9 +408,13 @@ class StableDiffusion(BaseModel):
               width: int | None = None,
               num_inference_steps: int = 50,
               guidance_scale: float = 7.5,
-              seed: int = 0,
+              seed: int | Sequence[int] = 0,
               output_type: str = "pil") -> list[np.ndarray]:
-        """Generate one image per prompt with the model as trained so far.
+        """Generate images with the model as trained so far.
+
+        Images come from :func:`diffengine.inference.generate`, as the
+        ``demo`` tool's do, so a step folder loaded in ``demo`` reproduces
+        them.
 
         Args:
             prompts (list[str]): The prompts.
@@ -402,28 +424,31 @@ class StableDiffusion(BaseModel):
             width (int, optional): Defaults likewise.
             num_inference_steps (int): Defaults to 50.
             guidance_scale (float): Classifier-free guidance. Defaults to 7.5.
-            seed (int): Seeds a CPU generator, so that the same seed gives
-                the same image on any device. Defaults to 0.
+            seed (int | Sequence[int]): One image per prompt and seed; each
+                seeds its own CPU generator, so that the same seed gives the
+                same image on any device. Defaults to 0.
             output_type (str): ``"pil"`` returns H×W×3 uint8 arrays, ``"np"``
                 float arrays in [0, 1]. Defaults to ``"pil"``.
 
         Returns:
-            list[np.ndarray]: One image per prompt.
+            list[np.ndarray]: The images of the first prompt (one per seed),
+            then those of the second, and so on.
         """
+        seeds = [seed] if isinstance(seed, int) else list(seed)
         was_training = self.training
         self.eval()
         try:
-            images = self.pipeline()(
-                prompts,
-                negative_prompt=negative_prompt,
-                height=height,
-                width=width,
-                num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale,
-                generator=torch.Generator("cpu").manual_seed(seed),
-                output_type=output_type).images
+            pipe = self.pipeline()
+            return [
+                image for prompt in prompts
+                for image in generate(
+                    pipe, prompt, seeds,
+                    negative_prompt=negative_prompt,
+                    height=height,
+                    width=width,
+                    num_inference_steps=num_inference_steps,
+                    guidance_scale=guidance_scale,
+                    output_type=output_type)
+            ]
         finally:
             self.train(was_training)
-        if output_type == "pil":
-            return [np.asarray(image) for image in images]
-        return list(images)

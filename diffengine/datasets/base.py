@@ -1,0 +1,220 @@
+"""What every captioned-image dataset of diffengine shares."""
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from mmengine.dataset import BaseDataset
+from mmengine.dist import barrier, get_dist_info
+from mmengine.logging import print_log
+
+from diffengine.datasets.image import image_digest, open_image
+from diffengine.datasets.latent_cache import LatentCache, LatentCachePlan
+from diffengine.errors import DataError
+from diffengine.registry import TRANSFORMS
+
+
+class CaptionedImageDataset(BaseDataset):
+    """Base of datasets yielding ``{"img", "text"}`` samples.
+
+    Subclasses give ``__len__``, ``image_source(index)`` (a path, or an
+    undecoded HF ``datasets`` image) and ``caption_at(index)``, which raises
+    ``DataError`` for an unusable caption. A row whose image cannot be read
+    (``OSError``) or whose caption is unusable is skipped with a warning
+    naming it (the next row takes its place) and counted; more than
+    ``max_bad_fraction`` of the rows bad is an error.
+
+    Indexed with ``(index, seed)`` (as ``DeterministicSampler`` yields), the
+    random transforms of the sample are seeded with ``seed`` and the seed is
+    passed on to the model for its noise.
+
+    With ``cache_latents``, samples carry ``latents`` (the VAE's latent
+    distribution of the image after the fixed transforms, flipped as the
+    seed draws) instead of ``img``; see :mod:`diffengine.datasets.latent_cache`
+    for what is cached and how crops behave. :meth:`build_latent_cache`
+    fills the cache; ``DiffEngineRunner`` calls it when it builds the train
+    loop.
+
+    Args:
+        name (str): Names the dataset in messages.
+        pipeline (Sequence[dict]): Transforms applied to each sample.
+        max_bad_fraction (float): Largest share of bad rows that is skipped
+            rather than an error. Defaults to 0.05.
+        cache_latents (bool): Train on latents encoded once and kept on disk
+            instead of decoding and encoding each image at every step.
+            Defaults to False.
+    """
+
+    def __init__(self, name: str, pipeline: Sequence[dict] = (),
+                 max_bad_fraction: float = 0.05,
+                 cache_latents: bool = False) -> None:
+        self.dataset_name = name
+        self.max_bad_fraction = max_bad_fraction
+        self.cache_latents = cache_latents
+        self.latent_cache: LatentCache | None = None
+        self._latent_keys: list[str | None] = []
+        self.bad_rows: set[int] = set()
+        # Built from diffengine's registry, so that a dataset made outside a
+        # runner (no default scope) finds diffengine's transforms too.
+        transforms = [
+            TRANSFORMS.build(t) if isinstance(t, dict) else t for t in pipeline
+        ]
+        super().__init__(pipeline=transforms, serialize_data=False)
+
+    def full_init(self) -> None:
+        """Rows are read on demand; nothing to load up front."""
+        self._fully_initialized = True
+
+    def image_source(self, idx: int) -> dict | str | bytes:
+        """The image of row ``idx`` undecoded, as :func:`open_image` takes."""
+        raise NotImplementedError
+
+    def caption_at(self, idx: int) -> str:
+        """The caption of row ``idx``.
+
+        Raises:
+            DataError: If the row has no usable caption.
+        """
+        raise NotImplementedError
+
+    def get_data_info(self, idx: int) -> dict:
+        """Row ``idx`` as ``{"img": PIL.Image (RGB), "text": str}``, or with
+        ``latents`` (V×8×h×w, every cached view) in place of ``img`` when
+        the latents are cached."""
+        if self.latent_cache is not None:
+            key = self._latent_keys[idx]
+            if key is None:
+                raise DataError(
+                    f"row {idx} of {self.dataset_name!r} has no cached "
+                    "latents: its image could not be read.")
+            return {"latents": self.latent_cache.load(key),
+                    "text": self.caption_at(idx), "sample_idx": idx}
+        if self.cache_latents:
+            raise RuntimeError(
+                "cache_latents=True: call build_latent_cache() before "
+                "reading samples (DiffEngineRunner does).")
+        return {"img": open_image(self.image_source(idx)),
+                "text": self.caption_at(idx), "sample_idx": idx}
+
+    def build_latent_cache(self,
+                           encode: Callable[[torch.Tensor], torch.Tensor],
+                           encoder_id: str,
+                           folder: str,
+                           batch_size: int = 4) -> None:
+        """Encode the images not cached yet, then serve samples from the cache.
+
+        Each process encodes its share of the missing images and waits for
+        the others; images cached by an earlier run (same bytes, transforms
+        and VAE) are reused, and an image listed several times is encoded
+        once.
+
+        Args:
+            encode (Callable): V×3×H×W images in [-1, 1] → their latent
+                distributions, V×8×h×w (``StableDiffusion.encode_images``).
+            encoder_id (str): Changes whenever ``encode`` would give other
+                values (``StableDiffusion.latent_encoder_id()``).
+            folder (str): Where the cache files live.
+            batch_size (int): Images encoded together. Defaults to 4.
+        """
+        plan = LatentCachePlan(self.pipeline.transforms)
+        cache = LatentCache(folder, dict(transforms=plan.settings,
+                                         encoder=encoder_id))
+        keys: list[str | None] = []
+        for idx in range(len(self)):
+            try:
+                keys.append(cache.key(image_digest(self.image_source(idx))))
+            except OSError as err:
+                self._skip_bad_row(idx, err)
+                keys.append(None)
+        # First row of each image that is not cached yet.
+        first_row: dict[str, int] = {}
+        for idx, key in enumerate(keys):
+            if key is not None and not cache.has(key):
+                first_row.setdefault(key, idx)
+        missing = sorted(first_row.values())
+        rank, world_size = get_dist_info()
+        batch: list[tuple[str, torch.Tensor]] = []
+        for idx in missing[rank::world_size]:
+            try:
+                image = open_image(self.image_source(idx))
+            except OSError as err:
+                self._skip_bad_row(idx, err)
+                continue
+            views = plan.view_tensors(image)
+            if batch and (len(batch) == batch_size
+                          or batch[0][1].shape != views.shape):
+                _encode_into(cache, batch, encode)
+                batch = []
+            batch.append((keys[idx], views))
+        if batch:
+            _encode_into(cache, batch, encode)
+        barrier()
+        failed = 0
+        for idx, key in enumerate(keys):
+            if key is not None and not cache.has(key):
+                keys[idx] = None
+                failed += first_row.get(key) == idx
+                if idx not in self.bad_rows:
+                    self._skip_bad_row(idx, OSError(
+                        f"image of row {idx} could not be read for the "
+                        "latent cache"))
+        self._latent_keys = keys
+        self.latent_cache = cache
+        self.pipeline = plan.pipeline
+        encoded = len(missing) - failed
+        distinct = len({k for k in keys if k is not None})
+        print_log(
+            f"cache_latents: {encoded} images encoded "
+            f"({len(plan.views)} view{'s' * (len(plan.views) > 1)} each), "
+            f"{distinct - encoded} reused, "
+            f"in {folder}",
+            logger="current")
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """Sample ``key`` (an index, or ``(index, seed)``) after transforms."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        if seed is not None:
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+        for _ in range(len(self)):
+            try:
+                info = self.get_data_info(index)
+                break
+            except (OSError, DataError) as err:
+                self._skip_bad_row(index, err)
+                index = (index + 1) % len(self)
+        else:
+            raise DataError(f"no readable row in {self.dataset_name!r}.")
+        if seed is not None:
+            info["seed"] = seed
+        return self.pipeline(info)
+
+    def prepare_data(self, idx: int) -> dict:
+        return self[idx]
+
+    def _skip_bad_row(self, index: int, err: Exception) -> None:
+        self.bad_rows.add(index)
+        limit = self.max_bad_fraction * len(self)
+        if len(self.bad_rows) > limit:
+            raise DataError(
+                f"{len(self.bad_rows)} bad rows in {self.dataset_name!r}, "
+                f"more than max_bad_fraction={self.max_bad_fraction} of "
+                f"{len(self)}; the latest: {err}. Fix or remove them, or "
+                "raise max_bad_fraction.") from err
+        print_log(
+            f"skipped row {index}: {err} ({len(self.bad_rows)} of "
+            f"{len(self)} rows skipped so far)",
+            logger="current",
+            level=logging.WARNING)
+
+
+def _encode_into(cache: LatentCache, batch: list[tuple[str, torch.Tensor]],
+                 encode: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Encode the views of ``batch`` (key, V×3×H×W) together; save each."""
+    latents = encode(torch.cat([views for _, views in batch]))
+    for (key, _), image_latents in zip(
+            batch, latents.split(len(batch[0][1])), strict=True):
+        cache.save(key, image_latents)

@@ -1,0 +1,284 @@
+"""The guides in docs/ run: their commands, on the tiny model.
+
+How blocks are picked, marked and rewritten is described in docs/README.md
+("How the guides are tested"); keep the two in step.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import importlib
+import inspect
+import os
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+import torch
+from mmengine.config import Config
+
+from diffengine.datasets import HFDataset, KohyaFolderDataset
+from diffengine.datasets.transforms import (
+    CenterCrop,
+    ImageToNormalizedTensor,
+    PackInputs,
+    RandomCrop,
+    RandomHorizontalFlip,
+    ResizeShortestEdge,
+)
+from diffengine.engine import (
+    LoRACheckpointHook,
+    SpeedLogProcessor,
+    VisualizationHook,
+)
+from diffengine.models import StableDiffusion
+from tests.conftest import REPO
+from tests.test_datasets.test_kohya_folder import write_kohya_folder
+from tools.train import parse_args
+
+DOCS = os.path.join(REPO, "docs")
+# In the order of docs/README.md: later guides use what earlier ones train.
+GUIDES = ["lora.md", "text_encoder_lora.md", "own_images.md", "multi_gpu.md",
+          "inference.md", "export.md", "merging.md"]
+TINY_MODEL = "data/demo/tiny-sd"
+SUBSTITUTIONS = {"stable-diffusion-v1-5/stable-diffusion-v1-5": TINY_MODEL}
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```\n", re.S | re.M)
+MARKER = re.compile(r"<!-- docs-test: (\w+) ?(.*?) -->\s*$")
+BIN = os.path.dirname(sys.executable)
+
+
+@dataclass
+class Block:
+    guide: str
+    language: str
+    text: str
+    marker: str | None = None
+    argument: str = ""
+
+
+def read_blocks(guide: str) -> list[Block]:
+    """The fenced blocks of a guide with the marker just above each."""
+    with open(os.path.join(DOCS, guide), encoding="utf-8") as f:
+        text = f.read()
+    blocks = []
+    for match in FENCE.finditer(text):
+        before = text[:match.start()].rstrip("\n").rsplit("\n", 1)[-1]
+        marker = MARKER.match(before)
+        blocks.append(Block(guide, match[1], match[2],
+                            marker[1] if marker else None,
+                            marker[2] if marker else ""))
+    return blocks
+
+
+def tiny_training_options(command: list[str], cwd: str) -> list[str]:
+    """``--cfg-options`` that make ``mim train`` a one-epoch tiny run."""
+    args = parse_args(command)
+    cfg = Config.fromfile(os.path.join(cwd, args.config))
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    options = [f"model.model={TINY_MODEL}", "train_cfg.max_epochs=1",
+               "train_dataloader.num_workers=0"]
+    dataset = cfg.train_dataloader.dataset
+    if not os.path.exists(os.path.join(cwd, dataset.dataset)):  # hub data
+        options += ["train_dataloader.dataset.dataset=data/demo/shapes",
+                    "train_dataloader.dataset.caption_column=text"]
+    for i, transform in enumerate(dataset.pipeline):
+        if "size" in transform:
+            options.append(f"train_dataloader.dataset.pipeline.{i}.size=64")
+    for i, hook in enumerate(cfg.get("custom_hooks", [])):
+        if hook["type"] == "VisualizationHook":
+            options += [f"custom_hooks.{i}.interval=1",
+                        f"custom_hooks.{i}.num_inference_steps=2"]
+    return options
+
+
+def last_step(match: re.Match, cwd: str) -> str:
+    steps = glob.glob(os.path.join(cwd, match[1], "step*"))
+    if not steps:
+        return match[0]
+    last = max(int(os.path.basename(s)[len("step"):]) for s in steps)
+    return f"{match[1]}/step{last}"
+
+
+def rewrite(text: str, cwd: str) -> str:
+    """A command or script as the tests run it (see docs/README.md).
+
+    Step folders are resolved when the command runs, after the commands
+    before it have trained.
+    """
+    for old, new in SUBSTITUTIONS.items():
+        text = text.replace(old, new)
+    text = re.sub(r"(work_dirs/[\w.-]+)/step\d+",
+                  lambda m: last_step(m, cwd), text)
+    if text.startswith("mim train diffengine "):
+        options = tiny_training_options(shlex.split(text)[3:], cwd)
+        text += " --cfg-options " + " ".join(shlex.quote(o) for o in options)
+    if text.startswith("mim run diffengine demo "):
+        text = re.sub(r" --steps \d+", "", text) + " --steps 2"
+    return re.sub(r"num_inference_steps=\d+", "num_inference_steps=2", text)
+
+
+def commands(block: Block) -> list[str]:
+    """The commands of a bash block, continuation lines joined."""
+    lines = re.sub(r"\\\n\s*", " ", block.text).splitlines()
+    return [line for line in lines
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+@contextlib.contextmanager
+def working_directory(path: str):
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def entry_point(words: list[str]):
+    """The ``main`` and argv a diffengine command starts, else None.
+
+    ``mim train diffengine``, ``mim run diffengine NAME`` and ``python
+    tools/NAME.py`` start ``main`` of ``tools/train.py``,
+    ``diffengine/tools/NAME.py`` and ``tools/NAME.py``; tests/test_tools
+    checks that ``mim`` dispatches there.
+    """
+    if words[:3] == ["mim", "train", "diffengine"] and (
+            "--launcher" not in words):
+        return importlib.import_module("tools.train").main, words[3:]
+    if words[:3] == ["mim", "run", "diffengine"]:
+        module = importlib.import_module(f"diffengine.tools.{words[3]}")
+        return module.main, words[4:]
+    if words[0] == "python" and words[1].startswith("tools/"):
+        name = os.path.basename(words[1])[:-len(".py")]
+        return importlib.import_module(f"tools.{name}").main, words[2:]
+    return None
+
+
+def run_command(command: str, cwd: str) -> None:
+    """Run one command of a guide: diffengine's in this process (no torch
+    import per command), any other in bash."""
+    words = shlex.split(command)
+    found = entry_point(words)
+    if found is not None:
+        main, argv = found
+        with working_directory(cwd):
+            main(argv)
+        return
+    env = dict(os.environ, PATH=BIN + os.pathsep + os.environ["PATH"])
+    result = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", command],
+                            cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, (
+        f"{command}\n{result.stdout[-2000:]}{result.stderr[-3000:]}")
+
+
+def check_names(block: Block) -> None:
+    """A block that is not run: valid bash naming existing configs/tools."""
+    subprocess.run(["bash", "-n", "-c", block.text], check=True)
+    for path in re.findall(r"(?:configs|tools)/[\w./-]+\.py", block.text):
+        assert os.path.isfile(os.path.join(REPO, path)), (block.guide, path)
+    for tool in re.findall(r"mim run diffengine (\w+)", block.text):
+        assert os.path.isfile(os.path.join(REPO, "tools", f"{tool}.py"))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, shapes_data):
+    """A scratch folder as the repository root looks to a user."""
+    cwd = tmp_path_factory.mktemp("project")
+    for name in ("configs", "tools"):
+        os.symlink(os.path.join(REPO, name), cwd / name)
+    write_kohya_folder(str(cwd / "data" / "my_images"), shapes_data)
+    return str(cwd)
+
+
+@pytest.mark.parametrize("guide", GUIDES)
+def test_guide_commands_run(guide, project):
+    blocks = read_blocks(guide)
+    ran = 0
+    for block in blocks:
+        marker = block.marker
+        if marker == "gpus" and torch.cuda.device_count() >= int(
+                block.argument):
+            marker = None
+        if block.language == "bash" and marker in ("skip", "gpus"):
+            check_names(block)
+        elif block.language == "bash":
+            for command in commands(block):
+                run_command(rewrite(command, project), project)
+                ran += 1
+        elif block.language == "python" and marker == "file":
+            with open(os.path.join(project, block.argument), "w") as f:
+                f.write(rewrite(block.text, project))
+        elif block.language == "python" and marker == "run":
+            with working_directory(project):
+                exec(compile(rewrite(block.text, project), block.guide,
+                             "exec"), {})
+            ran += 1
+    assert ran or guide == "multi_gpu.md", f"{guide} runs nothing"
+
+
+# What the guides promise, once all of them ran (they run in GUIDES order).
+PROMISED = [
+    "work_dirs/tiny_sd_lora_demo/step*/pytorch_lora_weights.safetensors",
+    "work_dirs/stable_diffusion_v15_lora_pokemon_blip/*/vis_data/vis_image/"
+    "yoda-pokemon_*.png",
+    "loss.png",
+    "yoda.png",
+    "browse/0000.png",
+    "browse/0000.txt",
+    "work_dirs/my_lora/step*/pytorch_lora_weights.safetensors",
+    "data/my_images/metadata.jsonl",
+    "yoda_diffusers.png",
+    "pokemon_lora.safetensors",
+    "pokemon_lora_diffusers.safetensors",
+    "yoda_kohya.png",
+    "pokemon_sd15/model_index.json",
+    "merged.png",
+]
+
+
+def test_guides_leave_what_they_promise(project):
+    if not os.path.isdir(os.path.join(project, "work_dirs")):
+        pytest.skip("the guides did not run (run the whole module)")
+    missing = [p for p in PROMISED
+               if not glob.glob(os.path.join(project, p))]
+    assert not missing
+
+
+def test_every_tool_is_in_a_guide():
+    used = set()
+    for guide in GUIDES:
+        for block in read_blocks(guide):
+            used |= set(re.findall(r"mim run diffengine (\w+)", block.text))
+    tools = {os.path.basename(p)[:-3]
+             for p in glob.glob(os.path.join(REPO, "tools", "*.py"))}
+    assert tools - used == {"__init__", "train", "make_demo"}
+
+
+REFERENCED = [StableDiffusion, HFDataset, KohyaFolderDataset,
+              ResizeShortestEdge, RandomCrop, CenterCrop, RandomHorizontalFlip,
+              ImageToNormalizedTensor, PackInputs, LoRACheckpointHook,
+              VisualizationHook, SpeedLogProcessor]
+
+
+@pytest.mark.parametrize("component", REFERENCED,
+                         ids=[c.__name__ for c in REFERENCED])
+def test_config_reference_names_every_option(component):
+    with open(os.path.join(DOCS, "config_reference.md"),
+              encoding="utf-8") as f:
+        text = f.read()
+    name = component.__name__
+    # the component's section, or its row of the transforms table
+    section = re.search(rf"^### `{name}`\n(.*?)(?=^##)", text, re.S | re.M)
+    row = re.search(rf"^\| `{name}` \|.*$", text, re.M)
+    assert section or row, f"config_reference.md does not cover {name}"
+    body = section[1] if section else row[0]
+    # SpeedLogProcessor's are those of mmengine's LogProcessor
+    options = [p for p in inspect.signature(component.__init__).parameters
+               if p not in ("self", "args", "kwargs")]
+    missing = [o for o in options if f"`{o}`" not in body]
+    assert not missing, f"{name}: {missing}"

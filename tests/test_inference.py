@@ -1,0 +1,53 @@
+"""generate / make_grid / load_pipeline: the images of training and demo."""
+import numpy as np
+import pytest
+
+from diffengine.inference import generate, load_pipeline, make_grid, prompt_slug
+from tests.conftest import SAMPLE
+
+SETTINGS = dict(num_inference_steps=2, output_type="np")
+
+
+def test_an_image_depends_on_its_seed_only(tiny_sd):
+    pipe = load_pipeline(tiny_sd)
+    batch = generate(pipe, "a red circle", [3, 5], **SETTINGS)
+    alone = generate(pipe, "a red circle", [5], **SETTINGS)[0]
+    assert np.abs(batch[1] - alone).max() <= 1e-5
+    assert np.abs(batch[0] - batch[1]).max() > 1e-2
+    with pytest.raises(ValueError, match="seeds is empty"):
+        generate(pipe, "a red circle", [])
+
+
+def test_lora_scale(lora_step, tiny_sd):
+    settings = {k: v for k, v in SAMPLE.items() if k not in ("prompt", "seed")}
+
+    def image(scale):
+        pipe = load_pipeline(tiny_sd, lora_step.step_dir, lora_scale=scale)
+        return generate(pipe, SAMPLE["prompt"], [SAMPLE["seed"]], **settings)[0]
+
+    base = generate(load_pipeline(tiny_sd), SAMPLE["prompt"], [SAMPLE["seed"]],
+                    **settings)[0]
+    assert np.abs(image(1.0) - lora_step.reference).max() <= 1e-5
+    assert np.abs(image(0.0) - base).max() <= 1e-5
+    half = image(0.5)
+    assert np.abs(half - base).max() > 1e-3
+    assert np.abs(half - lora_step.reference).max() > 1e-3
+
+
+def test_make_grid_places_images_row_by_row():
+    images = [np.full((2, 3, 3), i, dtype=np.uint8) for i in range(5)]
+    grid = make_grid(images, columns=2)
+    assert grid.shape == (6, 6, 3) and grid.dtype == np.uint8
+    assert grid[0, 0, 0] == 0 and grid[0, 3, 0] == 1
+    assert grid[2, 0, 0] == 2 and grid[4, 0, 0] == 4
+    assert (grid[4:, 3:] == 0).all()  # the empty cell
+    with pytest.raises(ValueError, match="columns=0"):
+        make_grid(images, columns=0)
+
+
+def test_prompt_slug_names_files_safely():
+    assert prompt_slug(["a red circle", "A blue/square!"]) == (
+        "a-red-circle+a-blue-square")
+    assert prompt_slug(["yoda pokemon", "yoda pokemon"]) == "yoda-pokemon"
+    assert prompt_slug(["?!"]) == "prompt"
+    assert len(prompt_slug(["x" * 200])) == 80

@@ -1,0 +1,41 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from diffengine.inference import generate, load_pipeline
+from diffengine.tools.demo import main
+from tests.conftest import SAMPLE
+
+
+def test_demo_writes_a_grid_of_seeds(lora_step, tiny_sd, tmp_path, capsys):
+    out = tmp_path / "demo.png"
+    # no --base: the step file names the model it was trained on
+    main([SAMPLE["prompt"], lora_step.step_dir, "--out", str(out), "--steps",
+          "3", "--seed", "7", "8"])
+    grid = np.asarray(Image.open(out))
+    assert grid.shape == (64, 128, 3)
+    images = generate(load_pipeline(tiny_sd, lora_step.step_dir),
+                      SAMPLE["prompt"], [7, 8], num_inference_steps=3)
+    assert np.array_equal(grid, np.hstack(images))
+    # the reference of the trained model, as uint8
+    reference = (lora_step.reference * 255).round()
+    assert np.abs(grid[:, :64].astype(float) - reference).max() <= 1
+    assert "2 image(s) of 64×64" in capsys.readouterr().out
+
+
+def test_demo_lora_scale_zero_is_the_base(lora_step, tiny_sd, tmp_path):
+    out = tmp_path / "base.png"
+    main([SAMPLE["prompt"], lora_step.step_dir, "--base", tiny_sd, "--out",
+          str(out), "--steps", "2", "--scale", "0", "--negative", "blurry"])
+    base = generate(load_pipeline(tiny_sd), SAMPLE["prompt"], [0],
+                    negative_prompt="blurry", num_inference_steps=2)[0]
+    assert np.array_equal(np.asarray(Image.open(out)), base)
+
+
+def test_demo_needs_a_base_for_files_without_one(tmp_path):
+    path = tmp_path / "other.safetensors"
+    save_file({"lora_unet_x.alpha": torch.tensor(1.0)}, str(path))
+    with pytest.raises(ValueError, match="pass --base"):
+        main(["a cat", str(path)])
