@@ -14,8 +14,9 @@ downsamples 8× like SD's) or the SD1.5 architecture with random weights
 under ``--build-dir`` on first use; ``--data shapes`` writes captioned
 images there. The framework side starts as ``mim train`` does (importing
 ``tools/train.py`` first, which turns on THP for CPU tensors); ``no_thp``
-and ``plain_thp`` show that setting's share. See benchmarks/README.md for
-the recorded runs.
+and ``plain_thp`` show that setting's share. ``--diffusers-script PATH``
+adds diffusers' own ``train_text_to_image_lora.py`` as a third side. See
+benchmarks/README.md for the recorded runs.
 """
 from __future__ import annotations
 
@@ -33,6 +34,11 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # run as a script: make `benchmarks` importable
     sys.path.insert(0, REPO)
+
+from benchmarks.diffusers_script import (  # noqa: E402
+    check_script,
+    run_diffusers_script,
+)
 
 RESULT_PREFIX = "BENCHMARK_RESULT "
 # Framework variants: --cfg-options added to the framework's run.
@@ -91,6 +97,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="autocast (and AmpOptimWrapper) on both sides")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads of each run (OMP_NUM_THREADS)")
+    parser.add_argument("--diffusers-script", metavar="PATH",
+                        help="also run diffusers' train_text_to_image_lora.py "
+                        "(a copy from diffusers' examples/text_to_image) as "
+                        "the side 'diffusers_script'")
+    parser.add_argument("--diffusers-script-args", nargs="+", default=[],
+                        metavar="ARG", help="extra arguments for that script, "
+                        "e.g. --diffusers-script-args=--center_crop")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -231,12 +244,16 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.diffusers_script:
+        check_script(args.diffusers_script)
     model, data = prepare_inputs(args)
     work = dict(model=model, data=data, resolution=args.resolution,
                 batch_size=args.batch_size, rank=args.rank, steps=args.steps,
                 warmup=args.warmup, num_workers=args.num_workers,
                 device=device, mixed_precision=args.mixed_precision)
     sides = ["plain", *args.variants]
+    if args.diffusers_script:
+        sides.append("diffusers_script")
     runs: dict[str, list[dict]] = {side: [] for side in sides}
     started = time.time()
     load_before = os.getloadavg()
@@ -244,10 +261,15 @@ def main(argv: list[str] | None = None) -> int:
         for repeat in range(args.repeats):
             # alternate the order too, so neither side always runs first
             for side in sides if repeat % 2 == 0 else sides[::-1]:
-                spec = dict(side=side, work=work, threads=args.threads,
-                            work_dir=os.path.join(root, side),
-                            options=VARIANTS.get(side, []) + args.options)
-                result = spawn(spec, args.threads)
+                if side == "diffusers_script":
+                    result = run_diffusers_script(
+                        args.diffusers_script, **work, threads=args.threads,
+                        extra_args=args.diffusers_script_args)
+                else:
+                    spec = dict(side=side, work=work, threads=args.threads,
+                                work_dir=os.path.join(root, side),
+                                options=VARIANTS.get(side, []) + args.options)
+                    result = spawn(spec, args.threads)
                 runs[side].append(result)
                 print(f"[{repeat + 1}/{args.repeats}] {side}: "
                       f"{result['median_s']:.3f} s/step", file=sys.stderr)
