@@ -18,6 +18,46 @@ UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 
+def tiny_pipeline(flip: bool = False) -> list[dict]:
+    """The tests' 32 px pipeline: resize, centre crop (and random flip)."""
+    return [
+        dict(type="ResizeShortestEdge", size=32),
+        dict(type="CenterCrop", size=32),
+        *([dict(type="RandomHorizontalFlip", p=0.5)] if flip else []),
+        dict(type="ImageToNormalizedTensor"),
+        dict(type="PackInputs"),
+    ]
+
+
+def tiny_train_config(work_dir, tiny_sd: str, shapes_data: str, *,
+                      model: dict | None = None,
+                      dataset: dict | None = None,
+                      sampler: dict | None = None,
+                      **cfg) -> dict:
+    """A runner config training the tiny model on the shapes: LoRA r=2 on
+    the UNet's attention, batch 2, AdamW lr 1e-3.
+
+    ``model`` and ``dataset`` add or replace options of those parts, ``sampler``
+    replaces the unshuffled ``DeterministicSampler``, and the other keyword
+    arguments are top-level keys.
+    """
+    return dict(
+        model=dict(type="StableDiffusion", model=tiny_sd,
+                   unet_lora_config=dict(r=2, target_modules=UNET_TARGETS),
+                   **(model or {})),
+        work_dir=str(work_dir),
+        train_dataloader=dict(
+            batch_size=2,
+            num_workers=0,
+            sampler=sampler or dict(type="DeterministicSampler",
+                                    shuffle=False),
+            dataset=dict(dict(type="HFDataset", dataset=shapes_data,
+                              pipeline=tiny_pipeline()), **(dataset or {}))),
+        optim_wrapper=dict(optimizer=dict(type="AdamW", lr=1e-3)),
+        default_scope="diffengine",
+        **cfg)
+
+
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory) -> str:
     """A tiny SD-1.x pipeline folder in diffusers format."""

@@ -10,14 +10,9 @@ from mmengine.logging import MMLogger
 from diffengine.datasets import HFDataset
 from diffengine.errors import ConfigError, DataError
 from diffengine.models import StableDiffusion
-from tests.conftest import UNET_TARGETS
+from tests.conftest import UNET_TARGETS, tiny_pipeline
 
-PIPELINE = [
-    dict(type="ResizeShortestEdge", size=32),
-    dict(type="CenterCrop", size=32),
-    dict(type="ImageToNormalizedTensor"),
-    dict(type="PackInputs"),
-]
+PIPELINE = tiny_pipeline()
 
 
 def test_imagefolder_with_jsonl(shapes_data):
@@ -100,13 +95,7 @@ def test_missing_and_empty_datasets(tmp_path):
         HFDataset(str(empty))
 
 
-CACHED_PIPELINE = [
-    dict(type="ResizeShortestEdge", size=32),
-    dict(type="CenterCrop", size=32),
-    dict(type="RandomHorizontalFlip", p=0.5),
-    dict(type="ImageToNormalizedTensor"),
-    dict(type="PackInputs"),
-]
+CACHED_PIPELINE = tiny_pipeline(flip=True)
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,9 @@ from diffengine.datasets import (
 )
 from diffengine.models import StableDiffusion
 from diffengine.registry import DATASETS
-from tests.conftest import UNET_TARGETS
+from tests.conftest import UNET_TARGETS, tiny_pipeline
 
-PIPELINE = [
-    dict(type="ResizeShortestEdge", size=32),
-    dict(type="CenterCrop", size=32),
-    dict(type="ImageToNormalizedTensor"),
-    dict(type="PackInputs"),
-]
+PIPELINE = tiny_pipeline()
 
 
 def write_kohya_folder(path, shapes_data):

@@ -7,30 +7,18 @@ from mmengine.runner import Runner
 
 import diffengine.engine  # noqa: F401  (registers the log processor)
 from diffengine.engine.log_processor import peak_ram_mb
-from tests.conftest import UNET_TARGETS
+from tests.conftest import tiny_train_config
 
 
 def test_log_lines_show_speed_eta_and_peak_memory(tmp_path, tiny_sd,
                                                   shapes_data):
-    runner = Runner.from_cfg(Config(dict(
-        model=dict(type="StableDiffusion", model=tiny_sd,
-                   unet_lora_config=dict(r=2, target_modules=UNET_TARGETS)),
-        work_dir=str(tmp_path),
-        train_dataloader=dict(
-            batch_size=2, num_workers=0,
-            sampler=dict(type="DefaultSampler", shuffle=False),
-            dataset=dict(type="HFDataset", dataset=shapes_data, pipeline=[
-                dict(type="ResizeShortestEdge", size=32),
-                dict(type="CenterCrop", size=32),
-                dict(type="ImageToNormalizedTensor"),
-                dict(type="PackInputs"),
-            ])),
-        optim_wrapper=dict(optimizer=dict(type="AdamW", lr=1e-3)),
+    runner = Runner.from_cfg(Config(tiny_train_config(
+        tmp_path, tiny_sd, shapes_data,
+        sampler=dict(type="DefaultSampler", shuffle=False),
         train_cfg=dict(by_epoch=False, max_iters=4),
         default_hooks=dict(logger=dict(type="LoggerHook", interval=2),
                            checkpoint=None),
         log_processor=dict(type="SpeedLogProcessor", by_epoch=False),
-        default_scope="diffengine",
     )))
     runner.train()
     log, = glob.glob(str(tmp_path / "*" / "*.log"))

@@ -9,7 +9,7 @@ from mmengine.runner import runner as mmengine_runner
 from diffengine.datasets import HFDataset
 from diffengine.engine import DiffEngineRunner
 from diffengine.models import StableDiffusion
-from tests.conftest import UNET_TARGETS
+from tests.conftest import UNET_TARGETS, tiny_pipeline, tiny_train_config
 
 
 class ReachedError(Exception):
@@ -59,29 +59,17 @@ def test_ddp_leaves_the_frozen_base_out(tmp_path, tiny_sd, monkeypatch):
 
 
 def runner_for(work_dir, tiny_sd, shapes_data, cache):
-    return DiffEngineRunner(
-        model=dict(type="StableDiffusion", model=tiny_sd,
-                   cache_text_embeddings=cache,
-                   unet_lora_config=dict(r=2, target_modules=UNET_TARGETS)),
-        work_dir=str(work_dir),
-        train_dataloader=dict(
-            batch_size=2, num_workers=0,
-            sampler=dict(type="DeterministicSampler", shuffle=True),
-            dataset=dict(type="HFDataset", dataset=shapes_data,
-                         cache_latents=cache, pipeline=[
-                             dict(type="ResizeShortestEdge", size=32),
-                             dict(type="CenterCrop", size=32),
-                             dict(type="RandomHorizontalFlip", p=0.5),
-                             dict(type="ImageToNormalizedTensor"),
-                             dict(type="PackInputs"),
-                         ])),
-        optim_wrapper=dict(optimizer=dict(type="AdamW", lr=1e-3)),
+    cfg = tiny_train_config(
+        work_dir, tiny_sd, shapes_data,
+        model=dict(cache_text_embeddings=cache),
+        dataset=dict(cache_latents=cache, pipeline=tiny_pipeline(flip=True)),
+        sampler=dict(type="DeterministicSampler", shuffle=True),
         train_cfg=dict(by_epoch=False, max_iters=1),
         randomness=dict(seed=0),
         default_hooks=dict(checkpoint=dict(
             type="LoRACheckpointHook", by_epoch=False, interval=10)),
-        default_scope="diffengine",
         experiment_name=f"{os.path.basename(str(work_dir))}-{cache}")
+    return DiffEngineRunner(**cfg)
 
 
 def first_loss(runner):

@@ -16,31 +16,17 @@ from diffengine.engine.checkpoint import load_checkpoint_file
 from diffengine.engine.hooks import VisualizationHook
 from diffengine.inference import generate, load_pipeline
 from diffengine.lora_file import read_lora_file
-from tests.conftest import UNET_TARGETS
+from tests.conftest import tiny_train_config
 
 
 def make_runner(work_dir, tiny_sd, shapes_data, custom_hooks=(), **checkpoint):
     # from a Config, as `mim train` builds it: the runner reads runner.cfg
-    return DiffEngineRunner.from_cfg(Config(dict(
-        model=dict(type="StableDiffusion", model=tiny_sd,
-                   unet_lora_config=dict(r=2, target_modules=UNET_TARGETS)),
-        work_dir=str(work_dir),
-        train_dataloader=dict(
-            batch_size=2,
-            num_workers=0,
-            sampler=dict(type="DeterministicSampler", shuffle=False),
-            dataset=dict(type="HFDataset", dataset=shapes_data, pipeline=[
-                dict(type="ResizeShortestEdge", size=32),
-                dict(type="CenterCrop", size=32),
-                dict(type="ImageToNormalizedTensor"),
-                dict(type="PackInputs"),
-            ])),
-        optim_wrapper=dict(optimizer=dict(type="AdamW", lr=1e-3)),
+    return DiffEngineRunner.from_cfg(Config(tiny_train_config(
+        work_dir, tiny_sd, shapes_data,
         train_cfg=dict(by_epoch=False, max_iters=6),
         default_hooks=dict(checkpoint=dict(
             type="LoRACheckpointHook", by_epoch=False, **checkpoint)),
         custom_hooks=list(custom_hooks),
-        default_scope="diffengine",
         randomness=dict(seed=0),
         experiment_name=os.path.basename(str(work_dir)),
     )))
