@@ -27,6 +27,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # run as a script: make `benchmarks` importable
     sys.path.insert(0, REPO)
 
+from benchmarks.train_step import VARIANTS  # noqa: E402
+
 UNET_FORWARD_GFLOP = 803
 LORA_STEP_GFLOP = 2.15 * UNET_FORWARD_GFLOP
 VAE_ENCODE_GFLOP = 1117
@@ -37,8 +39,7 @@ BASE_OPTIONS = ["model.weight_dtype=bfloat16", "model.channels_last=True",
                 "env_cfg.cudnn_benchmark=True",
                 # runners log their setup at INFO; the rows are the output
                 "log_level=WARNING"]
-CACHE_OPTIONS = ["train_dataloader.dataset.cache_latents=True",
-                 "model.cache_text_embeddings=True"]
+CACHE_OPTIONS = VARIANTS["cached"]
 
 
 def sample_gflop(cached: bool, resolution: int = 512) -> float:

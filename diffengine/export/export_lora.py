@@ -10,10 +10,9 @@ from safetensors.torch import save_file
 from diffengine.export.kohya import to_kohya
 from diffengine.export.metadata import export_metadata
 from diffengine.lora_file import ADAPTER_METADATA_KEY, read_lora_file
+from diffengine.models.utils.dtypes import DTYPES
 
 FORMATS = ("kohya", "diffusers")
-DTYPES = {"float32": torch.float32, "float16": torch.float16,
-          "bfloat16": torch.bfloat16}
 
 
 def export_lora(lora: str,
