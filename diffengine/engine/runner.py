@@ -171,6 +171,11 @@ class DiffEngineRunner(Runner):
             find_unused_parameters=self.cfg.get("find_unused_parameters",
                                                 False))
 
+    @property
+    def bare_model(self) -> torch.nn.Module:
+        """The model without its DDP wrapper, if it has one."""
+        return self.model.module if is_model_wrapper(self.model) else self.model
+
     def build_train_loop(self, loop):
         if not isinstance(loop, dict):
             return super().build_train_loop(loop)
@@ -216,7 +221,7 @@ class DiffEngineRunner(Runner):
         if not (isinstance(dataset, CaptionedImageDataset)
                 and dataset.cache_latents):
             return
-        model = self.model.module if is_model_wrapper(self.model) else self.model
+        model = self.bare_model
         start = time.perf_counter()
         dataset.build_latent_cache(
             model.encode_images, model.latent_encoder_id(),
@@ -300,7 +305,7 @@ class DiffEngineRunner(Runner):
             world_size=self.world_size,
             rng_state=capture_rng_state(),
         )
-        model = self.model.module if is_model_wrapper(self.model) else self.model
+        model = self.bare_model
         checkpoint = {
             "meta": meta,
             "state_dict": to_cpu(model.state_dict()),
@@ -372,7 +377,7 @@ class DiffEngineRunner(Runner):
                       key=osp.getmtime, reverse=True)
 
     def _load_model_state(self, checkpoint: dict, path: str) -> None:
-        model = self.model.module if is_model_wrapper(self.model) else self.model
+        model = self.bare_model
         state = checkpoint["state_dict"]
         expected = set(model.state_dict())
         unexpected = sorted(set(state) - expected)
