@@ -134,10 +134,9 @@ class CaptionedImageDataset(BaseDataset):
         for idx, key in enumerate(keys):
             if key is not None and not cache.has(key):
                 first_row.setdefault(key, idx)
-        missing = sorted(first_row.values())
         rank, world_size = get_dist_info()
         batch: list[tuple[str, torch.Tensor]] = []
-        for idx in missing[rank::world_size]:
+        for idx in sorted(first_row.values())[rank::world_size]:
             try:
                 image = open_image(self.image_source(idx))
             except OSError as err:
@@ -152,11 +151,11 @@ class CaptionedImageDataset(BaseDataset):
         if batch:
             _encode_into(cache, batch, encode)
         barrier()
-        failed = 0
+        # Images that no process could encode: each of their rows is bad.
+        encoded = {key for key in first_row if cache.has(key)}
         for idx, key in enumerate(keys):
-            if key is not None and not cache.has(key):
+            if key in first_row and key not in encoded:
                 keys[idx] = None
-                failed += first_row.get(key) == idx
                 if idx not in self.bad_rows:
                     self._skip_bad_row(idx, OSError(
                         f"image of row {idx} could not be read for the "
@@ -164,13 +163,11 @@ class CaptionedImageDataset(BaseDataset):
         self._latent_keys = keys
         self.latent_cache = cache
         self.pipeline = plan.pipeline
-        encoded = len(missing) - failed
-        distinct = len({k for k in keys if k is not None})
+        reused = len({k for k in keys if k is not None} - encoded)
         print_log(
-            f"cache_latents: {encoded} images encoded "
+            f"cache_latents: {len(encoded)} images encoded "
             f"({len(plan.views)} view{'s' * (len(plan.views) > 1)} each), "
-            f"{distinct - encoded} reused, "
-            f"in {folder}",
+            f"{reused} reused, in {folder}",
             logger="current")
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
