@@ -62,5 +62,8 @@ class HuberLoss(DiffusionLoss):
     def per_sample(self, prediction: torch.Tensor, target: torch.Tensor,
                    context: LossContext) -> torch.Tensor:
         delta = self.deltas(context).view(-1, *[1] * (prediction.ndim - 1))
-        loss = 2 * delta * (((prediction - target)**2 + delta**2).sqrt() - delta)
+        squared = (prediction - target)**2
+        # 2δ(√(r² + δ²) − δ), written without the cancellation that loses
+        # small errors in fp32
+        loss = 2 * delta * squared / ((squared + delta**2).sqrt() + delta)
         return mean_per_sample(loss)
