@@ -1,6 +1,7 @@
 """Every training technique on at once keeps the promises: 2 processes ×
 batch 4 train the weights of 1 × batch 8, and a kill at a random step then
-a resume ends bit-identical."""
+a resume ends bit-identical; with both caches and a half-precision base
+too."""
 import json
 import os
 import random
@@ -8,7 +9,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
+from mmengine.config import Config
 
+from diffengine.engine import fall_back_from_amp_without_cuda
+from diffengine.registry import RUNNERS
 from tests.test_engine.test_runner import (
     DEMO,
     TRAIN,
@@ -115,3 +120,33 @@ def test_two_processes_match_one_with_the_double_batch(tmp_path, tiny_sd,
     assert difference <= 1e-5
     earlier, _ = lora_weights(tmp_path / "one", "step3")
     assert max((one[k] - earlier[k]).abs().max().item() for k in one) > 1e-4
+
+
+@pytest.mark.parametrize("weight_dtype", ["bfloat16", "float16"])
+def test_every_technique_with_both_caches_and_a_half_precision_base(
+        tmp_path, tiny_sd, everything, weight_dtype):
+    config, data = everything
+    cfg = Config.fromfile(config)
+    cfg.merge_from_dict({
+        "model.model": tiny_sd, "train_dataloader.dataset.dataset": data,
+        "train_dataloader.dataset.cache_latents": True,
+        "model.cache_text_embeddings": True,
+        "model.weight_dtype": weight_dtype, "train_cfg.max_epochs": 2,
+        "work_dir": str(tmp_path)})
+    fall_back_from_amp_without_cuda(cfg)  # as tools/train.py does
+    runner = RUNNERS.build(cfg)
+    runner.train()
+    model = runner.model
+    # the caption transforms ran before the text cache: each distinct caption
+    # (shuffled tags, the dropped one) is cached once
+    cached = set(model.text_embeddings.embeddings)
+    assert "" in cached
+    tags = {frozenset(c.split(", ")[1:]) for c in cached if c}
+    assert len(cached) > 24 and len(tags) < len(cached)
+    assert all(c.split(", ")[0] in ("red", "green", "blue", "yellow", "purple",
+                                    "orange") for c in cached if c)
+    loss = runner.message_hub.get_scalar("train/loss").current()
+    assert torch.isfinite(torch.tensor(loss))
+    step = lora_weights(tmp_path, "step12")[0]
+    assert all(torch.isfinite(v).all() and v.dtype == torch.float32
+               for v in step.values())
