@@ -1,12 +1,7 @@
 # Caption dropout on the SD v1.5 LoRA seed config: 10% of the samples train
 # with the empty caption, the unconditional prediction that classifier-free
 # guidance uses.
-_base_ = [
-    "../_base_/models/stable_diffusion_v15_lora.py",
-    "../_base_/datasets/pokemon_blip.py",
-    "../_base_/schedules/stable_diffusion_50e.py",
-    "../_base_/default_runtime.py",
-]
+_base_ = ["../stable_diffusion_lora/stable_diffusion_v15_lora_pokemon_blip.py"]
 
 train_pipeline = [
     dict(type="ResizeShortestEdge", size=512, interpolation="bilinear"),

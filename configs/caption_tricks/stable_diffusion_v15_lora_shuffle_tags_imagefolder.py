@@ -2,12 +2,7 @@
 # kohya's shuffle_caption + keep_tokens=1 and caption_dropout_rate=0.05:
 # the first tag (the trigger word) stays first, the others are shuffled per
 # sample, and 5% of the samples train with the empty caption.
-_base_ = [
-    "../_base_/models/stable_diffusion_v15_lora.py",
-    "../_base_/datasets/pokemon_blip.py",
-    "../_base_/schedules/stable_diffusion_50e.py",
-    "../_base_/default_runtime.py",
-]
+_base_ = ["../stable_diffusion_lora/stable_diffusion_v15_lora_pokemon_blip.py"]
 
 train_pipeline = [
     dict(type="ResizeShortestEdge", size=512, interpolation="bilinear"),

@@ -1,11 +1,6 @@
 # EMA of the LoRA weights on the SD v1.5 LoRA seed config: the step folders
 # and the samples hold the average, the .pth files both.
-_base_ = [
-    "../_base_/models/stable_diffusion_v15_lora.py",
-    "../_base_/datasets/pokemon_blip.py",
-    "../_base_/schedules/stable_diffusion_50e.py",
-    "../_base_/default_runtime.py",
-]
+_base_ = ["../stable_diffusion_lora/stable_diffusion_v15_lora_pokemon_blip.py"]
 
 custom_hooks = [
     dict(type="VisualizationHook", prompt=["yoda pokemon"], seed=[0, 1, 2, 3]),
