@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffengine.demo import make_shapes_dataset, make_tiny_sd
+from diffengine.demo import make_shapes_dataset, make_tiny_sd, make_tiny_sdxl
 from diffengine.models import StableDiffusion
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,6 +62,12 @@ def tiny_train_config(work_dir, tiny_sd: str, shapes_data: str, *,
 def tiny_sd(tmp_path_factory) -> str:
     """A tiny SD-1.x pipeline folder in diffusers format."""
     return make_tiny_sd(str(tmp_path_factory.mktemp("models") / "tiny-sd"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory) -> str:
+    """A tiny SDXL pipeline folder in diffusers format."""
+    return make_tiny_sdxl(str(tmp_path_factory.mktemp("models") / "tiny-sdxl"))
 
 
 def perturb_lora(model, seed=1):

@@ -1,0 +1,129 @@
+"""Stable Diffusion XL with LoRA adapters on the UNet and text encoders."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from diffengine.errors import ConfigError
+from diffengine.models.editors.base import LatentDiffusionModel, first_parameter
+from diffengine.models.editors.stable_diffusion.model_folder import check_model_path
+from diffengine.registry import MODELS
+
+SUBFOLDERS = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2",
+              "vae", "unet", "scheduler")
+
+
+@MODELS.register_module()
+class StableDiffusionXL(LatentDiffusionModel):
+    """Stable Diffusion XL trained through LoRA adapters.
+
+    Two text encoders (CLIP ViT-L and OpenCLIP ViT-bigG with its projection):
+    their penultimate hidden states, concatenated, condition the UNet's
+    cross-attention, and the second one's pooled, projected output goes to
+    the UNet's added conditioning with the ``time_ids`` (original size, crop
+    top-left, target size) that ``ComputeTimeIds`` records per sample.
+    ``text_encoder_lora_config`` adapts both text encoders alike, as
+    diffusers' and kohya's SDXL scripts do.
+
+    SDXL's VAE overflows in float16: with ``weight_dtype="float16"`` a VAE
+    whose config sets ``force_upcast`` (the SDXL base's does) stays in
+    float32, as diffusers' pipeline upcasts it; a VAE made for fp16 (e.g.
+    ``vae_model="madebyollin/sdxl-vae-fp16-fix"``) is kept in float16.
+
+    Args:
+        model (str): Hub id or local diffusers folder of the SDXL base.
+        vae_model (str, optional): Hub id or folder of a VAE to use instead
+            of the base's (a folder holding the VAE's ``config.json``).
+            Defaults to None.
+        **kwargs: Every option of :class:`LatentDiffusionModel`.
+    """
+
+    pipeline_class = StableDiffusionXLPipeline
+    text_encoder_names = ("text_encoder", "text_encoder_2")
+
+    def __init__(self, model: str, vae_model: str | None = None,
+                 **kwargs: Any) -> None:
+        self.vae_model = vae_model
+        super().__init__(model, **kwargs)
+
+    def load_parts(self, model: str, dtype: torch.dtype) -> None:
+        check_model_path(model, SUBFOLDERS)
+        self.tokenizer = CLIPTokenizer.from_pretrained(
+            model, subfolder="tokenizer")
+        self.tokenizer_2 = CLIPTokenizer.from_pretrained(
+            model, subfolder="tokenizer_2")
+        self.scheduler = DDPMScheduler.from_pretrained(
+            model, subfolder="scheduler")
+        self.text_encoder = CLIPTextModel.from_pretrained(
+            model, subfolder="text_encoder").to(dtype)
+        self.text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
+            model, subfolder="text_encoder_2").to(dtype)
+        vae_source = dict(pretrained_model_name_or_path=self.vae_model) if (
+            self.vae_model) else dict(pretrained_model_name_or_path=model,
+                                      subfolder="vae")
+        vae_config = AutoencoderKL.load_config(**vae_source)
+        vae_dtype = torch.float32 if (
+            dtype == torch.float16
+            and vae_config.get("force_upcast", False)) else dtype
+        self.vae = AutoencoderKL.from_pretrained(**vae_source,
+                                                 torch_dtype=vae_dtype)
+        self.unet = UNet2DConditionModel.from_pretrained(
+            model, subfolder="unet", torch_dtype=dtype)
+        if self.unet.config.addition_embed_type != "text_time":
+            raise ConfigError(
+                f"model={model!r} is not an SDXL model: its UNet's "
+                f"addition_embed_type is "
+                f"{self.unet.config.addition_embed_type!r}, not 'text_time'; "
+                "use type='StableDiffusion' for SD 1.x/2.x.")
+
+    def encode_text(self, text: list[str]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both encoders' penultimate hidden states, concatenated (B × 77 ×
+        D1+D2), and the second's pooled projection (B × P)."""
+        hidden_states = []
+        for tokenizer, encoder in ((self.tokenizer, self.text_encoder),
+                                   (self.tokenizer_2, self.text_encoder_2)):
+            input_ids = tokenizer(
+                text,
+                max_length=tokenizer.model_max_length,
+                padding="max_length",
+                truncation=True,
+                return_tensors="pt").input_ids.to(
+                    first_parameter(encoder).device)
+            output = encoder(input_ids, output_hidden_states=True)
+            hidden_states.append(output.hidden_states[-2])
+        # the projection model's first output: its pooled text embedding
+        return torch.cat(hidden_states, dim=-1), output[0]
+
+    def unet_conditioning(self, inputs: dict,
+                          prompt: tuple[torch.Tensor, torch.Tensor]
+                          ) -> dict[str, Any]:
+        if "time_ids" not in inputs:
+            raise ConfigError(
+                "StableDiffusionXL needs each sample's time_ids: add "
+                "dict(type='ComputeTimeIds') to the dataset pipeline, after "
+                "the resize, crop and flip and before "
+                "ImageToNormalizedTensor.")
+        embeddings, pooled = prompt
+        time_ids = inputs["time_ids"].to(embeddings.device, embeddings.dtype)
+        return {"encoder_hidden_states": embeddings,
+                "added_cond_kwargs": {"text_embeds": pooled,
+                                      "time_ids": time_ids}}
+
+    def pipeline_parts(self) -> dict[str, Any]:
+        return dict(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            text_encoder_2=self.text_encoder_2,
+            tokenizer=self.tokenizer,
+            tokenizer_2=self.tokenizer_2,
+            unet=self.unet,
+            add_watermarker=False)
