@@ -124,6 +124,9 @@ class LatentDiffusionModel(BaseModel):
 
     #: The diffusers pipeline class of the family.
     pipeline_class: type[DiffusionPipeline] = DiffusionPipeline
+    #: Stability AI's model-spec name of the family (``modelspec.
+    #: architecture`` of exported files is ``<architecture>/lora``).
+    architecture: str = ""
     #: The attributes holding text encoders that ``text_encoder_lora_config``
     #: adapts.
     text_encoder_names: tuple[str, ...] = ("text_encoder", )
@@ -321,7 +324,8 @@ class LatentDiffusionModel(BaseModel):
 
         The adapter configs go into the file's metadata, so that
         ``lora_alpha`` (and with it the strength) survives the round trip;
-        so do the base model, the prediction type and ``metadata``, under
+        so do the base model, the architecture, the prediction type and
+        ``metadata``, under
         ``diffengine.*`` keys that diffusers ignores and ``export_lora``
         reads.
 
@@ -340,6 +344,7 @@ class LatentDiffusionModel(BaseModel):
         self.pipeline_class.save_lora_weights(
             save_directory, safe_serialization=True, **kwargs)
         training = {"base_model": self.base_model,
+                    "architecture": self.architecture,
                     "prediction_type": self.prediction_type,
                     **(metadata or {})}
         add_training_metadata(os.path.join(save_directory, WEIGHT_NAME),

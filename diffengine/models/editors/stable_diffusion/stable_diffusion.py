@@ -26,6 +26,7 @@ class StableDiffusion(LatentDiffusionModel):
     """
 
     pipeline_class = StableDiffusionPipeline
+    architecture = "stable-diffusion-v1"
     text_encoder_names = ("text_encoder", )
 
     def load_parts(self, model: str, dtype: torch.dtype) -> None:

@@ -47,6 +47,7 @@ class StableDiffusionXL(LatentDiffusionModel):
     """
 
     pipeline_class = StableDiffusionXLPipeline
+    architecture = "stable-diffusion-xl-v1-base"
     text_encoder_names = ("text_encoder", "text_encoder_2")
 
     def __init__(self, model: str, vae_model: str | None = None,
