@@ -25,6 +25,8 @@ from diffusers import (
 from PIL import Image, ImageDraw
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from diffengine.export.diffusers_folder import save_pipeline_folder
+
 COLORS = {
     "red": (220, 40, 40),
     "green": (40, 170, 60),
@@ -226,7 +228,7 @@ def save_pipeline(path: str, unet: UNet2DConditionModel, vae: AutoencoderKL,
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False)
-    pipe.save_pretrained(path)
+    save_pipeline_folder(pipe, path)
     return path
 
 
