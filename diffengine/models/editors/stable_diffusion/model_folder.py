@@ -30,3 +30,12 @@ def check_model_path(model: str) -> None:
             "Stable Diffusion folder (as written by "
             "StableDiffusionPipeline.save_pretrained) has "
             f"{list(SUBFOLDERS)}.")
+
+
+def resolve_model(model: str) -> str:
+    """The base model as recorded with a trained LoRA: the absolute path of
+    a local folder, a hub id as given.
+
+    A relative path would point elsewhere from any other working directory.
+    """
+    return os.path.abspath(model) if os.path.isdir(model) else model
