@@ -25,7 +25,10 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from diffengine.errors import ConfigError, NonFiniteLossError
 from diffengine.inference import generate
 from diffengine.lora_file import WEIGHT_NAME, add_training_metadata
-from diffengine.models.editors.stable_diffusion.model_folder import check_model_path
+from diffengine.models.editors.stable_diffusion.model_folder import (
+    check_model_path,
+    resolve_model,
+)
 from diffengine.models.utils import add_lora_adapter, count_trainable_parameters
 from diffengine.models.utils.dtypes import resolve_dtype
 from diffengine.models.utils.fingerprint import weights_fingerprint
@@ -122,7 +125,7 @@ class StableDiffusion(BaseModel):
                 "step; drop one of the two.")
         check_model_path(model)
         dtype = resolve_dtype(weight_dtype, "weight_dtype")
-        self.base_model = model
+        self.base_model = resolve_model(model)
         self.tokenizer = CLIPTokenizer.from_pretrained(
             model, subfolder="tokenizer")
         self.scheduler = DDPMScheduler.from_pretrained(
