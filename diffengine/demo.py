@@ -32,6 +32,8 @@ from transformers import (
     CLIPTokenizer,
 )
 
+from diffengine.export.diffusers_folder import save_pipeline_folder
+
 COLORS = {
     "red": (220, 40, 40),
     "green": (40, 170, 60),
@@ -233,7 +235,7 @@ def save_pipeline(path: str, unet: UNet2DConditionModel, vae: AutoencoderKL,
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False)
-    pipe.save_pretrained(path)
+    save_pipeline_folder(pipe, path)
     return path
 
 
@@ -384,7 +386,7 @@ def save_sdxl_pipeline(path: str, unet: UNet2DConditionModel,
         unet=unet,
         scheduler=scheduler,
         add_watermarker=False)
-    pipe.save_pretrained(path)
+    save_pipeline_folder(pipe, path)
     return path
 
 

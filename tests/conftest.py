@@ -18,6 +18,16 @@ UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 
+# A small UNet laid out as SD 1.x's: three attending levels then a plain
+# one, two resnets a level (the demo model has the opposite order and one).
+SD1_LAYOUT_UNET = dict(
+    block_out_channels=(32, 32, 64, 64), layers_per_block=2,
+    down_block_types=("CrossAttnDownBlock2D", ) * 3 + ("DownBlock2D", ),
+    up_block_types=("UpBlock2D", ) + ("CrossAttnUpBlock2D", ) * 3,
+    cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32,
+    sample_size=16)
+
+
 def tiny_pipeline(flip: bool = False) -> list[dict]:
     """The tests' 32 px pipeline: resize, centre crop (and random flip)."""
     return [

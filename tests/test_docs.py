@@ -258,6 +258,8 @@ PROMISED = [
     "yoda_kohya.png",
     "pokemon_sd15/model_index.json",
     "merged.png",
+    "pokemon_sd15.safetensors",
+    "merged_single_file.png",
 ]
 
 

@@ -33,6 +33,7 @@ from diffengine.models.utils import add_lora_adapter, count_trainable_parameters
 from diffengine.models.utils.components import build_component
 from diffengine.models.utils.dtypes import resolve_dtype
 from diffengine.models.utils.fingerprint import weights_fingerprint
+from diffengine.models.utils.model_folder import resolve_model
 from diffengine.models.utils.noise import WhiteNoise
 from diffengine.models.utils.text_embedding_cache import TextEmbeddingCache
 from diffengine.models.utils.timesteps import TimeSteps
@@ -170,7 +171,9 @@ class LatentDiffusionModel(BaseModel):
                 f"input_perturbation_gamma={input_perturbation_gamma} must be "
                 ">= 0.")
         dtype = resolve_dtype(weight_dtype, "weight_dtype")
-        self.base_model = model
+        # Recorded in step files: an absolute path or a hub id, which any
+        # working directory finds.
+        self.base_model = resolve_model(model)
         self.load_parts(model, dtype)
         if prediction_type is not None:
             if prediction_type not in ("epsilon", "v_prediction"):

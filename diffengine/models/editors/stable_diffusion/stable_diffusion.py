@@ -13,7 +13,7 @@ from diffusers import (
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from diffengine.models.editors.base import LatentDiffusionModel, first_parameter
-from diffengine.models.editors.stable_diffusion.model_folder import check_model_path
+from diffengine.models.utils.model_folder import check_model_path
 from diffengine.registry import MODELS
 
 

@@ -14,7 +14,7 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 
 from diffengine.errors import ConfigError
 from diffengine.models.editors.base import LatentDiffusionModel, first_parameter
-from diffengine.models.editors.stable_diffusion.model_folder import check_model_path
+from diffengine.models.utils.model_folder import check_model_path
 from diffengine.registry import MODELS
 
 SUBFOLDERS = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2",

@@ -1,4 +1,4 @@
-"""The diffusers folder (or hub id) a Stable Diffusion model loads from."""
+"""The diffusers folder (or hub id) a model loads from."""
 from __future__ import annotations
 
 import os
@@ -35,3 +35,12 @@ def check_model_path(model: str,
             f"model={model!r} lacks the subfolders {missing}; a diffusers "
             "folder of this model (as its pipeline's save_pretrained writes "
             f"it) has {list(subfolders)}.")
+
+
+def resolve_model(model: str) -> str:
+    """The base model as recorded with a trained LoRA: the absolute path of
+    a local folder, a hub id as given.
+
+    A relative path would point elsewhere from any other working directory.
+    """
+    return os.path.abspath(model) if os.path.isdir(model) else model
