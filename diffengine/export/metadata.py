@@ -22,7 +22,8 @@ from __future__ import annotations
 import datetime
 import os
 
-from diffengine.export.kohya import KOHYA_PREFIXES, to_kohya
+from diffengine.export.architectures import architecture_of
+from diffengine.export.kohya import to_kohya
 from diffengine.lora_file import TRAINING_METADATA_PREFIX, LoRAFile
 from diffengine.version import __version__
 
@@ -42,7 +43,8 @@ def _number(value: float) -> str:
 
 
 # How the description names each part.
-PART_NAMES = {"unet": "UNet", "text_encoder": "text encoder"}
+PART_NAMES = {"unet": "UNet", "text_encoder": "text encoder",
+              "text_encoder_2": "second text encoder"}
 
 
 def module_ranks_and_alphas(
@@ -51,7 +53,7 @@ def module_ranks_and_alphas(
 
     The alpha is strength × rank (as the kohya export writes it), rounded
     to 6 significant digits. A file that has no kohya form (DoRA, parts
-    other than SD 1.x's) gets each part's configured ``r`` and
+    no family has) gets each part's configured ``r`` and
     ``lora_alpha``.
     """
     try:
@@ -59,7 +61,8 @@ def module_ranks_and_alphas(
     except ValueError:
         return {part: [(lora.rank(part), lora.alpha(part))]
                 for part in lora.parts}
-    prefixes = {prefix: part for part, prefix in KOHYA_PREFIXES.items()}
+    prefixes = {prefix: part for part, prefix in
+                architecture_of(lora).kohya_prefixes.items()}
     modules: dict[str, list[tuple[int, float]]] = {}
     for key, value in kohya.items():
         if not key.endswith(".alpha"):
@@ -105,6 +108,7 @@ def export_metadata(lora: LoRAFile, title: str) -> dict[str, str]:
         dict[str, str]: ``modelspec.*``, ``ss_*`` and ``diffengine.*`` keys.
     """
     training = lora.training
+    architecture = architecture_of(lora)
     modules = module_ranks_and_alphas(lora)
     pairs = [pair for part in modules.values() for pair in part]
     resolution = training.get("resolution")  # "WxH"
@@ -113,7 +117,7 @@ def export_metadata(lora: LoRAFile, title: str) -> dict[str, str]:
     prediction = training.get("prediction_type", "epsilon")
     metadata = {
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": "stable-diffusion-v1/lora",
+        "modelspec.architecture": f"{architecture.name}/lora",
         "modelspec.implementation": "diffusers",
         "modelspec.title": title,
         "modelspec.date": date,
@@ -121,7 +125,7 @@ def export_metadata(lora: LoRAFile, title: str) -> dict[str, str]:
         else "epsilon",
         "modelspec.description": f"LoRA trained with diffengine "
         f"{__version__}: {describe_parts(modules)}",
-        "ss_base_model_version": "sd_v1",
+        "ss_base_model_version": architecture.base_model_version,
         "ss_v2": "False",
         "ss_network_module": "networks.lora",
         "ss_network_dim": _one_or_dynamic({r for r, _ in pairs}),

@@ -245,9 +245,15 @@ def test_unsupported_lora_files_are_refused(tmp_path):
         "unet.a.to_q.lora_magnitude_vector": torch.zeros(4)})
     with pytest.raises(ValueError, match="only plain LoRA"):
         to_kohya(dora)
-    sdxl = LoRAFile("sdxl.safetensors", {
-        "text_encoder_2.a.q_proj.lora_linear_layer.down.weight": torch.zeros(2)})
-    with pytest.raises(ValueError, match=r"\['text_encoder_2'\] are not"):
-        to_kohya(sdxl)
+    prior = LoRAFile("prior.safetensors", {
+        "prior.a.q_proj.lora_linear_layer.down.weight": torch.zeros(2)})
+    with pytest.raises(ValueError, match=r"\['prior'\] are not "
+                       "stable-diffusion-v1's"):
+        to_kohya(prior)
+    future = LoRAFile("flux.safetensors", {}, training={
+        "architecture": "flux-1-dev"})
+    with pytest.raises(ValueError, match="architecture 'flux-1-dev' has no "
+                       "export"):
+        to_kohya(future)
     with pytest.raises(ValueError, match=r"must end with \.safetensors"):
         export_lora(str(tmp_path), str(tmp_path / "x.pt"))
