@@ -60,7 +60,8 @@ from tools.train import parse_args
 DOCS = os.path.join(REPO, "docs")
 # In the order of docs/README.md: later guides use what earlier ones train.
 GUIDES = ["lora.md", "text_encoder_lora.md", "techniques.md", "own_images.md",
-          "multi_gpu.md", "inference.md", "export.md", "merging.md"]
+          "multi_gpu.md", "inference.md", "export.md", "merging.md",
+          "adapters.md"]
 TINY_MODEL = "data/demo/tiny-sd"
 SUBSTITUTIONS = {"stable-diffusion-v1-5/stable-diffusion-v1-5": TINY_MODEL}
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```\n", re.S | re.M)
@@ -260,6 +261,9 @@ PROMISED = [
     "merged.png",
     "pokemon_sd15.safetensors",
     "merged_single_file.png",
+    "work_dirs/pokemon_loha/step*/lycoris_weights.safetensors",
+    "yoda_loha.png",
+    "pokemon_loha.safetensors",
 ]
 
 
