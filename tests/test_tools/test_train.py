@@ -8,12 +8,12 @@ import zipfile
 
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from safetensors import safe_open
 
 from diffengine.engine.checkpoint import load_checkpoint_file
+from diffengine.inference import load_base_pipeline
 from diffengine.registry import MODELS
 from tests.conftest import REPO
 from tests.test_docs import FENCE, rewrite, run_command
@@ -49,15 +49,23 @@ def trained_model(config, work_dir, checkpoint, *cfg_options):
 
 
 @pytest.mark.parametrize("config, parts", [
-    ("stable_diffusion_v15_lora_pokemon_blip.py", {"unet"}),
-    ("stable_diffusion_v15_lora_textencoder_pokemon_blip.py",
-     {"unet", "text_encoder"}),
-])
+    ("stable_diffusion_lora/stable_diffusion_v15_lora_pokemon_blip.py",
+     {"unet"}),
+    ("stable_diffusion_lora/stable_diffusion_v15_lora_textencoder_pokemon_blip"
+     ".py", {"unet", "text_encoder"}),
+    ("stable_diffusion_xl_lora/stable_diffusion_xl_lora_pokemon_blip.py",
+     {"unet"}),
+    ("stable_diffusion_xl_lora/stable_diffusion_xl_lora_textencoder_pokemon_"
+     "blip.py", {"unet", "text_encoder", "text_encoder_2"}),
+], ids=["sd15", "sd15-text-encoder", "sdxl", "sdxl-text-encoders"])
 def test_seed_config_trains_and_loads_in_diffusers(config, parts, tmp_path,
-                                                   tiny_sd, mixed_data):
-    config = os.path.join(LORA_DIR, config)
+                                                   tiny_sd, tiny_sdxl,
+                                                   mixed_data):
+    config = os.path.join(REPO, "configs", config)
+    cfg = Config.fromfile(config)
+    tiny = tiny_sdxl if cfg.model.type == "StableDiffusionXL" else tiny_sd
     model_options = [
-        f"model.model={tiny_sd}",
+        f"model.model={tiny}",
         # alpha != r: the strength only survives if alpha is saved
         "model.unet_lora_config.lora_alpha=4",
     ]
@@ -77,11 +85,14 @@ def test_seed_config_trains_and_loads_in_diffusers(config, parts, tmp_path,
     assert os.path.join("diffengine", ".mim", "tools", "train.py") in log
     assert "CUDA is not available: training in fp32" in log
     work = tmp_path / "work"
-    # 6 images, batch 4: 2 iterations an epoch, a checkpoint each epoch
-    assert sorted(os.listdir(work / "step4")) == [
+    # 6 images: an epoch of 2 iterations at batch 4 (SD), 3 at batch 2 (SDXL)
+    per_epoch = -(-6 // cfg.train_dataloader.batch_size)
+    last = f"step{2 * per_epoch}"
+    assert sorted(os.listdir(work / last)) == [
         "pytorch_lora_weights.safetensors"]
-    assert (work / "step2").is_dir() and (work / "epoch_2.pth").is_file()
-    weights = str(work / "step4" / "pytorch_lora_weights.safetensors")
+    assert (work / f"step{per_epoch}").is_dir()
+    assert (work / "epoch_2.pth").is_file()
+    weights = str(work / last / "pytorch_lora_weights.safetensors")
     with safe_open(weights, "pt") as f:
         shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}  # noqa: SIM118
     prefixes = {k.split(".")[0] for k in shapes}
@@ -90,13 +101,14 @@ def test_seed_config_trains_and_loads_in_diffusers(config, parts, tmp_path,
     assert prefixes == parts and ranks == {8}
 
     model = trained_model(config, work, "epoch_2.pth", *model_options)
-    kwargs = dict(num_inference_steps=3, output_type="np")
+    kwargs = dict(num_inference_steps=3, output_type="np", height=64,
+                  width=64, guidance_scale=7.5)
     trained = model.infer(["photo 0"], seed=3, **kwargs)[0]
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd, safety_checker=None)
+    pipe = load_base_pipeline(tiny)
     pipe.set_progress_bar_config(disable=True)
     base = pipe("photo 0", generator=torch.Generator().manual_seed(3),
                 **kwargs).images[0]
-    pipe.load_lora_weights(str(work / "step4"))
+    pipe.load_lora_weights(str(work / last))
     loaded = pipe("photo 0", generator=torch.Generator().manual_seed(3),
                   **kwargs).images[0]
     assert abs(loaded - trained).max() <= 1e-5
