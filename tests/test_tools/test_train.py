@@ -1,10 +1,8 @@
 """End to end: `mim train diffengine` as a user runs it, then diffusers."""
 import glob
 import os
-import shutil
 import subprocess
 import sys
-import zipfile
 
 import pytest
 import torch
@@ -81,7 +79,7 @@ def test_seed_config_trains_and_loads_in_diffusers(config, parts, tmp_path,
         "train_dataloader.num_workers=0",
         "train_cfg.max_epochs=2",
         "custom_hooks=[]")
-    # mim ran the train script that the editable install linked
+    # mim ran the script that the editable install put where it looks
     assert os.path.join("diffengine", ".mim", "tools", "train.py") in log
     assert "CUDA is not available: training in fp32" in log
     work = tmp_path / "work"
@@ -162,23 +160,3 @@ def test_readme_demo_trains_and_lowers_the_loss(tmp_path):
     assert (tmp_path / "demo.png").is_file()
     assert (tmp_path / "tiny_lora.safetensors").is_file()
 
-
-def test_regular_install_ships_configs_and_tools(tmp_path):
-    source = tmp_path / "src"
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
-        ".venv", ".git", "work_dirs", "data", ".mim", "*.egg-info", "build",
-        "__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
-                    "-w", str(tmp_path / "dist"), str(source)], check=True,
-                   capture_output=True)
-    wheel, = glob.glob(str(tmp_path / "dist" / "diffengine-*.whl"))
-    names = set(zipfile.ZipFile(wheel).namelist())
-    assert "diffengine/.mim/tools/train.py" in names
-    assert ("diffengine/.mim/configs/stable_diffusion_lora/"
-            "stable_diffusion_v15_lora_pokemon_blip.py") in names
-    assert "diffengine/.mim/configs/_base_/default_runtime.py" in names
-    for tool in ("demo", "export_lora", "merge_lora", "plot_loss",
-                 "browse_dataset", "kohya_to_imagefolder"):
-        assert f"diffengine/.mim/tools/{tool}.py" in names
-        assert f"diffengine/tools/{tool}.py" in names
-    assert "diffengine/export/kohya.py" in names
