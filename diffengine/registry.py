@@ -37,6 +37,7 @@ __all__ = [
     "OPTIM_WRAPPER_CONSTRUCTORS",
     "PARAM_SCHEDULERS",
     "RUNNERS",
+    "SCORERS",
     "TRANSFORMS",
     "VISBACKENDS",
     "VISUALIZERS",
@@ -107,3 +108,5 @@ VISBACKENDS = Registry(
     "vis_backend",
     parent=MMENGINE_VISBACKENDS,
     locations=["diffengine.engine"])
+# Image scorers: how much a generated image shows what its prompt says.
+SCORERS = Registry("image scorer", locations=["diffengine.demo_base"])
