@@ -20,6 +20,9 @@ LEAF_CONFIGS = sorted(
 # Runner arguments, and runner_type, which picks the Runner class.
 RUNNER_KEYS = set(inspect.signature(Runner.__init__).parameters) - {"self"}
 RUNNER_KEYS.add("runner_type")
+# Model options that build a component, and the attribute holding it.
+COMPONENTS = {"loss": "loss_fn", "noise_generator": "noise_generator",
+              "timesteps_generator": "timesteps_generator"}
 # Names the configs define to build other keys from.
 HELPER_KEYS = {"train_pipeline", "vis_backends"}
 
@@ -53,7 +56,18 @@ def test_leaf_config_builds(config, tiny_sd, shapes_data, tmp_path):
                        ("text_encoder", "text_encoder_lora_config")):
         if lora in cfg.model:
             assert model.lora_configs[part].r == cfg.model[lora].r
+    # the technique components and their options reach the model
+    for key, attribute in COMPONENTS.items():
+        if key in cfg.model:
+            component = getattr(model, attribute)
+            options = dict(cfg.model[key])
+            assert type(component).__name__ == options.pop("type")
+            assert {k: getattr(component, k) for k in options} == options
+    assert model.input_perturbation_gamma == cfg.model.get(
+        "input_perturbation_gamma", 0.0)
     loop = runner.build_train_loop(cfg.train_cfg)
+    assert [type(t).__name__ for t in loop.dataloader.dataset.pipeline.transforms
+            ] == [t["type"] for t in cfg.train_dataloader.dataset.pipeline]
     batch = next(iter(loop.dataloader))
     assert len(batch["inputs"]["text"]) == cfg.train_dataloader.batch_size
     optim_wrapper = runner.build_optim_wrapper(cfg.optim_wrapper)

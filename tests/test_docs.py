@@ -27,22 +27,40 @@ from diffengine.datasets.transforms import (
     PackInputs,
     RandomCrop,
     RandomHorizontalFlip,
+    RandomTextDrop,
     ResizeShortestEdge,
+    ShuffleCaptionTags,
 )
 from diffengine.engine import (
     LoRACheckpointHook,
+    LoRAEMAHook,
     SpeedLogProcessor,
     VisualizationHook,
 )
 from diffengine.models import StableDiffusion
+from diffengine.models.losses import (
+    DeBiasEstimationLoss,
+    HuberLoss,
+    L2Loss,
+    SNRL2Loss,
+)
+from diffengine.models.utils.noise import OffsetNoise, PyramidNoise, WhiteNoise
+from diffengine.models.utils.timesteps import (
+    CubicSamplingTimeSteps,
+    EarlierTimeSteps,
+    LaterTimeSteps,
+    LogitNormalTimeSteps,
+    RangeTimeSteps,
+    TimeSteps,
+)
 from tests.conftest import REPO
 from tests.test_datasets.test_kohya_folder import write_kohya_folder
 from tools.train import parse_args
 
 DOCS = os.path.join(REPO, "docs")
 # In the order of docs/README.md: later guides use what earlier ones train.
-GUIDES = ["lora.md", "text_encoder_lora.md", "own_images.md", "multi_gpu.md",
-          "inference.md", "export.md", "merging.md"]
+GUIDES = ["lora.md", "text_encoder_lora.md", "techniques.md", "own_images.md",
+          "multi_gpu.md", "inference.md", "export.md", "merging.md"]
 TINY_MODEL = "data/demo/tiny-sd"
 SUBSTITUTIONS = {"stable-diffusion-v1-5/stable-diffusion-v1-5": TINY_MODEL}
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```\n", re.S | re.M)
@@ -227,6 +245,8 @@ PROMISED = [
     "work_dirs/stable_diffusion_v15_lora_pokemon_blip/*/vis_data/vis_image/"
     "yoda-pokemon_*.png",
     "loss.png",
+    "work_dirs/stable_diffusion_v15_lora_ema_pokemon_blip/step*/"
+    "pytorch_lora_weights.safetensors",
     "yoda.png",
     "browse/0000.png",
     "browse/0000.txt",
@@ -261,8 +281,12 @@ def test_every_tool_is_in_a_guide():
 
 REFERENCED = [StableDiffusion, HFDataset, KohyaFolderDataset,
               ResizeShortestEdge, RandomCrop, CenterCrop, RandomHorizontalFlip,
-              ImageToNormalizedTensor, PackInputs, LoRACheckpointHook,
-              VisualizationHook, SpeedLogProcessor]
+              RandomTextDrop, ShuffleCaptionTags, ImageToNormalizedTensor,
+              PackInputs, LoRACheckpointHook, LoRAEMAHook, VisualizationHook,
+              SpeedLogProcessor, L2Loss, SNRL2Loss, DeBiasEstimationLoss,
+              HuberLoss, WhiteNoise, OffsetNoise, PyramidNoise, TimeSteps,
+              LaterTimeSteps, EarlierTimeSteps, RangeTimeSteps,
+              CubicSamplingTimeSteps, LogitNormalTimeSteps]
 
 
 @pytest.mark.parametrize("component", REFERENCED,

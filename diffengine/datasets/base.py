@@ -13,7 +13,9 @@ from mmengine.logging import print_log
 
 from diffengine.datasets.image import image_digest, open_image
 from diffengine.datasets.latent_cache import LatentCache, LatentCachePlan
+from diffengine.datasets.samplers import sample_seed
 from diffengine.errors import DataError
+from diffengine.randomness import Randomness
 from diffengine.registry import TRANSFORMS
 
 
@@ -21,15 +23,19 @@ class CaptionedImageDataset(BaseDataset):
     """Base of datasets yielding ``{"img", "text"}`` samples.
 
     Subclasses give ``__len__``, ``image_source(index)`` (a path, or an
-    undecoded HF ``datasets`` image) and ``caption_at(index)``, which raises
+    undecoded HF ``datasets`` image) and ``caption_at(index)`` (a caption,
+    or a list of them of which each sample draws one), which raises
     ``DataError`` for an unusable caption. A row whose image cannot be read
     (``OSError``) or whose caption is unusable is skipped with a warning
     naming it (the next row takes its place) and counted; more than
     ``max_bad_fraction`` of the rows bad is an error.
 
     Indexed with ``(index, seed)`` (as ``DeterministicSampler`` yields), the
-    random transforms of the sample are seeded with ``seed`` and the seed is
-    passed on to the model for its noise.
+    sample's random transforms draw from ``results["randomness"]``, a
+    :class:`~diffengine.randomness.Randomness` of ``seed``, and the seed is
+    passed on to the model for its noise; a plain index gets the seed of
+    epoch 0 under run seed 0. Python's and numpy's global generators are
+    seeded with it too, for third-party transforms that draw from them.
 
     With ``cache_latents``, samples carry ``latents`` (the VAE's latent
     distribution of the image after the fixed transforms, flipped as the
@@ -72,8 +78,8 @@ class CaptionedImageDataset(BaseDataset):
         """The image of row ``idx`` undecoded, as :func:`open_image` takes."""
         raise NotImplementedError
 
-    def caption_at(self, idx: int) -> str:
-        """The caption of row ``idx``.
+    def caption_at(self, idx: int) -> str | list[str]:
+        """The caption of row ``idx``, or the captions to draw one from.
 
         Raises:
             DataError: If the row has no usable caption.
@@ -172,10 +178,11 @@ class CaptionedImageDataset(BaseDataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         """Sample ``key`` (an index, or ``(index, seed)``) after transforms."""
-        index, seed = key if isinstance(key, tuple) else (key, None)
-        if seed is not None:
-            random.seed(seed)
-            np.random.seed(seed % 2**32)
+        index, seed = key if isinstance(key, tuple) else (
+            key, sample_seed(0, 0, key))
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        randomness = Randomness.from_seeds([seed], "data")
         for _ in range(len(self)):
             try:
                 info = self.get_data_info(index)
@@ -185,8 +192,10 @@ class CaptionedImageDataset(BaseDataset):
                 index = (index + 1) % len(self)
         else:
             raise DataError(f"no readable row in {self.dataset_name!r}.")
-        if seed is not None:
-            info["seed"] = seed
+        if isinstance(info["text"], list):
+            info["text"] = info["text"][randomness.randint(
+                len(info["text"])).item()]
+        info.update(seed=seed, randomness=randomness)
         return self.pipeline(info)
 
     def prepare_data(self, idx: int) -> dict:

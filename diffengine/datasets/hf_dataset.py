@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import random
 from collections.abc import Sequence
 
 import datasets
@@ -122,12 +121,15 @@ class HFDataset(CaptionedImageDataset):
     def __len__(self) -> int:
         return len(self.hf_dataset)
 
-    def caption_at(self, idx: int) -> str:
-        """The caption of row ``idx``, one at random of a list."""
+    def caption_at(self, idx: int) -> str | list[str]:
+        """The caption of row ``idx``; of a list, its usable captions (each
+        sample draws one)."""
         caption = self._captions[idx][self.caption_column]
         if isinstance(caption, (list, tuple)):
-            captions = [c for c in caption if isinstance(c, str) and c]
-            caption = random.choice(captions) if captions else None
+            captions = [c for c in caption if isinstance(c, str) and c.strip()]
+            if captions:
+                return captions
+            caption = None
         if not isinstance(caption, str) or not caption.strip():
             raise DataError(
                 f"row {idx} of {self.dataset_name!r} has no usable caption "

@@ -7,7 +7,8 @@ sample then picks one of the two with the flip its seed draws, so no image
 is decoded, resized or encoded during training.
 
 A cached latent is one fixed crop per image, so ``RandomCrop`` crops at the
-centre when the latents are cached (``CenterCrop`` does anyway).
+centre when the latents are cached (``CenterCrop`` does anyway). Caption
+transforms run on cached samples as they do on images.
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 from collections.abc import Sequence
 
 import torch
@@ -23,29 +23,29 @@ from mmcv.transforms import BaseTransform, Compose
 from mmengine.logging import print_log
 from safetensors.torch import load_file, save_file
 
-from diffengine.datasets.transforms import (
-    CenterCrop,
+from diffengine.datasets.transforms.formatting import (
     ImageToNormalizedTensor,
     PackInputs,
-    RandomCrop,
+)
+from diffengine.datasets.transforms.processing import (
+    FIXED,
+    TEXT,
     RandomHorizontalFlip,
-    ResizeShortestEdge,
+    draw_flip,
 )
 from diffengine.errors import ConfigError
 from diffengine.fileio import atomic_write
 
 # Bumped when the file layout or the meaning of a key changes.
 FORMAT_VERSION = 1
-# Transforms whose output depends on the image alone: applied before caching.
-FIXED_TRANSFORMS = (ResizeShortestEdge, CenterCrop, ImageToNormalizedTensor)
 
 
 class PickLatentView(BaseTransform):
     """Pick the cached latents of the unflipped or of the flipped image.
 
-    Draws the flip as ``RandomHorizontalFlip`` does (one ``random.random()``
-    against ``p``), so a sample's flip is the same with and without the
-    cache when the crop is fixed.
+    Draws the flip as ``RandomHorizontalFlip`` does (``draw_flip``), so a
+    sample's flip is the same with and without the cache when the crop is
+    fixed.
 
     Args:
         p (float, optional): The flip probability; None when the pipeline
@@ -56,7 +56,7 @@ class PickLatentView(BaseTransform):
         self.p = p
 
     def transform(self, results: dict) -> dict:
-        flip = self.p is not None and random.random() < self.p
+        flip = self.p is not None and draw_flip(results, self.p)
         results["flip"] = flip
         results["latents"] = results["latents"][int(flip)]
         return results
@@ -65,14 +65,20 @@ class PickLatentView(BaseTransform):
 class LatentCachePlan:
     """How a pipeline is split for caching.
 
+    Each transform declares its part (``latent_cache``): ``"fixed"`` ones
+    (resize, centre crop, to-tensor) run before caching; a transform with
+    ``for_latent_cache()`` (``RandomCrop``) is replaced by the fixed one it
+    returns; ``RandomHorizontalFlip`` is cached as two views; ``"text"``
+    ones (caption transforms) run on cached samples as they are.
+
     Attributes:
         views (list[Compose]): Image → C×H×W tensor, one per cached view:
             unflipped, then flipped when the pipeline flips.
         settings (list): What the cached values depend on besides the image
             and the VAE (the fixed transforms and their options), for keys.
-        pipeline (Compose): What training applies to a cached sample: the
-            flip pick and ``PackInputs`` with ``latents`` in place of
-            ``img``.
+        pipeline (Compose): What training applies to a cached sample, in the
+            pipeline's order: the flip pick, the text transforms and
+            ``PackInputs`` with ``latents`` in place of ``img``.
 
     Raises:
         ConfigError: If the pipeline holds a transform that cannot be
@@ -80,16 +86,19 @@ class LatentCachePlan:
     """
 
     def __init__(self, transforms: Sequence) -> None:
-        unflipped, flipped, settings = [], [], []
+        unflipped, flipped, settings, after = [], [], [], []
         flip_p, pack = None, None
         for transform in transforms:
-            if isinstance(transform, RandomCrop):
+            if hasattr(transform, "for_latent_cache"):
+                replacement = transform.for_latent_cache()
                 print_log(
-                    "cache_latents: RandomCrop crops at the centre, since a "
-                    "cached latent is one fixed crop per image",
+                    f"cache_latents: {type(transform).__name__} becomes "
+                    f"{type(replacement).__name__}, since a cached latent is "
+                    "one fixed crop per image",
                     logger="current", level=logging.WARNING)
-                transform = CenterCrop(transform.size)
-            if isinstance(transform, FIXED_TRANSFORMS):
+                transform = replacement
+            role = getattr(transform, "latent_cache", None)
+            if role == FIXED:
                 unflipped.append(transform)
                 flipped.append(transform)
                 settings.append([type(transform).__name__, vars(transform)])
@@ -98,28 +107,35 @@ class LatentCachePlan:
                 unflipped.append(RandomHorizontalFlip(p=0.0))
                 flipped.append(RandomHorizontalFlip(p=1.0))
                 settings.append(["RandomHorizontalFlip"])
+                after.append(PickLatentView(flip_p))
+            elif role == TEXT:
+                after.append(transform)
             elif isinstance(transform, PackInputs):
                 pack = PackInputs(
                     keys=["latents" if k == "img" else k
                           for k in transform.keys],
                     optional_keys=transform.optional_keys)
+                after.append(pack)
             else:
                 raise ConfigError(
                     f"cache_latents: the pipeline's {type(transform).__name__}"
-                    " cannot be cached; the cache supports "
-                    "ResizeShortestEdge, CenterCrop, RandomCrop (at the "
-                    "centre), RandomHorizontalFlip, ImageToNormalizedTensor "
-                    "and PackInputs.")
+                    " cannot be cached; the cache supports transforms whose "
+                    "latent_cache is 'fixed' (ResizeShortestEdge, CenterCrop, "
+                    "ImageToNormalizedTensor) or 'text' (RandomTextDrop, "
+                    "ShuffleCaptionTags), RandomCrop (at the centre), "
+                    "RandomHorizontalFlip and PackInputs.")
         if pack is None or not any(
                 isinstance(t, ImageToNormalizedTensor) for t in unflipped):
             raise ConfigError(
                 "cache_latents: the pipeline needs ImageToNormalizedTensor "
                 "and PackInputs.")
+        if not any(isinstance(t, PickLatentView) for t in after):
+            after.insert(0, PickLatentView(None))
         self.views = [Compose(unflipped)]
         if flip_p is not None and flip_p > 0:
             self.views.append(Compose(flipped))
         self.settings = settings
-        self.pipeline = Compose([PickLatentView(flip_p), pack])
+        self.pipeline = Compose(after)
 
     def view_tensors(self, image) -> torch.Tensor:
         """The views of a PIL image, stacked: V × 3 × H × W in [-1, 1]."""

@@ -1,5 +1,9 @@
 from diffengine.engine.amp import fall_back_from_amp_without_cuda
-from diffengine.engine.hooks import LoRACheckpointHook, VisualizationHook
+from diffengine.engine.hooks import (
+    LoRACheckpointHook,
+    LoRAEMAHook,
+    VisualizationHook,
+)
 from diffengine.engine.log_processor import SpeedLogProcessor
 from diffengine.engine.loops import ResumableEpochTrainLoop, ResumableIterTrainLoop
 from diffengine.engine.optim_wrapper_constructor import LoRAOptimWrapperConstructor
@@ -8,6 +12,7 @@ from diffengine.engine.runner import DiffEngineRunner, TrainingInterruptedError
 __all__ = [
     "DiffEngineRunner",
     "LoRACheckpointHook",
+    "LoRAEMAHook",
     "LoRAOptimWrapperConstructor",
     "ResumableEpochTrainLoop",
     "ResumableIterTrainLoop",

@@ -322,12 +322,27 @@ class DiffEngineRunner(Runner):
             return
         os.makedirs(out_dir, exist_ok=True)
         path = osp.join(out_dir, filename)
-        # The step folder first: a .pth on disk implies its step folder.
+        # The step folder first: a .pth on disk implies its step folder. It
+        # holds the checkpoint's weights after the hooks ran, so that a hook
+        # (EMA) decides what it holds.
         with atomic_directory(step_dir_of(path, meta["iter"])) as tmp:
-            model.save_lora_weights(tmp, self.training_metadata(meta))
+            model.save_lora_weights(tmp, self.training_metadata(meta),
+                                    state_dict=checkpoint["state_dict"])
         atomic_save(checkpoint, path)
         self.logger.info(
             f"saved {path} and {STEP_DIR.format(meta['iter'])}/")
+
+    def exported_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trainable weights a step folder written now would hold.
+
+        The hooks' ``before_save_checkpoint`` decide them, as for a real
+        save, on a checkpoint that holds only the weights (an EMA hook puts
+        its averages there). The sample images use them, so that ``demo``
+        on a step folder reproduces its samples.
+        """
+        checkpoint = {"state_dict": to_cpu(self.bare_model.state_dict())}
+        self.call_hook("before_save_checkpoint", checkpoint=checkpoint)
+        return checkpoint["state_dict"]
 
     def training_metadata(self, meta: dict) -> dict[str, str]:
         """What a step file tells about its training run.
@@ -396,14 +411,16 @@ class DiffEngineRunner(Runner):
     def load_checkpoint(self, filename: str, map_location="cpu",
                         strict: bool = False, revise_keys=None) -> dict:
         checkpoint = load_checkpoint_file(filename, map_location)
+        # As mmengine: hooks see (and may change) the checkpoint before the
+        # model loads it; an EMA hook swaps its averages out of state_dict.
+        self.call_hook("after_load_checkpoint", checkpoint=checkpoint)
         self._load_model_state(checkpoint, filename)
         return checkpoint
 
     def resume(self, filename: str, resume_optimizer: bool = True,
                resume_param_scheduler: bool = True,
                map_location="cpu") -> None:
-        checkpoint = load_checkpoint_file(filename, map_location)
-        self._load_model_state(checkpoint, filename)
+        checkpoint = self.load_checkpoint(filename, map_location)
         meta = checkpoint["meta"]
         if meta.get("world_size", self.world_size) != self.world_size:
             self.logger.warning(

@@ -1,3 +1,16 @@
-from diffengine.models.editors import SDDataPreprocessor, StableDiffusion
+from diffengine.models import losses
+from diffengine.models.editors import (
+    LatentDiffusionModel,
+    SDDataPreprocessor,
+    StableDiffusion,
+)
+from diffengine.models.utils import noise, timesteps
 
-__all__ = ["SDDataPreprocessor", "StableDiffusion"]
+__all__ = [
+    "LatentDiffusionModel",
+    "SDDataPreprocessor",
+    "StableDiffusion",
+    "losses",
+    "noise",
+    "timesteps",
+]

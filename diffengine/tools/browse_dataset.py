@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 
 import numpy as np
 import torch
@@ -17,6 +16,7 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import init_default_scope
 from PIL import Image
 
+from diffengine.datasets.samplers import sample_seed
 from diffengine.registry import DATASETS
 
 
@@ -35,11 +35,11 @@ def browse_dataset(cfg: Config, out: str, num: int = 16,
     """
     init_default_scope(cfg.get("default_scope", "diffengine"))
     dataset = DATASETS.build(cfg.train_dataloader.dataset)
-    random.seed(seed)  # the random crops and flips
     os.makedirs(out, exist_ok=True)
     written = []
     for idx in range(min(num, len(dataset))):
-        inputs = dataset[idx]["inputs"]
+        # the crops and flips of epoch 0 of a run with this seed
+        inputs = dataset[(idx, sample_seed(seed, 0, idx))]["inputs"]
         path = os.path.join(out, f"{idx:04d}.png")
         Image.fromarray(to_uint8(inputs["img"])).save(path)
         with open(os.path.join(out, f"{idx:04d}.txt"), "w",

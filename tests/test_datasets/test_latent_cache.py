@@ -1,6 +1,4 @@
 """The latent cache: how a pipeline is split, keys, views, flip picks."""
-import random
-
 import pytest
 import torch
 from mmcv.transforms import BaseTransform
@@ -18,8 +16,10 @@ from diffengine.datasets.transforms import (
     RandomCrop,
     RandomHorizontalFlip,
     ResizeShortestEdge,
+    ShuffleCaptionTags,
 )
 from diffengine.errors import ConfigError
+from diffengine.randomness import Randomness
 
 
 def pipeline(crop=RandomCrop, flip=0.5):
@@ -71,14 +71,30 @@ def test_transforms_that_cannot_be_cached_are_named():
 
 def test_the_pick_draws_the_flip_as_the_uncached_flip_does():
     latents = torch.stack([torch.zeros(8, 2, 2), torch.ones(8, 2, 2)])
+    flips = set()
     for seed in range(20):
-        random.seed(seed)
         uncached = RandomHorizontalFlip(0.5).transform(
-            {"img": Image.new("RGB", (2, 2))})["flip"]
-        random.seed(seed)
-        cached = PickLatentView(0.5).transform({"latents": latents})
+            {"img": Image.new("RGB", (2, 2)),
+             "randomness": Randomness.from_seeds([seed], "data")})["flip"]
+        cached = PickLatentView(0.5).transform(
+            {"latents": latents,
+             "randomness": Randomness.from_seeds([seed], "data")})
         assert cached["flip"] == uncached
         assert cached["latents"].mean().item() == float(uncached)
+        flips.add(uncached)
+    assert flips == {True, False}
+
+
+def test_caption_transforms_run_on_cached_samples_in_pipeline_order():
+    transforms = pipeline()
+    transforms.insert(0, ShuffleCaptionTags(keep_tokens=0))
+    plan = LatentCachePlan(transforms)
+    assert [type(t).__name__ for t in plan.pipeline.transforms] == [
+        "ShuffleCaptionTags", "PickLatentView", "PackInputs"]
+    # they do not touch the latents, so they are not part of the keys
+    assert [name for name, *_ in plan.settings] == [
+        "ResizeShortestEdge", "CenterCrop", "RandomHorizontalFlip",
+        "ImageToNormalizedTensor"]
 
 
 def test_keys_depend_on_image_settings_and_encoder(tmp_path):

@@ -13,7 +13,7 @@ from diffengine.export import export_lora, to_kohya
 from diffengine.export.kohya import module_strength
 from diffengine.inference import generate, load_pipeline
 from diffengine.lora_file import DOWN_SUFFIXES, LoRAFile, read_lora_file
-from diffengine.models.editors.stable_diffusion.stable_diffusion import (
+from diffengine.models.editors.base import (
     canonical_text_encoder_keys,
 )
 from tests.comfyui_keys import comfyui_lora_key_map

@@ -1,13 +1,14 @@
 from diffengine.datasets.transforms.formatting import (
-                                                       ImageToNormalizedTensor,
-                                                       PackInputs,
+    ImageToNormalizedTensor,
+    PackInputs,
 )
 from diffengine.datasets.transforms.processing import (
-                                                       CenterCrop,
-                                                       RandomCrop,
-                                                       RandomHorizontalFlip,
-                                                       ResizeShortestEdge,
+    CenterCrop,
+    RandomCrop,
+    RandomHorizontalFlip,
+    ResizeShortestEdge,
 )
+from diffengine.datasets.transforms.text import RandomTextDrop, ShuffleCaptionTags
 
 __all__ = [
     "CenterCrop",
@@ -15,5 +16,7 @@ __all__ = [
     "PackInputs",
     "RandomCrop",
     "RandomHorizontalFlip",
+    "RandomTextDrop",
     "ResizeShortestEdge",
+    "ShuffleCaptionTags",
 ]

@@ -2,17 +2,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch
 from mmcv.transforms import BaseTransform
 
+from diffengine.datasets.transforms.processing import FIXED
 from diffengine.registry import TRANSFORMS
 
 
 @TRANSFORMS.register_module()
 class ImageToNormalizedTensor(BaseTransform):
     """PIL RGB image → float32 C×H×W tensor in [-1, 1], as SD's VAE expects."""
+
+    latent_cache: ClassVar[str] = FIXED
 
     def transform(self, results: dict) -> dict:
         array = np.asarray(results["img"], dtype=np.float32)

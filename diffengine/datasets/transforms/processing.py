@@ -1,12 +1,48 @@
-"""Geometric image transforms on PIL images (no torchvision needed)."""
+"""Geometric image transforms on PIL images (no torchvision needed).
+
+Random transforms draw from the sample's ``randomness`` (see
+:func:`sample_randomness`). Each transform says what the latent cache does
+with it (``latent_cache``): ``"fixed"`` ones depend on the image alone and
+run before caching, ``"text"`` ones touch only the caption and run on cached
+samples too.
+"""
 from __future__ import annotations
 
-import random
+from typing import ClassVar
 
 from mmcv.transforms import BaseTransform
 from PIL import Image
 
+from diffengine.randomness import Randomness
 from diffengine.registry import TRANSFORMS
+
+# What the latent cache does with a transform (its ``latent_cache``).
+FIXED = "fixed"
+TEXT = "text"
+
+
+def sample_randomness(results: dict) -> Randomness:
+    """The sample's random draws, which the dataset puts in ``results``.
+
+    Raises:
+        KeyError: If there are none: the sample did not come from a
+            diffengine dataset.
+    """
+    if "randomness" not in results:
+        raise KeyError(
+            "results['randomness'] is missing: random transforms draw from "
+            "the sample's own generator, which diffengine datasets set (or "
+            "pass randomness=Randomness.from_seeds([seed], 'data')).")
+    return results["randomness"]
+
+
+def draw_flip(results: dict, p: float) -> bool:
+    """Whether to mirror the sample: one draw against ``p`` (none when p is
+    0 or 1)."""
+    if p in (0.0, 1.0):
+        return p == 1.0
+    return sample_randomness(results).rand().item() < p
+
 
 INTERPOLATIONS = {
     "nearest": Image.Resampling.NEAREST,
@@ -25,6 +61,8 @@ class ResizeShortestEdge(BaseTransform):
         interpolation (str): One of ``nearest``, ``bilinear``, ``bicubic``,
             ``lanczos``. Defaults to "bilinear", as diffusers' scripts.
     """
+
+    latent_cache: ClassVar[str] = FIXED
 
     def __init__(self, size: int, interpolation: str = "bilinear") -> None:
         if interpolation not in INTERPOLATIONS:
@@ -52,10 +90,13 @@ class _Crop(BaseTransform):
     Records ``crop_bbox`` as (x1, y1, x2, y2) in the resized image.
     """
 
+    latent_cache: ClassVar[str] = FIXED
+
     def __init__(self, size: int | tuple[int, int]) -> None:
         self.size = (size, size) if isinstance(size, int) else tuple(size)
 
-    def top_left(self, height: int, width: int) -> tuple[int, int]:
+    def top_left(self, results: dict, height: int,
+                 width: int) -> tuple[int, int]:
         raise NotImplementedError
 
     def transform(self, results: dict) -> dict:
@@ -67,7 +108,7 @@ class _Crop(BaseTransform):
                 f"{type(self).__name__}: image of {width}×{height} is smaller "
                 f"than the crop {crop_w}×{crop_h}; resize it first "
                 "(ResizeShortestEdge with size >= the crop).")
-        top, left = self.top_left(height, width)
+        top, left = self.top_left(results, height, width)
         box = (left, top, left + crop_w, top + crop_h)
         results["img"] = image.crop(box)
         results["crop_bbox"] = box
@@ -76,18 +117,29 @@ class _Crop(BaseTransform):
 
 @TRANSFORMS.register_module()
 class RandomCrop(_Crop):
-    """Crop at a uniformly random place."""
+    """Crop at a uniformly random place.
 
-    def top_left(self, height: int, width: int) -> tuple[int, int]:
-        return (random.randint(0, height - self.size[0]),
-                random.randint(0, width - self.size[1]))
+    A cached latent is one fixed crop per image, so with ``cache_latents``
+    it crops at the centre (see :meth:`for_latent_cache`).
+    """
+
+    def top_left(self, results: dict, height: int,
+                 width: int) -> tuple[int, int]:
+        randomness = sample_randomness(results)
+        return (randomness.randint(height - self.size[0] + 1).item(),
+                randomness.randint(width - self.size[1] + 1).item())
+
+    def for_latent_cache(self) -> CenterCrop:
+        """The fixed crop that stands for this one in a latent cache."""
+        return CenterCrop(self.size)
 
 
 @TRANSFORMS.register_module()
 class CenterCrop(_Crop):
     """Crop at the centre."""
 
-    def top_left(self, height: int, width: int) -> tuple[int, int]:
+    def top_left(self, results: dict, height: int,
+                 width: int) -> tuple[int, int]:
         return ((height - self.size[0]) // 2, (width - self.size[1]) // 2)
 
 
@@ -101,7 +153,7 @@ class RandomHorizontalFlip(BaseTransform):
         self.p = p
 
     def transform(self, results: dict) -> dict:
-        flip = random.random() < self.p
+        flip = draw_flip(results, self.p)
         results["flip"] = flip
         if flip:
             image: Image.Image = results["img"]

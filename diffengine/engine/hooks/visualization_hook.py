@@ -1,6 +1,7 @@
 """Sample images during training, through mmengine's visualizer."""
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 from mmengine.dist import is_main_process
@@ -84,6 +85,12 @@ class VisualizationHook(Hook):
             return
         model = runner.model.module if is_model_wrapper(
             runner.model) else runner.model
-        images = model.infer(self.prompt, seed=self.seeds, **self.infer_kwargs)
+        # The weights a step folder of this step holds (the averages, with
+        # LoRAEMAHook), so that ``demo`` on it reproduces the samples.
+        exported = getattr(runner, "exported_state_dict", None)
+        with (model.trainable_weights(exported()) if exported
+              else contextlib.nullcontext()):
+            images = model.infer(self.prompt, seed=self.seeds,
+                                 **self.infer_kwargs)
         grid = make_grid(images, columns=len(self.seeds))
         runner.visualizer.add_image(prompt_slug(self.prompt), grid, step=step)

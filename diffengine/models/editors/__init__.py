@@ -1,6 +1,7 @@
+from diffengine.models.editors.base import LatentDiffusionModel
 from diffengine.models.editors.stable_diffusion import (
-                                                        SDDataPreprocessor,
-                                                        StableDiffusion,
+    SDDataPreprocessor,
+    StableDiffusion,
 )
 
-__all__ = ["SDDataPreprocessor", "StableDiffusion"]
+__all__ = ["LatentDiffusionModel", "SDDataPreprocessor", "StableDiffusion"]

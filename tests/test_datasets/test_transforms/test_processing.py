@@ -1,8 +1,7 @@
-import random
-
 import pytest
 from PIL import Image
 
+from diffengine.randomness import Randomness
 from diffengine.registry import TRANSFORMS
 
 
@@ -27,17 +26,27 @@ def test_center_crop_records_its_box():
     assert results["img"].getpixel((8, 8)) == (255, 0, 0)
 
 
+def crop_box(crop, seed, size=(40, 20)):
+    return crop({"img": Image.new("RGB", size),
+                 "randomness": Randomness.from_seeds([seed], "data")}
+                )["crop_bbox"]
+
+
 def test_random_crop_stays_inside_and_records_its_box():
-    random.seed(0)
     crop = build(dict(type="RandomCrop", size=(8, 16)))
-    boxes = {crop({"img": Image.new("RGB", (40, 20))})["crop_bbox"]
-             for _ in range(20)}
-    assert len(boxes) > 1
+    boxes = {crop_box(crop, seed) for seed in range(300)}
     for x1, y1, x2, y2 in boxes:
         assert (x2 - x1, y2 - y1) == (16, 8)
         assert x1 >= 0 and x2 <= 40 and y1 >= 0 and y2 <= 20
+    # every offset, the last one included, is reached
+    assert {box[0] for box in boxes} == set(range(25))
+    assert {box[1] for box in boxes} == set(range(13))
+    # the sample's seed decides the place
+    assert crop_box(crop, 7) == crop_box(crop, 7)
     with pytest.raises(ValueError, match=r"smaller than the crop"):
-        crop({"img": Image.new("RGB", (10, 10))})
+        crop_box(crop, 0, size=(10, 10))
+    with pytest.raises(KeyError, match=r"results\['randomness'\] is missing"):
+        crop({"img": Image.new("RGB", (40, 20))})
 
 
 def test_flip_mirrors_and_records():

@@ -1,0 +1,53 @@
+"""Building a model's training components from config dicts, checked."""
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any
+
+from diffengine.errors import ConfigError
+from diffengine.registry import MODELS
+
+
+def build_component(cfg: dict | Any, name: str, base: type) -> Any:
+    """Build ``cfg`` (``dict(type=..., **options)``) from the model registry.
+
+    An object that is already built passes through. Errors name the config
+    key and the fix rather than surfacing as a ``TypeError`` deep in a
+    constructor.
+
+    Args:
+        cfg (dict | object): The config, or a built component.
+        name (str): The config key, e.g. ``"loss"``, named in errors.
+        base (type): What the component must be, e.g. ``DiffusionLoss``.
+
+    Raises:
+        ConfigError: If ``type`` is missing or unknown, an option is not an
+            argument of the class, or the class is not a ``base``.
+    """
+    if not isinstance(cfg, dict):
+        if not isinstance(cfg, base):
+            raise ConfigError(
+                f"{name}={cfg!r} is not a {base.__name__}.")
+        return cfg
+    options = dict(cfg)
+    type_name = options.pop("type", None)
+    component = MODELS.get(type_name) if isinstance(type_name, str) else None
+    if not (isinstance(component, type) and issubclass(component, base)):
+        choices = sorted(n for n, c in MODELS.module_dict.items()
+                         if isinstance(c, type) and issubclass(c, base))
+        hint = difflib.get_close_matches(str(type_name), choices, n=1)
+        fix = f" Did you mean {hint[0]!r}?" if hint else ""
+        raise ConfigError(
+            f"{name}.type={type_name!r} is not a {base.__name__}; choose one "
+            f"of {choices}.{fix}")
+    parameters = [p for p in inspect.signature(component).parameters
+                  if p not in ("args", "kwargs")]
+    for key in options:
+        if key not in parameters:
+            hint = difflib.get_close_matches(key, parameters, n=1)
+            fix = f" Did you mean {hint[0]!r}?" if hint else ""
+            raise ConfigError(
+                f"{name}.{key} is not an option of {type_name} (its options: "
+                f"{parameters}).{fix}")
+    return component(**options)
