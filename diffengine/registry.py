@@ -10,6 +10,7 @@ from mmengine.registry import DATASETS as MMENGINE_DATASETS
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import LOG_PROCESSORS as MMENGINE_LOG_PROCESSORS
 from mmengine.registry import LOOPS as MMENGINE_LOOPS
+from mmengine.registry import METRICS as MMENGINE_METRICS
 from mmengine.registry import MODEL_WRAPPERS as MMENGINE_MODEL_WRAPPERS
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import (
@@ -30,6 +31,7 @@ __all__ = [
     "HOOKS",
     "LOG_PROCESSORS",
     "LOOPS",
+    "METRICS",
     "MODELS",
     "MODEL_WRAPPERS",
     "OPTIMIZERS",
@@ -84,6 +86,9 @@ RUNNERS = Registry(
     "runner", parent=MMENGINE_RUNNERS, locations=["diffengine.engine"])
 # Training loops.
 LOOPS = Registry("loop", parent=MMENGINE_LOOPS, locations=["diffengine.engine"])
+# Metrics of the validation loop.
+METRICS = Registry(
+    "metric", parent=MMENGINE_METRICS, locations=["diffengine.engine"])
 # DistributedDataParallel and other model wrappers.
 MODEL_WRAPPERS = Registry(
     "model_wrapper",

@@ -31,10 +31,14 @@ from diffengine.datasets.transforms import (
     ResizeShortestEdge,
     ShuffleCaptionTags,
 )
+from diffengine.demo_base import ShapeScorer
 from diffengine.engine import (
+    DenoisingLossMetric,
     LoRACheckpointHook,
     LoRAEMAHook,
+    ResumableEpochTrainLoop,
     SpeedLogProcessor,
+    ValidationLossLoop,
     VisualizationHook,
 )
 from diffengine.models import StableDiffusion
@@ -101,7 +105,7 @@ def tiny_training_options(command: list[str], cwd: str) -> list[str]:
                "train_dataloader.num_workers=0"]
     dataset = cfg.train_dataloader.dataset
     if not os.path.exists(os.path.join(cwd, dataset.dataset)):  # hub data
-        options += ["train_dataloader.dataset.dataset=data/demo/shapes",
+        options += ["train_dataloader.dataset.dataset=data/demo/zorbs",
                     "train_dataloader.dataset.caption_column=text"]
     for i, transform in enumerate(dataset.pipeline):
         if "size" in transform:
@@ -279,7 +283,8 @@ def test_every_tool_is_in_a_guide():
     assert tools - used == {"__init__", "train", "make_demo"}
 
 
-REFERENCED = [StableDiffusion, HFDataset, KohyaFolderDataset,
+REFERENCED = [StableDiffusion, HFDataset, KohyaFolderDataset, ShapeScorer,
+              ResumableEpochTrainLoop, ValidationLossLoop, DenoisingLossMetric,
               ResizeShortestEdge, RandomCrop, CenterCrop, RandomHorizontalFlip,
               RandomTextDrop, ShuffleCaptionTags, ImageToNormalizedTensor,
               PackInputs, LoRACheckpointHook, LoRAEMAHook, VisualizationHook,

@@ -5,8 +5,9 @@ Resolution Image Synthesis with Latent Diffusion Models"):
 
 1. the VAE, a KL-regularised autoencoder with SD's 8× downsampling (64 px
    images, 8×8×4 latents), on random scenes of flat shapes
-   (:func:`~diffengine.demo_base.scenes.draw_scene`): reconstruction (SD: L1 + LPIPS) plus
-   SD's KL weight of 1e-6 on per-image sums; its ``scaling_factor`` is then
+   (:func:`~diffengine.demo_base.scenes.draw_scene`) and captioned shapes:
+   L1 + L2 reconstruction (SD's: L1 + LPIPS + a discriminator) plus SD's KL
+   weight of 1e-6 on per-image sums; its ``scaling_factor`` is then
    set, as SD's 0.18215 was, so that the latents have unit variance;
 2. the UNet and the CLIP text encoder together, as a text-conditioned
    latent diffusion model on captioned shapes (epsilon prediction, SD's
@@ -195,7 +196,7 @@ def train_vae(vae: AutoencoderKL, settings: PretrainSettings,
         loss.backward()
         optimizer.step()
         schedule.step()
-        recent = (recent + [(l1.item(), kl.item())])[-50:]
+        recent = [*recent, (l1.item(), kl.item())][-50:]
         if (step + 1) % 100 == 0 or step + 1 == settings.vae_steps:
             mean_l1, mean_kl = np.mean(recent, axis=0)
             log(f"vae step {step + 1}/{settings.vae_steps}: "
@@ -267,7 +268,7 @@ def train_unet(unet: UNet2DConditionModel, text_encoder: CLIPTextModel,
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         schedule.step()
-        recent = (recent + [loss.item()])[-50:]
+        recent = [*recent, loss.item()][-50:]
         if (step + 1) % 100 == 0 or step + 1 == settings.unet_steps:
             log(f"unet step {step + 1}/{settings.unet_steps}: "
                 f"loss {np.mean(recent):.4f}")

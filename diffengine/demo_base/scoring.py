@@ -139,12 +139,21 @@ def shape_regions(shape: str, box: tuple[int, int, int, int],
 def shape_match(obj: np.ndarray, background: np.ndarray, shape: str,
                 box: tuple[int, int, int, int]) -> float:
     """Product over the regions of ``shape`` drawn in ``box`` of the share
-    of their pixels that agree: ``obj`` inside, ``background`` elsewhere."""
+    of their pixels that agree: ``obj`` inside, ``background`` elsewhere.
+
+    Pixels next to another region are left out: a one-pixel difference in
+    where an edge falls is drawing, not shape.
+    """
     regions = shape_regions(shape, box, obj.shape[::-1])
+    padded = np.pad(regions, 1, mode="edge")
+    edge = np.zeros(regions.shape, dtype=bool)
+    for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
+        edge |= padded[dy:dy + regions.shape[0],
+                       dx:dx + regions.shape[1]] != regions
     match = 1.0
     for region, expected in ((INSIDE, obj), (HOLE, background),
                              (OUTSIDE, background)):
-        pixels = regions == region
+        pixels = (regions == region) & ~edge
         if pixels.any():
             match *= float(expected[pixels].mean())
     return match

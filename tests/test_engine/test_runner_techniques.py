@@ -39,7 +39,12 @@ train_pipeline = [
     dict(type="ImageToNormalizedTensor"),
     dict(type="PackInputs"),
 ]
-train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+# all 24 images, no validation split
+train_dataloader = dict(dataset=dict(pipeline=train_pipeline,
+                                     validation_fraction=0))
+val_dataloader = None
+val_cfg = None
+val_evaluator = None
 custom_hooks = [dict(type="LoRAEMAHook", momentum=0.2)]
 """
 # 24 images, batch 4: 6 iterations an epoch, 3 epochs, a checkpoint each.
