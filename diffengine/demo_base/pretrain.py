@@ -51,6 +51,7 @@ from diffengine.datasets.transforms.formatting import ImageToNormalizedTensor
 from diffengine.demo import save_pipeline, write_char_tokenizer
 from diffengine.demo_base.scenes import (
     Caption,
+    concept_captions,
     draw_captioned,
     draw_scene,
     pretraining_captions,
@@ -361,6 +362,10 @@ def _pretrain(out: str, settings: PretrainSettings,
                                  ("text_encoder", text_encoder))}
         record["scores"] = score_base(tmp, settings)
         log(f"scores on the pretraining captions: {record['scores']}")
+        # The held-out concept: what the base draws for a word it never read.
+        record["concept_scores"] = score_base(tmp, settings,
+                                              concept_captions())
+        log(f"scores on the concept's captions: {record['concept_scores']}")
         record["environment"] = {
             "diffengine": __version__,
             "torch": torch.__version__,
