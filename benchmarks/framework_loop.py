@@ -18,6 +18,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # runtime: what diffusers' script does, as a diffengine config.
 CONFIG = os.path.join(REPO, "configs", "stable_diffusion_lora",
                       "stable_diffusion_v15_lora_pokemon_blip.py")
+# The same for an SDXL model (one with text_encoder_2).
+SDXL_CONFIG = os.path.join(REPO, "configs", "stable_diffusion_xl_lora",
+                           "stable_diffusion_xl_lora_pokemon_blip.py")
+
+
+def config_for(model: str) -> str:
+    """The seed config of ``model``'s family."""
+    sdxl = os.path.isdir(os.path.join(model, "text_encoder_2"))
+    return SDXL_CONFIG if sdxl else CONFIG
 
 
 class StepClockHook(Hook):
@@ -36,11 +45,12 @@ class StepClockHook(Hook):
 def framework_config(model: str, data: str, resolution: int, batch_size: int,
                      rank: int, steps: int, warmup: int, work_dir: str,
                      num_workers: int = 0, mixed_precision: str | None = None,
-                     options: tuple[str, ...] = (), config: str = CONFIG
+                     options: tuple[str, ...] = (), config: str | None = None
                      ) -> Config:
-    """``config`` set to the benchmark's work, through ``tools/train.py``'s
-    ``--cfg-options`` (``options`` come last, e.g.
-    ``model.weight_dtype=bfloat16``)."""
+    """``config`` (default: the seed config of the model's family) set to
+    the benchmark's work, through ``tools/train.py``'s ``--cfg-options``
+    (``options`` come last, e.g. ``model.weight_dtype=bfloat16``)."""
+    config = config or config_for(model)
     argv = [
         config, "--work-dir", work_dir, "--cfg-options",
         f"model.model={model}",

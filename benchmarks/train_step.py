@@ -11,7 +11,9 @@ to the plain loop, as a table and as JSON.
 
 ``--model tiny`` and ``--model sd15`` write a tiny model (whose VAE
 downsamples 8× like SD's) or the SD1.5 architecture with random weights
-under ``--build-dir`` on first use; ``--data shapes`` writes captioned
+under ``--build-dir`` on first use, ``--model tiny-sdxl`` and ``--model
+sdxl`` the same for SDXL (trained with the SDXL seed config on both
+sides); ``--data shapes`` writes captioned
 images there. The framework side starts as ``mim train`` does (importing
 ``tools/train.py`` first, which turns on THP for CPU tensors); ``no_thp``
 and ``plain_thp`` show that setting's share. ``--diffusers-script PATH``
@@ -68,8 +70,9 @@ PLAIN_SIDES = {"plain", "plain_thp"}
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny",
-                        help="diffusers SD 1.x folder, or 'tiny' / 'sd15' "
-                        "(random weights, written under --build-dir)")
+                        help="diffusers SD 1.x or SDXL folder, or 'tiny' / "
+                        "'sd15' / 'tiny-sdxl' / 'sdxl' (random weights, "
+                        "written under --build-dir)")
     parser.add_argument("--data", default="shapes",
                         help="image folder with metadata.jsonl (file_name, "
                         "text), or 'shapes' (written under --build-dir)")
@@ -116,24 +119,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def prepare_inputs(args: argparse.Namespace) -> tuple[str, str]:
     """The model and data folders, written on first use when named."""
-    from diffengine.demo import make_sd15_shaped, make_shapes_dataset, make_tiny_sd
+    import torch
 
+    from diffengine import demo
+
+    builders = {  # name: (folder, builder)
+        # four VAE levels: 8× smaller latents, as SD's VAE gives
+        "tiny": ("tiny-sd", lambda path: demo.make_tiny_sd(
+            path, vae_block_out_channels=(32, 32, 64, 64))),
+        "sd15": ("sd15-shaped", demo.make_sd15_shaped),
+        "tiny-sdxl": ("tiny-sdxl", demo.make_tiny_sdxl),
+        "sdxl": ("sdxl-shaped", demo.make_sdxl_shaped),
+    }
     model, data = args.model, args.data
-    if model in ("tiny", "sd15"):
-        folder = {"tiny": "tiny-sd", "sd15": "sd15-shaped"}[model]
+    if model in builders:
+        folder, build = builders[model]
         model = os.path.join(args.build_dir, folder)
         if not os.path.isfile(os.path.join(model, "model_index.json")):
-            if args.model == "tiny":
-                # four VAE levels: 8× smaller latents, as SD's VAE gives
-                make_tiny_sd(model, vae_block_out_channels=(32, 32, 64, 64))
-            else:
-                make_sd15_shaped(model)
+            default = torch.get_default_dtype()
+            if args.model == "sdxl":  # 7 GB to write instead of 14
+                torch.set_default_dtype(torch.bfloat16)
+            try:
+                build(model)
+            finally:
+                torch.set_default_dtype(default)
     if data == "shapes":
         # larger than the crop, so that resizing does real work
         size = args.resolution * 5 // 4
         data = os.path.join(args.build_dir, f"shapes-{size}")
         if not os.path.isfile(os.path.join(data, "metadata.jsonl")):
-            make_shapes_dataset(data, size=size)
+            demo.make_shapes_dataset(data, size=size)
     return os.path.abspath(model), os.path.abspath(data)
 
 

@@ -6,17 +6,40 @@ that ``demo`` gives for the same prompt, seed and step folder.
 """
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Sequence
 
+import diffusers
 import numpy as np
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import DiffusionPipeline
 
 from diffengine.lora_file import weights_path
 
+# Parts that training does without (SD 1.x's safety checker), switched off
+# where a pipeline has them, as training's own pipeline does.
+UNUSED_PARTS = dict(safety_checker=None, feature_extractor=None,
+                    requires_safety_checker=False, add_watermarker=False)
 
-def generate(pipe: StableDiffusionPipeline,
+
+def pipeline_class_of(base: str) -> type[DiffusionPipeline]:
+    """The diffusers pipeline class a model folder or hub id names in its
+    ``model_index.json``."""
+    config = DiffusionPipeline.load_config(base)
+    return getattr(diffusers, config["_class_name"])
+
+
+def load_base_pipeline(base: str, **parts) -> DiffusionPipeline:
+    """``base`` as its own pipeline class, without the parts training does
+    without, and with ``parts`` given in place of loaded ones."""
+    pipeline_class = pipeline_class_of(base)
+    accepted = inspect.signature(pipeline_class.__init__).parameters
+    unused = {k: v for k, v in UNUSED_PARTS.items() if k in accepted}
+    return pipeline_class.from_pretrained(base, **{**unused, **parts})
+
+
+def generate(pipe: DiffusionPipeline,
              prompt: str,
              seeds: Sequence[int],
              negative_prompt: str | None = None,
@@ -32,7 +55,8 @@ def generate(pipe: StableDiffusionPipeline,
     the device).
 
     Args:
-        pipe (StableDiffusionPipeline): The pipeline, LoRA loaded or not.
+        pipe (DiffusionPipeline): The pipeline (SD 1.x or SDXL), LoRA
+            loaded or not.
         prompt (str): The prompt.
         seeds (Sequence[int]): One seed per image.
         negative_prompt (str, optional): Defaults to None.
@@ -91,7 +115,7 @@ def load_pipeline(base: str,
                   lora_scale: float = 1.0,
                   device: str | torch.device = "cpu",
                   torch_dtype: torch.dtype = torch.float32
-                  ) -> StableDiffusionPipeline:
+                  ) -> DiffusionPipeline:
     """The base pipeline with a diffengine LoRA loaded at ``lora_scale``.
 
     The scheduler is the base model's, as in ``StableDiffusion.pipeline``.
@@ -105,11 +129,7 @@ def load_pipeline(base: str,
         device (str | torch.device): Defaults to "cpu".
         torch_dtype (torch.dtype): Defaults to float32.
     """
-    pipe = StableDiffusionPipeline.from_pretrained(
-        base,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False)
+    pipe = load_base_pipeline(base)
     if lora is not None:
         pipe.load_lora_weights(weights_path(lora), adapter_name="lora")
         pipe.set_adapters(["lora"], adapter_weights=[lora_scale])

@@ -1,4 +1,5 @@
-"""The LoRA names ComfyUI accepts for SD 1.x, rebuilt from module names.
+"""The LoRA names ComfyUI accepts for SD 1.x and SDXL, rebuilt from module
+names.
 
 ComfyUI (``comfy/lora.py``: ``model_lora_keys_unet``, ``model_lora_keys_clip``)
 loads a LoRA by looking each name up in a map from the names it accepts to
@@ -97,6 +98,25 @@ def unet_diffusers_to_ldm(config) -> dict[str, str]:
     return names
 
 
+def _clip_keys(prefix: str, clip: str, part: str, layers: int,
+               text_model: str) -> dict[str, tuple[str, str]]:
+    return {
+        f"{prefix}text_model_encoder_layers_{layer}_{lora_name}": (
+            f"{clip}.transformer.text_model.encoder.layers.{layer}."
+            f"{module}.weight",
+            f"{part}.{text_model}encoder.layers.{layer}.{module}")
+        for layer in range(layers) for module, lora_name in CLIP_LAYERS.items()
+    }
+
+
+def _unet_keys(unet_config) -> dict[str, tuple[str, str]]:
+    return {
+        "lora_unet_" + diffusers.replace(".", "_"): (
+            f"diffusion_model.{ldm}.weight", f"unet.{diffusers}")
+        for diffusers, ldm in unet_diffusers_to_ldm(unet_config).items()
+    }
+
+
 def comfyui_lora_key_map(unet_config, text_layers: int
                          ) -> dict[str, tuple[str, str]]:
     """kohya LoRA name → (ComfyUI weight, diffusers module) for SD 1.x.
@@ -104,14 +124,21 @@ def comfyui_lora_key_map(unet_config, text_layers: int
     The diffusers module of a text-encoder entry is named as in transformers
     5.x ``CLIPTextModel`` (no ``text_model.``).
     """
-    key_map = {}
-    for diffusers, ldm in unet_diffusers_to_ldm(unet_config).items():
-        key_map["lora_unet_" + diffusers.replace(".", "_")] = (
-            f"diffusion_model.{ldm}.weight", f"unet.{diffusers}")
-    for layer in range(text_layers):
-        for module, lora_name in CLIP_LAYERS.items():
-            key_map[f"lora_te_text_model_encoder_layers_{layer}_{lora_name}"] = (
-                f"clip_l.transformer.text_model.encoder.layers.{layer}."
-                f"{module}.weight",
-                f"text_encoder.encoder.layers.{layer}.{module}")
-    return key_map
+    return {**_unet_keys(unet_config),
+            **_clip_keys("lora_te_", "clip_l", "text_encoder", text_layers, "")}
+
+
+def comfyui_sdxl_lora_key_map(unet_config, text_layers: int,
+                              text_layers_2: int
+                              ) -> dict[str, tuple[str, str]]:
+    """The same for SDXL: ``lora_te1_`` on CLIP-L, ``lora_te2_`` on CLIP-G
+    (``model_lora_keys_clip`` for SDXL's two encoders).
+
+    The second encoder, ``CLIPTextModelWithProjection``, keeps
+    ``text_model`` on transformers 5.x.
+    """
+    return {**_unet_keys(unet_config),
+            **_clip_keys("lora_te1_", "clip_l", "text_encoder", text_layers,
+                         ""),
+            **_clip_keys("lora_te2_", "clip_g", "text_encoder_2",
+                         text_layers_2, "text_model.")}

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffengine.demo import make_shapes_dataset, make_tiny_sd
+from diffengine.demo import make_shapes_dataset, make_tiny_sd, make_tiny_sdxl
 from diffengine.models import StableDiffusion
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,6 +20,16 @@ UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 NO_VALIDATION = ["train_dataloader.dataset.validation_fraction=0",
                  "val_dataloader=None", "val_cfg=None", "val_evaluator=None"]
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+# A small UNet laid out as SD 1.x's: three attending levels then a plain
+# one, two resnets a level (the demo model has the opposite order and one).
+SD1_LAYOUT_UNET = dict(
+    block_out_channels=(32, 32, 64, 64), layers_per_block=2,
+    down_block_types=("CrossAttnDownBlock2D", ) * 3 + ("DownBlock2D", ),
+    up_block_types=("UpBlock2D", ) + ("CrossAttnUpBlock2D", ) * 3,
+    cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32,
+    sample_size=16)
 
 
 def tiny_pipeline(flip: bool = False) -> list[dict]:
@@ -66,6 +76,12 @@ def tiny_train_config(work_dir, tiny_sd: str, shapes_data: str, *,
 def tiny_sd(tmp_path_factory) -> str:
     """A tiny SD-1.x pipeline folder in diffusers format."""
     return make_tiny_sd(str(tmp_path_factory.mktemp("models") / "tiny-sd"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory) -> str:
+    """A tiny SDXL pipeline folder in diffusers format."""
+    return make_tiny_sdxl(str(tmp_path_factory.mktemp("models") / "tiny-sdxl"))
 
 
 def perturb_lora(model, seed=1):

@@ -1,4 +1,5 @@
-"""Fuse a LoRA into its base model and save a full diffusers model folder.
+"""Fuse a LoRA into its base model and save a full model (a diffusers folder
+or one single-file checkpoint).
 
 ``mim run diffengine merge_lora`` runs this; the logic is in
 ``diffengine/tools/merge_lora.py``.

@@ -96,7 +96,8 @@ class CaptionedImageDataset(BaseDataset):
                 raise DataError(
                     f"row {idx} of {self.dataset_name!r} has no cached "
                     "latents: its image could not be read.")
-            return {"latents": self.latent_cache.load(key),
+            cached = self.latent_cache.load(key)
+            return {**cached, "cached_keys": tuple(cached),
                     "text": self.caption_at(idx), "sample_idx": idx}
         if self.cache_latents:
             raise RuntimeError(
@@ -141,16 +142,16 @@ class CaptionedImageDataset(BaseDataset):
             if key is not None and not cache.has(key):
                 first_row.setdefault(key, idx)
         rank, world_size = get_dist_info()
-        batch: list[tuple[str, torch.Tensor]] = []
+        batch: list[tuple[str, dict[str, torch.Tensor]]] = []
         for idx in sorted(first_row.values())[rank::world_size]:
             try:
                 image = open_image(self.image_source(idx))
             except OSError as err:
                 self._skip_bad_row(idx, err)
                 continue
-            views = plan.view_tensors(image)
+            views = plan.views_of(image)
             if batch and (len(batch) == batch_size
-                          or batch[0][1].shape != views.shape):
+                          or batch[0][1]["img"].shape != views["img"].shape):
                 _encode_into(cache, batch, encode)
                 batch = []
             batch.append((keys[idx], views))
@@ -217,10 +218,13 @@ class CaptionedImageDataset(BaseDataset):
             level=logging.WARNING)
 
 
-def _encode_into(cache: LatentCache, batch: list[tuple[str, torch.Tensor]],
+def _encode_into(cache: LatentCache,
+                 batch: list[tuple[str, dict[str, torch.Tensor]]],
                  encode: Callable[[torch.Tensor], torch.Tensor]) -> None:
-    """Encode the views of ``batch`` (key, V×3×H×W) together; save each."""
-    latents = encode(torch.cat([views for _, views in batch]))
-    for (key, _), image_latents in zip(
-            batch, latents.split(len(batch[0][1])), strict=True):
-        cache.save(key, image_latents)
+    """Encode the views of ``batch`` (key, views) together; save each with
+    the other tensors of its views."""
+    latents = encode(torch.cat([views["img"] for _, views in batch]))
+    for (key, views), image_latents in zip(
+            batch, latents.split(len(batch[0][1]["img"])), strict=True):
+        extras = {k: v for k, v in views.items() if k != "img"}
+        cache.save(key, {"latents": image_latents, **extras})

@@ -58,7 +58,8 @@ class PickLatentView(BaseTransform):
     def transform(self, results: dict) -> dict:
         flip = self.p is not None and draw_flip(results, self.p)
         results["flip"] = flip
-        results["latents"] = results["latents"][int(flip)]
+        for key in results.pop("cached_keys", ("latents", )):
+            results[key] = results[key][int(flip)]
         return results
 
 
@@ -137,16 +138,22 @@ class LatentCachePlan:
         self.settings = settings
         self.pipeline = Compose(after)
 
-    def view_tensors(self, image) -> torch.Tensor:
-        """The views of a PIL image, stacked: V × 3 × H × W in [-1, 1]."""
-        return torch.stack([view({"img": image})["img"] for view in self.views])
+    def views_of(self, image) -> dict[str, torch.Tensor]:
+        """The views of a PIL image, stacked: ``img`` (V × 3 × H × W in
+        [-1, 1]) and every other tensor the fixed transforms record per view
+        (``time_ids``, V × 6)."""
+        views = [view({"img": image}) for view in self.views]
+        return {key: torch.stack([v[key] for v in views])
+                for key, value in views[0].items()
+                if isinstance(value, torch.Tensor)}
 
 
 class LatentCache:
     """Files of cached latents, one per image, under ``folder``.
 
     A file holds ``latents``: V × 8 × h × w fp32 (the VAE's mean and
-    log-variance of each view). Its name is a digest of the image's bytes,
+    log-variance of each view), and what else the fixed transforms record
+    per view (SDXL's ``time_ids``). Its name is a digest of the image's bytes,
     the fixed transforms and the VAE, so that a run with other settings or
     another VAE never reads it, and any run with the same ones does.
 
@@ -171,11 +178,14 @@ class LatentCache:
     def has(self, key: str) -> bool:
         return os.path.isfile(self.path(key))
 
-    def load(self, key: str) -> torch.Tensor:
-        return load_file(self.path(key))["latents"]
+    def load(self, key: str) -> dict[str, torch.Tensor]:
+        """``latents`` and the other per-view tensors of an image."""
+        return load_file(self.path(key))
 
-    def save(self, key: str, latents: torch.Tensor) -> None:
+    def save(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
+        """Write ``latents`` (and other per-view tensors) of an image."""
         path = self.path(key)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tensors = {"latents": latents.detach().float().cpu().contiguous()}
+        tensors = {k: v.detach().float().cpu().contiguous()
+                   for k, v in tensors.items()}
         atomic_write(path, lambda tmp: save_file(tensors, tmp))

@@ -26,8 +26,9 @@ def export_lora(lora: str,
         lora (str): ``work_dirs/<config>/step<N>`` or its
             ``pytorch_lora_weights.safetensors``.
         out (str): The ``.safetensors`` file to write.
-        format (str): ``"kohya"`` (``lora_unet_*`` / ``lora_te_*`` keys with
-            ``.alpha``, for A1111 and ComfyUI) or ``"diffusers"`` (the step
+        format (str): ``"kohya"`` (``lora_unet_*`` / ``lora_te_*`` keys,
+            SDXL's ``lora_te1_*`` / ``lora_te2_*``, with ``.alpha``, for
+            A1111 and ComfyUI) or ``"diffusers"`` (the step
             file's keys and adapter configs, for ``load_lora_weights``).
             Defaults to "kohya".
         title (str, optional): The LoRA's display name. Defaults to the file

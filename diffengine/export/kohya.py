@@ -1,10 +1,13 @@
 """diffusers-format LoRA weights → kohya-ss format (A1111, ComfyUI).
 
-Keys become ``lora_unet_<module>`` and ``lora_te_<module>`` (dots turned
-into underscores) with ``.lora_down.weight``, ``.lora_up.weight`` and a
-scalar ``.alpha``; the loaders apply ``up @ down * alpha / rank``. The key
-renaming is diffusers' own (``convert_*_to_peft``, then
-``convert_state_dict_to_kohya``); two things are fixed after it:
+Keys become ``lora_unet_<module>`` and ``lora_te_<module>`` (SDXL:
+``lora_te1_`` and ``lora_te2_``; dots turned into underscores) with
+``.lora_down.weight``, ``.lora_up.weight`` and a scalar ``.alpha``; the
+loaders apply ``up @ down * alpha / rank``. UNet modules keep diffusers'
+names, which ComfyUI maps for every UNet and A1111 maps with the
+three-blocks-a-level layout that SD 1.x and SDXL share. The key renaming is
+diffusers' own (``convert_*_to_peft``, then ``convert_state_dict_to_kohya``);
+two things are fixed after it:
 
 - diffusers names the text encoder ``lora_te1_`` (SDXL's first encoder);
   SD 1.x LoRAs use ``lora_te_``, which A1111 requires for SD 1.x.
@@ -25,26 +28,26 @@ from diffusers.utils.state_dict_utils import (
 )
 from peft.utils.other import get_pattern_key
 
+from diffengine.export.architectures import architecture_of
 from diffengine.lora_file import LoRAFile
-
-# kohya prefix of each part of Stable Diffusion 1.x.
-KOHYA_PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
 
 
 def to_peft(lora: LoRAFile) -> dict[str, torch.Tensor]:
     """The weights with peft keys: ``<part>.<module>.lora_{A,B}.weight``."""
-    unknown = [p for p in lora.parts if p not in KOHYA_PREFIXES]
+    architecture = architecture_of(lora)
+    unknown = [p for p in lora.parts if p not in architecture.kohya_prefixes]
     if unknown:
         raise ValueError(
-            f"{lora.path}: parts {unknown} are not Stable Diffusion 1.x's "
-            f"{sorted(KOHYA_PREFIXES)}.")
+            f"{lora.path}: parts {unknown} are not {architecture.name}'s "
+            f"{sorted(architecture.kohya_prefixes)}.")
     unet = {k: v for k, v in lora.state_dict.items() if k.startswith("unet.")}
     text = {}
     for key, value in lora.state_dict.items():
-        if key.startswith("text_encoder."):
+        part, name = key.split(".", 1)
+        if part != "unet":
             # transformers 5.x drops ``text_model``; the kohya names keep it.
-            if not key.startswith("text_encoder.text_model."):
-                key = key.replace("text_encoder.", "text_encoder.text_model.", 1)
+            if not name.startswith("text_model."):
+                key = f"{part}.text_model.{name}"
             text[key] = value
     peft = convert_unet_state_dict_to_peft(unet)
     if text:
@@ -100,6 +103,7 @@ def to_kohya(lora: LoRAFile,
         ``<name>.lora_up.weight`` and ``<name>.alpha`` for every module.
     """
     peft = to_peft(lora)
+    prefixes = architecture_of(lora).kohya_prefixes
     kohya: dict[str, torch.Tensor] = {}
     for key in peft:
         if not key.endswith(".lora_A.weight"):
@@ -113,8 +117,9 @@ def to_kohya(lora: LoRAFile,
             f"{module}.lora_A.weight": down, f"{module}.lora_B.weight": up})
         converted.pop(next(k for k in converted if k.endswith(".alpha")))
         kohya_name = next(iter(converted)).split(".")[0]
-        kohya_name = kohya_name.replace("lora_te1_", KOHYA_PREFIXES[part], 1)
-        if not kohya_name.startswith(KOHYA_PREFIXES[part]):
+        if part == "text_encoder":
+            kohya_name = kohya_name.replace("lora_te1_", prefixes[part], 1)
+        if not kohya_name.startswith(prefixes[part]):
             raise ValueError(f"{module!r} converted to {kohya_name!r}.")
         rank = down.shape[0]
         strength = module_strength(lora.adapter_configs.get(part), name, rank)

@@ -5,12 +5,25 @@ resolution, date); ``ss_*`` are the kohya-ss keys that A1111 shows in its
 LoRA cards (base model, rank, alpha, resolution, steps, images). The
 ``diffengine.*`` keys of the step file (base model, step, dataset, the
 training config as JSON) are carried over as they are.
+
+Rank and alpha, when the parts (or the modules of a part) differ, follow
+kohya-ss: ``ss_network_dim`` / ``ss_network_alpha`` hold one number only
+when every module of the file has that rank / alpha, else ``"Dynamic"``, the
+word kohya's ``resize_lora`` writes for per-module ranks; loaders read each
+module's rank off its weights and its strength off its ``.alpha``. The alpha
+is kohya's (strength × rank, the ``.alpha`` the kohya export writes), so
+rsLoRA and ``alpha_pattern`` are counted as they load. The numbers of each
+part are in ``modelspec.description`` ("UNet rank 4, alpha 2; text encoder
+rank 2, alpha 8") and, as peft's config has them (``r``, ``lora_alpha``),
+in ``diffengine.<part>.rank`` / ``.alpha``.
 """
 from __future__ import annotations
 
 import datetime
 import os
 
+from diffengine.export.architectures import architecture_of
+from diffengine.export.kohya import to_kohya
 from diffengine.lora_file import TRAINING_METADATA_PREFIX, LoRAFile
 from diffengine.version import __version__
 
@@ -29,6 +42,59 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
+# How the description names each part.
+PART_NAMES = {"unet": "UNet", "text_encoder": "text encoder",
+              "text_encoder_2": "second text encoder"}
+
+
+def module_ranks_and_alphas(
+        lora: LoRAFile) -> dict[str, list[tuple[int, float]]]:
+    """(rank, kohya alpha) of every module, by part.
+
+    The alpha is strength × rank (as the kohya export writes it), rounded
+    to 6 significant digits. A file that has no kohya form (DoRA, parts
+    no family has) gets each part's configured ``r`` and
+    ``lora_alpha``.
+    """
+    try:
+        kohya = to_kohya(lora)
+    except ValueError:
+        return {part: [(lora.rank(part), lora.alpha(part))]
+                for part in lora.parts}
+    prefixes = {prefix: part for part, prefix in
+                architecture_of(lora).kohya_prefixes.items()}
+    modules: dict[str, list[tuple[int, float]]] = {}
+    for key, value in kohya.items():
+        if not key.endswith(".alpha"):
+            continue
+        name = key[:-len(".alpha")]
+        part = next(p for prefix, p in prefixes.items()
+                    if name.startswith(prefix))
+        rank = kohya[f"{name}.lora_down.weight"].shape[0]
+        modules.setdefault(part, []).append(
+            (rank, float(f"{value.item():.6g}")))
+    return modules
+
+
+def _one_or_dynamic(values: set[float]) -> str:
+    return _number(next(iter(values))) if len(values) == 1 else "Dynamic"
+
+
+def _span(word: str, values: set[float]) -> str:
+    if len(values) == 1:
+        return f"{word} {_number(next(iter(values)))}"
+    return f"{word}s {_number(min(values))}-{_number(max(values))}"
+
+
+def describe_parts(modules: dict[str, list[tuple[int, float]]]) -> str:
+    """``UNet rank 4, alpha 2; text encoder rank 2, alpha 8``."""
+    return "; ".join(
+        f"{PART_NAMES.get(part, part)} "
+        f"{_span('rank', {r for r, _ in pairs})}, "
+        f"{_span('alpha', {a for _, a in pairs})}"
+        for part, pairs in modules.items())
+
+
 def export_metadata(lora: LoRAFile, title: str) -> dict[str, str]:
     """The metadata of an exported LoRA file.
 
@@ -42,25 +108,28 @@ def export_metadata(lora: LoRAFile, title: str) -> dict[str, str]:
         dict[str, str]: ``modelspec.*``, ``ss_*`` and ``diffengine.*`` keys.
     """
     training = lora.training
-    part = "unet" if "unet" in lora.parts else lora.parts[0]
+    architecture = architecture_of(lora)
+    modules = module_ranks_and_alphas(lora)
+    pairs = [pair for part in modules.values() for pair in part]
     resolution = training.get("resolution")  # "WxH"
     date = datetime.datetime.fromtimestamp(
         os.path.getmtime(lora.path)).replace(microsecond=0).isoformat()
     prediction = training.get("prediction_type", "epsilon")
     metadata = {
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": "stable-diffusion-v1/lora",
+        "modelspec.architecture": f"{architecture.name}/lora",
         "modelspec.implementation": "diffusers",
         "modelspec.title": title,
         "modelspec.date": date,
         "modelspec.prediction_type": "v" if prediction == "v_prediction"
         else "epsilon",
-        "modelspec.description": f"LoRA trained with diffengine {__version__}",
-        "ss_base_model_version": "sd_v1",
+        "modelspec.description": f"LoRA trained with diffengine "
+        f"{__version__}: {describe_parts(modules)}",
+        "ss_base_model_version": architecture.base_model_version,
         "ss_v2": "False",
         "ss_network_module": "networks.lora",
-        "ss_network_dim": str(lora.rank(part)),
-        "ss_network_alpha": _number(lora.alpha(part)),
+        "ss_network_dim": _one_or_dynamic({r for r, _ in pairs}),
+        "ss_network_alpha": _one_or_dynamic({a for _, a in pairs}),
         "ss_output_name": title,
         "ss_training_comment": f"diffengine {__version__}",
     }

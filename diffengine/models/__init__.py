@@ -3,6 +3,7 @@ from diffengine.models.editors import (
     LatentDiffusionModel,
     SDDataPreprocessor,
     StableDiffusion,
+    StableDiffusionXL,
 )
 from diffengine.models.utils import noise, timesteps
 
@@ -10,6 +11,7 @@ __all__ = [
     "LatentDiffusionModel",
     "SDDataPreprocessor",
     "StableDiffusion",
+    "StableDiffusionXL",
     "losses",
     "noise",
     "timesteps",

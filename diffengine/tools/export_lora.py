@@ -20,7 +20,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "pytorch_lora_weights.safetensors")
     parser.add_argument(
         "--format", choices=FORMATS, default="kohya",
-        help="kohya: lora_unet_*/lora_te_* keys with alpha, for A1111 and "
+        help="kohya: lora_unet_*/lora_te_* (SDXL: lora_te1_*/lora_te2_*) keys "
+        "with alpha, for A1111 and "
         "ComfyUI; diffusers: load_lora_weights' format (default: kohya)")
     parser.add_argument("--out", required=True,
                         help="the .safetensors file to write")

@@ -1,13 +1,17 @@
-"""Fuse a LoRA into its base model and save a full diffusers model folder.
+"""Fuse a LoRA into its base model and save a full model: a diffusers folder
+or one single-file checkpoint for AUTOMATIC1111 and ComfyUI.
 
-    mim run diffengine merge_lora work_dirs/CONFIG/step300 --base BASE --out merged/
+    mim run diffengine merge_lora work_dirs/CONFIG/step300 --out merged/
+    mim run diffengine merge_lora work_dirs/CONFIG/step300 \
+        --format single-file --out merged.safetensors --dtype float16
 """
 from __future__ import annotations
 
 import argparse
 
-from diffengine.export.merge_lora import merge_lora
+from diffengine.export.merge_lora import FORMATS, merge_lora
 from diffengine.lora_file import base_model
+from diffengine.models.utils.dtypes import DTYPES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -19,7 +23,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--base", help="hub id or diffusers folder of the base model "
         "(default: the one the step was trained on, from its metadata)")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument(
+        "--out", required=True, help="output folder (--format diffusers) or "
+        ".safetensors file (--format single-file)")
+    parser.add_argument(
+        "--format", choices=FORMATS, default="diffusers",
+        help="diffusers: a model folder for from_pretrained; single-file: "
+        "one checkpoint in the original Stable Diffusion layout "
+        "(default: diffusers)")
+    parser.add_argument(
+        "--dtype", choices=list(DTYPES), default="float32",
+        help="dtype of the saved weights (default: float32)")
     parser.add_argument(
         "--scale", "--lora-scale", dest="lora_scale", type=float, default=1.0,
         help="LoRA strength fused in (default: 1, as trained)")
@@ -29,10 +43,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     base = base_model(args.lora, args.base)
-    merge_lora(args.lora, base, args.out, args.lora_scale)
+    merge_lora(args.lora, base, args.out, args.lora_scale, args.format,
+               args.dtype)
+    if args.format == "single-file":
+        load = (f"StableDiffusionPipeline.from_single_file({args.out!r}), or "
+                "put it in the checkpoint folder of AUTOMATIC1111 or ComfyUI")
+    else:
+        load = f"DiffusionPipeline.from_pretrained({args.out!r})"
     print(f"wrote {args.out}: {base} with the LoRA fused at scale "
-          f"{args.lora_scale}; load it with "
-          f"StableDiffusionPipeline.from_pretrained({args.out!r})")
+          f"{args.lora_scale} ({args.dtype}); load it with {load}")
 
 
 if __name__ == "__main__":

@@ -124,7 +124,7 @@ def test_cached_samples_hold_the_latents_of_their_images(
         torch.testing.assert_close(
             sample["latents"], encoder.encode_images(image["img"][None])[0])
         flips.add(torch.equal(cached.latent_cache.load(
-            cached._latent_keys[index])[1], sample["latents"]))
+            cached._latent_keys[index])["latents"][1], sample["latents"]))
     assert flips == {False, True}  # both views were picked
 
 

@@ -37,7 +37,7 @@ def test_plan_caches_the_centre_crop_and_its_mirror():
     assert plan.settings[1][1] == {"size": (16, 16)}
     image = Image.effect_mandelbrot((24, 20), (-2, -1.5, 1, 1.5), 50).convert(
         "RGB")
-    views = plan.view_tensors(image)
+    views = plan.views_of(image)["img"]
     assert views.shape == (2, 3, 16, 16)
     assert torch.equal(views[1], views[0].flip(-1))
     # the centre of the 19×16 resized image: columns 1..17
@@ -108,7 +108,10 @@ def test_keys_depend_on_image_settings_and_encoder(tmp_path):
                 LatentCache(str(tmp_path), dict(transforms=[1], encoder="b")
                             ).key("digest")}) == 4
     assert not cache.has(key)
-    cache.save(key, torch.arange(8.0).view(1, 8, 1, 1))
+    cache.save(key, {"latents": torch.arange(8.0).view(1, 8, 1, 1),
+                     "time_ids": torch.ones(1, 6)})
     assert cache.has(key) and cache.path(key).startswith(
         str(tmp_path / key[:2]))
-    assert torch.equal(cache.load(key), torch.arange(8.0).view(1, 8, 1, 1))
+    loaded = cache.load(key)
+    assert torch.equal(loaded["latents"], torch.arange(8.0).view(1, 8, 1, 1))
+    assert torch.equal(loaded["time_ids"], torch.ones(1, 6))

@@ -11,13 +11,14 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from diffengine.export import export_lora, to_kohya
 from diffengine.export.kohya import module_strength
+from diffengine.export.metadata import export_metadata
 from diffengine.inference import generate, load_pipeline
 from diffengine.lora_file import DOWN_SUFFIXES, LoRAFile, read_lora_file
 from diffengine.models.editors.base import (
     canonical_text_encoder_keys,
 )
 from tests.comfyui_keys import comfyui_lora_key_map
-from tests.conftest import SAMPLE, TEXT_TARGETS, UNET_TARGETS
+from tests.conftest import SAMPLE, SD1_LAYOUT_UNET, TEXT_TARGETS, UNET_TARGETS
 
 
 def sd1_layout_lora(unet_targets, text_targets, text_layers=3,
@@ -29,12 +30,7 @@ def sd1_layout_lora(unet_targets, text_targets, text_layers=3,
     layouts are covered.
     """
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 32, 64, 64), layers_per_block=2,
-        down_block_types=("CrossAttnDownBlock2D", ) * 3 + ("DownBlock2D", ),
-        up_block_types=("UpBlock2D", ) + ("CrossAttnUpBlock2D", ) * 3,
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32,
-        sample_size=16)
+    unet = UNet2DConditionModel(**SD1_LAYOUT_UNET)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=100, hidden_size=32, intermediate_size=64,
         num_hidden_layers=text_layers, num_attention_heads=4))
@@ -136,13 +132,58 @@ def test_export_metadata_for_a1111_and_comfyui(lora_step, tiny_sd, tmp_path):
     assert metadata["ss_resolution"] == "(64, 48)"
     assert metadata["ss_base_model_version"] == "sd_v1"
     assert metadata["ss_sd_model_name"] == tiny_sd
+    # UNet r=4 alpha 2 beside text encoder r=2 alpha 8: no one number
     assert (metadata["ss_network_dim"], metadata["ss_network_alpha"]) == (
-        "4", "2")
+        "Dynamic", "Dynamic")
+    assert metadata["modelspec.description"].endswith(
+        ": UNet rank 4, alpha 2; text encoder rank 2, alpha 8")
     assert (metadata["diffengine.text_encoder.rank"],
             metadata["diffengine.text_encoder.alpha"]) == ("2", "8")
     assert metadata["ss_steps"] == metadata["diffengine.step"] == "6"
     # no diffusers adapter configs: kohya files carry alpha per module
     assert "lora_adapter_metadata" not in metadata
+
+
+@pytest.mark.parametrize("unet_options, text_options, dim, alpha, described", [
+    # the same rank and alpha everywhere: kohya's one number
+    (None, None, "4", "8", "UNet rank 4, alpha 8; text encoder rank 4, "
+     "alpha 8"),
+    # rsLoRA: kohya's alpha is strength x rank = 8 / sqrt(4) * 4
+    (dict(use_rslora=True), dict(use_rslora=True), "4", "16",
+     "UNet rank 4, alpha 16; text encoder rank 4, alpha 16"),
+    # one rank, alphas that differ within the UNet
+    (dict(alpha_pattern={"attn2.to_q": 2}), None, "4", "Dynamic",
+     "UNet rank 4, alphas 2-8; text encoder rank 4, alpha 8"),
+    # ranks that differ within the text encoder
+    (None, dict(rank_pattern={"v_proj": 2}, alpha_pattern={"v_proj": 4}),
+     "Dynamic", "Dynamic", "UNet rank 4, alpha 8; text encoder ranks 2-4, "
+     "alphas 4-8"),
+])
+def test_rank_and_alpha_metadata_say_what_they_describe(
+        unet_options, text_options, dim, alpha, described, tmp_path):
+    lora, *_ = sd1_layout_lora(["to_q", "to_k"], ["q_proj", "v_proj"],
+                               unet_options=unet_options,
+                               text_options=text_options)
+    save_file({k: v.contiguous() for k, v in lora.state_dict.items()},
+              tmp_path / "lora.safetensors")
+    lora.path = str(tmp_path / "lora.safetensors")
+    metadata = export_metadata(lora, "title")
+    assert (metadata["ss_network_dim"], metadata["ss_network_alpha"]) == (
+        dim, alpha)
+    assert metadata["modelspec.description"].endswith(f": {described}")
+
+
+def test_unet_only_metadata(tmp_path):
+    lora, *_ = sd1_layout_lora(["to_q"], ["q_proj"])
+    unet_only = LoRAFile(
+        str(tmp_path / "u.safetensors"),
+        {k: v for k, v in lora.state_dict.items() if k.startswith("unet.")},
+        {"unet": lora.adapter_configs["unet"]})
+    save_file(unet_only.state_dict, unet_only.path)
+    metadata = export_metadata(unet_only, "title")
+    assert (metadata["ss_network_dim"], metadata["ss_network_alpha"]) == (
+        "4", "8")
+    assert metadata["modelspec.description"].endswith(": UNet rank 4, alpha 8")
 
 
 def test_diffusers_export_keeps_keys_and_strength(lora_step, tmp_path):
@@ -204,9 +245,15 @@ def test_unsupported_lora_files_are_refused(tmp_path):
         "unet.a.to_q.lora_magnitude_vector": torch.zeros(4)})
     with pytest.raises(ValueError, match="only plain LoRA"):
         to_kohya(dora)
-    sdxl = LoRAFile("sdxl.safetensors", {
-        "text_encoder_2.a.q_proj.lora_linear_layer.down.weight": torch.zeros(2)})
-    with pytest.raises(ValueError, match=r"\['text_encoder_2'\] are not"):
-        to_kohya(sdxl)
+    prior = LoRAFile("prior.safetensors", {
+        "prior.a.q_proj.lora_linear_layer.down.weight": torch.zeros(2)})
+    with pytest.raises(ValueError, match=r"\['prior'\] are not "
+                       "stable-diffusion-v1's"):
+        to_kohya(prior)
+    future = LoRAFile("flux.safetensors", {}, training={
+        "architecture": "flux-1-dev"})
+    with pytest.raises(ValueError, match="architecture 'flux-1-dev' has no "
+                       "export"):
+        to_kohya(future)
     with pytest.raises(ValueError, match=r"must end with \.safetensors"):
         export_lora(str(tmp_path), str(tmp_path / "x.pt"))

@@ -2,11 +2,15 @@
 import os
 
 import numpy as np
+import torch
 from diffusers import StableDiffusionPipeline
+from safetensors.torch import load_file
 
 from diffengine.export import merge_lora
 from diffengine.inference import generate, load_pipeline
+from tests.comfyui_keys import unet_diffusers_to_ldm
 from tests.conftest import SAMPLE
+from tests.original_layout import comfyui_clip_load, vae_diffusers_to_ldm
 
 
 def test_merged_model_equals_the_lora_loaded_pipeline(lora_step, tiny_sd,
@@ -41,3 +45,40 @@ def test_merge_at_half_strength(lora_step, tiny_sd, tmp_path):
                     SAMPLE["prompt"], [SAMPLE["seed"]], **settings)[0]
     assert np.abs(fused - half).max() <= 1e-4
     assert np.abs(fused - lora_step.reference).max() > 1e-3
+
+
+def test_merged_folder_loads_whole_in_comfyui(lora_step, tiny_sd, tmp_path):
+    out = str(tmp_path / "merged")
+    merged = merge_lora(lora_step.step_dir, tiny_sd, out)
+    text = load_file(os.path.join(out, "text_encoder", "model.safetensors"))
+    loaded = StableDiffusionPipeline.from_pretrained(out)
+    missing, unexpected = comfyui_clip_load(text, loaded.text_encoder.config)
+    assert (missing, unexpected) == ([], [])
+    assert len(text) == 84
+    # ComfyUI's load_unet and VAE place every diffusers weight
+    for part, names in (("unet", unet_diffusers_to_ldm(loaded.unet.config)),
+                        ("vae", vae_diffusers_to_ldm(loaded.vae.config))):
+        weights = load_file(os.path.join(
+            out, part, "diffusion_pytorch_model.safetensors"))
+        assert all(k.rsplit(".", 1)[0] in names for k in weights), part
+
+    # the text encoder transformers loads is the fused one, exactly
+    fused = merged.text_encoder.state_dict()
+    state = loaded.text_encoder.state_dict()
+    assert fused.keys() == state.keys()
+    assert max((fused[k] - state[k]).abs().max().item() for k in fused) == 0.0
+    assert all(torch.equal(text[f"text_model.{k}"], v)
+               for k, v in state.items())
+    base = load_pipeline(tiny_sd).text_encoder.state_dict()
+    assert any(not torch.equal(base[k], state[k]) for k in state)
+
+
+def test_float16_folder(lora_step, tiny_sd, tmp_path):
+    out = str(tmp_path / "half")
+    merge_lora(lora_step.step_dir, tiny_sd, out, dtype="float16")
+    weights = load_file(os.path.join(out, "unet",
+                                     "diffusion_pytorch_model.safetensors"))
+    assert {v.dtype for v in weights.values()} == {torch.float16}
+    text = load_file(os.path.join(out, "text_encoder", "model.safetensors"))
+    assert {v.dtype for v in text.values()} == {torch.float16}
+    assert all(k.startswith("text_model.") for k in text)

@@ -1,3 +1,4 @@
+from diffengine.datasets.transforms.conditioning import ComputeTimeIds
 from diffengine.datasets.transforms.formatting import (
     ImageToNormalizedTensor,
     PackInputs,
@@ -12,6 +13,7 @@ from diffengine.datasets.transforms.text import RandomTextDrop, ShuffleCaptionTa
 
 __all__ = [
     "CenterCrop",
+    "ComputeTimeIds",
     "ImageToNormalizedTensor",
     "PackInputs",
     "RandomCrop",

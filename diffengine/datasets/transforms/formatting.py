@@ -33,13 +33,14 @@ class PackInputs(BaseTransform):
         keys (Sequence[str]): Result keys the model reads. Defaults to
             ("img", "text").
         optional_keys (Sequence[str]): Keys packed when present; ``seed``
-            (set by ``DeterministicSampler``) seeds the sample's noise.
-            Defaults to ("seed",).
+            (set by ``DeterministicSampler``) seeds the sample's noise;
+            ``time_ids`` (set by ``ComputeTimeIds``) are SDXL's size and
+            crop conditioning. Defaults to ("seed", "time_ids").
     """
 
     def __init__(self,
                  keys: Sequence[str] = ("img", "text"),
-                 optional_keys: Sequence[str] = ("seed", )) -> None:
+                 optional_keys: Sequence[str] = ("seed", "time_ids")) -> None:
         self.keys = tuple(keys)
         self.optional_keys = tuple(optional_keys)
 

@@ -78,7 +78,7 @@ class ResizeShortestEdge(BaseTransform):
         scale = self.size / min(width, height)
         new_size = (max(self.size, round(width * scale)),
                     max(self.size, round(height * scale)))
-        results["ori_img_shape"] = (height, width)
+        results.setdefault("ori_img_shape", (height, width))
         results["img"] = image.resize(new_size,
                                       INTERPOLATIONS[self.interpolation])
         return results
@@ -87,7 +87,9 @@ class ResizeShortestEdge(BaseTransform):
 class _Crop(BaseTransform):
     """Crop ``size`` × ``size`` (or (h, w)) at a place the subclass picks.
 
-    Records ``crop_bbox`` as (x1, y1, x2, y2) in the resized image.
+    Records ``crop_bbox`` as (x1, y1, x2, y2) in the image it crops (the
+    resized one) and that image's (h, w) as ``crop_source_shape``; an image
+    not resized before gets its size as ``ori_img_shape``.
     """
 
     latent_cache: ClassVar[str] = FIXED
@@ -112,6 +114,8 @@ class _Crop(BaseTransform):
         box = (left, top, left + crop_w, top + crop_h)
         results["img"] = image.crop(box)
         results["crop_bbox"] = box
+        results["crop_source_shape"] = (height, width)
+        results.setdefault("ori_img_shape", (height, width))
         return results
 
 
@@ -145,7 +149,12 @@ class CenterCrop(_Crop):
 
 @TRANSFORMS.register_module()
 class RandomHorizontalFlip(BaseTransform):
-    """Mirror left-right with probability ``p``; records ``flip``."""
+    """Mirror left-right with probability ``p``; records ``flip``.
+
+    After a crop, ``crop_bbox`` is mirrored too: the flipped crop is the
+    crop of the flipped image at the mirrored place, which is what SDXL's
+    crop conditioning describes.
+    """
 
     def __init__(self, p: float = 0.5) -> None:
         if not 0.0 <= p <= 1.0:
@@ -158,4 +167,8 @@ class RandomHorizontalFlip(BaseTransform):
         if flip:
             image: Image.Image = results["img"]
             results["img"] = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            if "crop_bbox" in results:
+                x1, y1, x2, y2 = results["crop_bbox"]
+                width = results["crop_source_shape"][1]
+                results["crop_bbox"] = (width - x2, y1, width - x1, y2)
         return results

@@ -3,5 +3,7 @@ from diffengine.models.editors.stable_diffusion import (
     SDDataPreprocessor,
     StableDiffusion,
 )
+from diffengine.models.editors.stable_diffusion_xl import StableDiffusionXL
 
-__all__ = ["LatentDiffusionModel", "SDDataPreprocessor", "StableDiffusion"]
+__all__ = ["LatentDiffusionModel", "SDDataPreprocessor", "StableDiffusion",
+           "StableDiffusionXL"]

@@ -13,17 +13,23 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from diffusers import DiffusionPipeline
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    DiffusionPipeline,
+    UNet2DConditionModel,
+)
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.utils import convert_state_dict_to_diffusers
 from mmengine.logging import print_log
 from mmengine.model import BaseModel
 from peft import PeftConfig, get_peft_model_state_dict
+from transformers import CLIPTokenizer, PreTrainedModel
 
 from diffengine.errors import ConfigError, NonFiniteLossError
 from diffengine.inference import generate
@@ -33,6 +39,7 @@ from diffengine.models.utils import add_lora_adapter, count_trainable_parameters
 from diffengine.models.utils.components import build_component
 from diffengine.models.utils.dtypes import resolve_dtype
 from diffengine.models.utils.fingerprint import weights_fingerprint
+from diffengine.models.utils.model_folder import check_model_path, resolve_model
 from diffengine.models.utils.noise import WhiteNoise
 from diffengine.models.utils.text_embedding_cache import TextEmbeddingCache
 from diffengine.models.utils.timesteps import TimeSteps
@@ -72,10 +79,12 @@ class LatentDiffusionModel(BaseModel):
     in fp32 whatever the dtype of the base or of autocast, so that small
     updates are not lost to rounding.
 
-    Subclasses set :attr:`pipeline_class` and :attr:`text_encoder_names`
-    and implement :meth:`load_parts`, :meth:`encode_text` and
-    :meth:`unet_conditioning`; :meth:`pipeline_parts` lists what their
-    pipeline is built from.
+    Subclasses set :attr:`pipeline_class`, :attr:`architecture` and
+    :attr:`text_encoder_classes` and implement :meth:`encode_text`,
+    :meth:`unet_conditioning` and :meth:`pipeline_parts` (what their
+    pipeline is built from); :meth:`load_parts` loads a diffusers folder of
+    a DDPM-trained latent UNet, a KL VAE and CLIP text encoders, and
+    :meth:`load_vae` can be overridden.
 
     Args:
         model (str): Hub id or local diffusers folder of the base model.
@@ -124,9 +133,18 @@ class LatentDiffusionModel(BaseModel):
 
     #: The diffusers pipeline class of the family.
     pipeline_class: type[DiffusionPipeline] = DiffusionPipeline
-    #: The attributes holding text encoders that ``text_encoder_lora_config``
-    #: adapts.
-    text_encoder_names: tuple[str, ...] = ("text_encoder", )
+    #: Stability AI's model-spec name of the family (``modelspec.
+    #: architecture`` of exported files is ``<architecture>/lora``).
+    architecture: str = ""
+    #: The text encoders, by attribute and subfolder (``text_encoder``,
+    #: ``text_encoder_2``, ...), each with the tokenizer of the matching
+    #: ``tokenizer*`` subfolder; ``text_encoder_lora_config`` adapts them.
+    text_encoder_classes: ClassVar[dict[str, type[PreTrainedModel]]] = {}
+
+    @property
+    def text_encoder_names(self) -> tuple[str, ...]:
+        """The attributes holding the text encoders."""
+        return tuple(self.text_encoder_classes)
 
     def __init__(self,
                  model: str,
@@ -167,7 +185,9 @@ class LatentDiffusionModel(BaseModel):
                 f"input_perturbation_gamma={input_perturbation_gamma} must be "
                 ">= 0.")
         dtype = resolve_dtype(weight_dtype, "weight_dtype")
-        self.base_model = model
+        # Recorded in step files: an absolute path or a hub id, which any
+        # working directory finds.
+        self.base_model = resolve_model(model)
         self.load_parts(model, dtype)
         if prediction_type is not None:
             if prediction_type not in ("epsilon", "v_prediction"):
@@ -218,10 +238,30 @@ class LatentDiffusionModel(BaseModel):
 
     # ---- what a family gives ------------------------------------------
     def load_parts(self, model: str, dtype: torch.dtype) -> None:
-        """Load the frozen parts of ``model`` in ``dtype``: at least
-        ``self.scheduler`` (a training scheduler such as DDPM), ``self.vae``,
-        ``self.unet`` and the modules of :attr:`text_encoder_names`."""
-        raise NotImplementedError
+        """Load the frozen parts of ``model`` in ``dtype``: the DDPM
+        training scheduler, the tokenizers and text encoders, the VAE
+        (:meth:`load_vae`) and the UNet."""
+        tokenizers = [name.replace("text_encoder", "tokenizer")
+                      for name in self.text_encoder_classes]
+        check_model_path(model, (*tokenizers, *self.text_encoder_classes,
+                                 "vae", "unet", "scheduler"))
+        self.scheduler = DDPMScheduler.from_pretrained(
+            model, subfolder="scheduler")
+        for (name, encoder_class), tokenizer in zip(
+                self.text_encoder_classes.items(), tokenizers, strict=True):
+            setattr(self, tokenizer, CLIPTokenizer.from_pretrained(
+                model, subfolder=tokenizer))
+            setattr(self, name, encoder_class.from_pretrained(
+                model, subfolder=name).to(dtype))
+        self.vae = self.load_vae(model, dtype)
+        # Loaded in the weight dtype: no float32 copy of the UNet in memory.
+        self.unet = UNet2DConditionModel.from_pretrained(
+            model, subfolder="unet", torch_dtype=dtype)
+
+    def load_vae(self, model: str, dtype: torch.dtype) -> AutoencoderKL:
+        """The VAE of ``model``, in ``dtype``."""
+        return AutoencoderKL.from_pretrained(model, subfolder="vae",
+                                             torch_dtype=dtype)
 
     def encode_text(self, text: list[str]) -> Conditioning:
         """Prompt conditioning of a list of captions (tensors with a first
@@ -321,7 +361,8 @@ class LatentDiffusionModel(BaseModel):
 
         The adapter configs go into the file's metadata, so that
         ``lora_alpha`` (and with it the strength) survives the round trip;
-        so do the base model, the prediction type and ``metadata``, under
+        so do the base model, the architecture, the prediction type and
+        ``metadata``, under
         ``diffengine.*`` keys that diffusers ignores and ``export_lora``
         reads.
 
@@ -340,6 +381,7 @@ class LatentDiffusionModel(BaseModel):
         self.pipeline_class.save_lora_weights(
             save_directory, safe_serialization=True, **kwargs)
         training = {"base_model": self.base_model,
+                    "architecture": self.architecture,
                     "prediction_type": self.prediction_type,
                     **(metadata or {})}
         add_training_metadata(os.path.join(save_directory, WEIGHT_NAME),

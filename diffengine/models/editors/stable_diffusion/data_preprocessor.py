@@ -6,14 +6,12 @@ from mmengine.model import BaseDataPreprocessor
 
 from diffengine.registry import MODELS
 
-# Inputs that are one tensor a sample: pixels, or their cached latents.
-TENSOR_KEYS = ("img", "latents")
-
 
 @MODELS.register_module()
 class SDDataPreprocessor(BaseDataPreprocessor):
-    """Stacks images (or latents) into one tensor on the device; captions
-    stay strings.
+    """Stacks what is one tensor a sample (images or latents, SDXL's
+    ``time_ids``) into one tensor on the device; captions and seeds stay
+    lists.
 
     Args:
         non_blocking (bool): Copy to the device asynchronously, which
@@ -28,11 +26,11 @@ class SDDataPreprocessor(BaseDataPreprocessor):
         """Return ``{"inputs": {"img" or "latents": B×C×H×W tensor,
         "text": [str], ...}}``."""
         inputs = dict(data["inputs"])
-        for key in TENSOR_KEYS:
-            if key not in inputs:
-                continue
-            value = inputs[key]
-            if isinstance(value, (list, tuple)):
+        for key, value in inputs.items():
+            if isinstance(value, (list, tuple)) and value and all(
+                    isinstance(v, torch.Tensor) for v in value):
                 value = torch.stack(value)
-            inputs[key] = value.to(self.device, non_blocking=self._non_blocking)
+            if isinstance(value, torch.Tensor):
+                inputs[key] = value.to(self.device,
+                                       non_blocking=self._non_blocking)
         return {"inputs": inputs, "data_samples": data.get("data_samples")}

@@ -1,0 +1,112 @@
+"""Stable Diffusion XL with LoRA adapters on the UNet and text encoders."""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from diffusers import AutoencoderKL, StableDiffusionXLPipeline
+from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+from diffengine.errors import ConfigError
+from diffengine.models.editors.base import LatentDiffusionModel, first_parameter
+from diffengine.registry import MODELS
+
+
+@MODELS.register_module()
+class StableDiffusionXL(LatentDiffusionModel):
+    """Stable Diffusion XL trained through LoRA adapters.
+
+    Two text encoders (CLIP ViT-L and OpenCLIP ViT-bigG with its projection):
+    their penultimate hidden states, concatenated, condition the UNet's
+    cross-attention, and the second one's pooled, projected output goes to
+    the UNet's added conditioning with the ``time_ids`` (original size, crop
+    top-left, target size) that ``ComputeTimeIds`` records per sample.
+    ``text_encoder_lora_config`` adapts both text encoders alike, as
+    diffusers' and kohya's SDXL scripts do.
+
+    SDXL's VAE overflows in float16: with ``weight_dtype="float16"`` a VAE
+    whose config sets ``force_upcast`` (the SDXL base's does) stays in
+    float32, as diffusers' pipeline upcasts it; a VAE made for fp16 (e.g.
+    ``vae_model="madebyollin/sdxl-vae-fp16-fix"``) is kept in float16.
+
+    Args:
+        model (str): Hub id or local diffusers folder of the SDXL base.
+        vae_model (str, optional): Hub id or folder of a VAE to use instead
+            of the base's (a folder holding the VAE's ``config.json``).
+            Defaults to None.
+        **kwargs: Every option of :class:`LatentDiffusionModel`.
+    """
+
+    pipeline_class = StableDiffusionXLPipeline
+    architecture = "stable-diffusion-xl-v1-base"
+    text_encoder_classes: ClassVar[dict] = {"text_encoder": CLIPTextModel,
+                            "text_encoder_2": CLIPTextModelWithProjection}
+
+    def __init__(self, model: str, vae_model: str | None = None,
+                 **kwargs: Any) -> None:
+        self.vae_model = vae_model
+        super().__init__(model, **kwargs)
+
+    def load_parts(self, model: str, dtype: torch.dtype) -> None:
+        super().load_parts(model, dtype)
+        if self.unet.config.addition_embed_type != "text_time":
+            raise ConfigError(
+                f"model={model!r} is not an SDXL model: its UNet's "
+                f"addition_embed_type is "
+                f"{self.unet.config.addition_embed_type!r}, not 'text_time'; "
+                "use type='StableDiffusion' for SD 1.x/2.x.")
+
+    def load_vae(self, model: str, dtype: torch.dtype) -> AutoencoderKL:
+        """``vae_model`` or the base's VAE; float32 under a float16 base
+        when its config sets ``force_upcast``."""
+        source = dict(pretrained_model_name_or_path=self.vae_model) if (
+            self.vae_model) else dict(pretrained_model_name_or_path=model,
+                                      subfolder="vae")
+        upcast = AutoencoderKL.load_config(**source).get("force_upcast", False)
+        vae_dtype = torch.float32 if (
+            dtype == torch.float16 and upcast) else dtype
+        return AutoencoderKL.from_pretrained(**source, torch_dtype=vae_dtype)
+
+    def encode_text(self, text: list[str]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both encoders' penultimate hidden states, concatenated (B × 77 ×
+        D1+D2), and the second's pooled projection (B × P)."""
+        hidden_states = []
+        for tokenizer, encoder in ((self.tokenizer, self.text_encoder),
+                                   (self.tokenizer_2, self.text_encoder_2)):
+            input_ids = tokenizer(
+                text,
+                max_length=tokenizer.model_max_length,
+                padding="max_length",
+                truncation=True,
+                return_tensors="pt").input_ids.to(
+                    first_parameter(encoder).device)
+            output = encoder(input_ids, output_hidden_states=True)
+            hidden_states.append(output.hidden_states[-2])
+        # the projection model's first output: its pooled text embedding
+        return torch.cat(hidden_states, dim=-1), output[0]
+
+    def unet_conditioning(self, inputs: dict,
+                          prompt: tuple[torch.Tensor, torch.Tensor]
+                          ) -> dict[str, Any]:
+        if "time_ids" not in inputs:
+            raise ConfigError(
+                "StableDiffusionXL needs each sample's time_ids: add "
+                "dict(type='ComputeTimeIds') to the dataset pipeline, after "
+                "the resize, crop and flip and before "
+                "ImageToNormalizedTensor.")
+        embeddings, pooled = prompt
+        time_ids = inputs["time_ids"].to(embeddings.device, embeddings.dtype)
+        return {"encoder_hidden_states": embeddings,
+                "added_cond_kwargs": {"text_embeds": pooled,
+                                      "time_ids": time_ids}}
+
+    def pipeline_parts(self) -> dict[str, Any]:
+        return dict(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            text_encoder_2=self.text_encoder_2,
+            tokenizer=self.tokenizer,
+            tokenizer_2=self.tokenizer_2,
+            unet=self.unet,
+            add_watermarker=False)
