@@ -52,8 +52,12 @@ train_pipeline = [
     dict(type="ImageToNormalizedTensor"),
     dict(type="PackInputs"),
 ]
+# all 24 images, no validation split (the demo config holds some out)
 train_dataloader = dict({loader}dataset=dict(
-    caption_column="text", pipeline=train_pipeline))
+    caption_column="text", pipeline=train_pipeline, validation_fraction=0))
+val_dataloader = None
+val_cfg = None
+val_evaluator = None
 custom_hooks = [dict(type="LoRAEMAHook", momentum=0.2)]
 """
 SDXL = os.path.join(REPO, "configs", "stable_diffusion_xl_lora",

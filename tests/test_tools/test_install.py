@@ -56,10 +56,11 @@ def mim(python: str, cwd: str, *args: str) -> str:
 
 
 def link_demo_data(cwd: str, tiny_sd: str, images: str) -> None:
-    """``data/demo/`` as ``tools/make_demo.py`` writes it, 6 images."""
+    """``data/demo/`` as ``tools/make_demo.py`` writes it, 6 images (the
+    demo config trains on 4 and holds 2 out for validation)."""
     os.makedirs(os.path.join(cwd, "data", "demo"))
     os.symlink(tiny_sd, os.path.join(cwd, "data", "demo", "tiny-sd"))
-    os.symlink(images, os.path.join(cwd, "data", "demo", "shapes"))
+    os.symlink(images, os.path.join(cwd, "data", "demo", "zorbs"))
 
 
 def replace_once(path: str, old: str, new: str) -> None:
@@ -97,7 +98,7 @@ def test_editable_install_runs_the_source_tree_as_edited(tmp_path, tiny_sd,
     assert os.path.join(purelib, "diffengine", ".mim", "tools",
                         "train.py") in log
     assert "edited train.py" in log
-    assert "Epoch(train) [1][2/2]" in log and "Epoch(train) [2]" not in log
+    assert "Epoch(train) [1][1/1]" in log and "Epoch(train) [2]" not in log
     work = os.path.join(source, "work_dirs", "tiny_sd_lora_demo")
     assert sorted(os.path.basename(p) for p in glob.glob(
         os.path.join(work, "epoch_*.pth"))) == ["epoch_1.pth"]
@@ -115,10 +116,17 @@ def test_wheel_carries_configs_and_tools(tmp_path, tiny_sd, mixed_data):
             "stable_diffusion_v15_lora_pokemon_blip.py") in names
     assert "diffengine/.mim/configs/_base_/default_runtime.py" in names
     for tool in ("demo", "export_lora", "merge_lora", "plot_loss",
-                 "browse_dataset", "kohya_to_imagefolder"):
+                 "browse_dataset", "kohya_to_imagefolder",
+                 "pretrain_demo_base"):
         assert f"diffengine/.mim/tools/{tool}.py" in names
         assert f"diffengine/tools/{tool}.py" in names
     assert "diffengine/export/kohya.py" in names
+    # the demo's pretrained base ships in the package
+    for part in ("unet/diffusion_pytorch_model.safetensors",
+                 "vae/diffusion_pytorch_model.safetensors",
+                 "text_encoder/model.safetensors", "model_index.json",
+                 "pretraining.json"):
+        assert f"diffengine/demo_base/weights/{part}" in names
 
     python, purelib = fresh_venv(str(tmp_path / "venv"))
     pip_install(python, "--no-index", wheel)

@@ -43,7 +43,7 @@ from diffengine.models.utils.model_folder import check_model_path, resolve_model
 from diffengine.models.utils.noise import WhiteNoise
 from diffengine.models.utils.text_embedding_cache import TextEmbeddingCache
 from diffengine.models.utils.timesteps import TimeSteps
-from diffengine.randomness import Randomness
+from diffengine.randomness import Randomness, stream_seed
 from diffengine.registry import MODELS
 
 Conditioning = Any  # what a family's prompt encoding returns
@@ -516,6 +516,49 @@ class LatentDiffusionModel(BaseModel):
             prediction_type=self.prediction_type,
             weight=None if weight is None else torch.as_tensor(weight))
         return prediction.float(), target.float(), context
+
+    @torch.no_grad()
+    def validation_loss(self, inputs: dict,
+                        timesteps: Sequence[int]) -> torch.Tensor:
+        """Each sample's loss at fixed noise and fixed timesteps, B, fp32.
+
+        A sample is noised once at every timestep of ``timesteps``; its VAE
+        sample and noises come from a generator seeded by its ``seed`` (the
+        "validation" stream), so the value depends on the sample and the
+        weights alone: not on the batch, the process count or the run. It
+        is the mean over the timesteps of the loss component's value (the
+        per-sample weights left out).
+
+        Args:
+            inputs (dict): A batch as :meth:`denoising_loss` takes it, with
+                ``seed``.
+            timesteps (Sequence[int]): The timesteps of every sample.
+        """
+        if inputs.get("seed") is None:
+            raise ValueError(
+                "validation_loss needs a seed per sample (inputs['seed']); "
+                "read the validation set through DeterministicSampler.")
+        fixed = torch.as_tensor(list(timesteps), dtype=torch.long)
+        copies = len(fixed)
+        losses = []
+        for i, seed in enumerate(inputs["seed"]):
+            # The sample alone, once per timestep: its numbers cannot depend
+            # on the other samples of the batch.
+            sample = {
+                key: (value[i:i + 1].expand(copies, *value.shape[1:])
+                      if isinstance(value, torch.Tensor) else
+                      [value[i]] * copies)
+                for key, value in inputs.items()
+                if key in ("img", "latents", "text")}
+            generator = torch.Generator().manual_seed(
+                stream_seed(int(seed), "validation"))
+            randomness = Randomness([generator] * copies,
+                                    first_parameter(self.unet).device)
+            prediction, target, context = self.predict(
+                sample, randomness, timesteps=fixed)
+            losses.append(self.loss_fn.per_sample(prediction, target,
+                                                  context).mean())
+        return torch.stack(losses)
 
     def parse_losses(self, losses: dict) -> tuple[torch.Tensor, dict]:
         """mmengine's loss sum, refused when it is NaN or infinite.
