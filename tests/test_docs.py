@@ -23,6 +23,7 @@ from mmengine.config import Config
 from diffengine.datasets import HFDataset, KohyaFolderDataset
 from diffengine.datasets.transforms import (
     CenterCrop,
+    ComputeTimeIds,
     ImageToNormalizedTensor,
     PackInputs,
     RandomCrop,
@@ -31,13 +32,17 @@ from diffengine.datasets.transforms import (
     ResizeShortestEdge,
     ShuffleCaptionTags,
 )
+from diffengine.demo_base import ShapeScorer
 from diffengine.engine import (
+    DenoisingLossMetric,
     LoRACheckpointHook,
     LoRAEMAHook,
+    ResumableEpochTrainLoop,
     SpeedLogProcessor,
+    ValidationLossLoop,
     VisualizationHook,
 )
-from diffengine.models import StableDiffusion
+from diffengine.models import StableDiffusion, StableDiffusionXL
 from diffengine.models.losses import (
     DeBiasEstimationLoss,
     HuberLoss,
@@ -60,10 +65,17 @@ from tools.train import parse_args
 DOCS = os.path.join(REPO, "docs")
 # In the order of docs/README.md: later guides use what earlier ones train.
 GUIDES = ["lora.md", "text_encoder_lora.md", "techniques.md", "own_images.md",
-          "multi_gpu.md", "inference.md", "export.md", "merging.md",
+          "multi_gpu.md", "inference.md", "export.md", "merging.md", "sdxl.md",
           "adapters.md"]
-TINY_MODEL = "data/demo/tiny-sd"
-SUBSTITUTIONS = {"stable-diffusion-v1-5/stable-diffusion-v1-5": TINY_MODEL}
+# The tiny model that stands for each model family.
+TINY_MODELS = {"StableDiffusion": "data/demo/tiny-sd",
+               "StableDiffusionXL": "data/demo/tiny-sdxl"}
+SUBSTITUTIONS = {
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": TINY_MODELS[
+        "StableDiffusion"],
+    "stabilityai/stable-diffusion-xl-base-1.0": TINY_MODELS[
+        "StableDiffusionXL"],
+}
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```\n", re.S | re.M)
 MARKER = re.compile(r"<!-- docs-test: (\w+) ?(.*?) -->\s*$")
 BIN = os.path.dirname(sys.executable)
@@ -98,11 +110,12 @@ def tiny_training_options(command: list[str], cwd: str) -> list[str]:
     cfg = Config.fromfile(os.path.join(cwd, args.config))
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    options = [f"model.model={TINY_MODEL}", "train_cfg.max_epochs=1",
+    options = [f"model.model={TINY_MODELS[cfg.model.type]}",
+               "train_cfg.max_epochs=1",
                "train_dataloader.num_workers=0"]
     dataset = cfg.train_dataloader.dataset
     if not os.path.exists(os.path.join(cwd, dataset.dataset)):  # hub data
-        options += ["train_dataloader.dataset.dataset=data/demo/shapes",
+        options += ["train_dataloader.dataset.dataset=data/demo/zorbs",
                     "train_dataloader.dataset.caption_column=text"]
     for i, transform in enumerate(dataset.pipeline):
         if "size" in transform:
@@ -205,11 +218,14 @@ def check_names(block: Block) -> None:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, shapes_data):
-    """A scratch folder as the repository root looks to a user."""
+def project(tmp_path_factory, shapes_data, tiny_sdxl):
+    """A scratch folder as the repository root looks to a user, with the
+    tiny SDXL model beside the demo's."""
     cwd = tmp_path_factory.mktemp("project")
     for name in ("configs", "tools"):
         os.symlink(os.path.join(REPO, name), cwd / name)
+    os.makedirs(cwd / "data" / "demo")
+    os.symlink(tiny_sdxl, cwd / TINY_MODELS["StableDiffusionXL"])
     write_kohya_folder(str(cwd / "data" / "my_images"), shapes_data)
     return str(cwd)
 
@@ -259,6 +275,10 @@ PROMISED = [
     "yoda_kohya.png",
     "pokemon_sd15/model_index.json",
     "merged.png",
+    "yoda_xl.png",
+    "pokemon_xl.safetensors",
+    "pokemon_sdxl/model_index.json",
+    "yoda_xl_diffusers.png",
     "pokemon_sd15.safetensors",
     "merged_single_file.png",
     "work_dirs/pokemon_loha/step*/lycoris_weights.safetensors",
@@ -282,12 +302,18 @@ def test_every_tool_is_in_a_guide():
             used |= set(re.findall(r"mim run diffengine (\w+)", block.text))
     tools = {os.path.basename(p)[:-3]
              for p in glob.glob(os.path.join(REPO, "tools", "*.py"))}
-    assert tools - used == {"__init__", "train", "make_demo"}
+    # the README runs make_demo; pretrain_demo_base rebuilds the shipped
+    # base (half an hour), described in the README
+    assert tools - used == {"__init__", "train", "make_demo",
+                            "pretrain_demo_base"}
 
 
-REFERENCED = [StableDiffusion, HFDataset, KohyaFolderDataset,
+REFERENCED = [StableDiffusion, StableDiffusionXL, HFDataset, KohyaFolderDataset,
+              ShapeScorer, ResumableEpochTrainLoop, ValidationLossLoop,
+              DenoisingLossMetric,
               ResizeShortestEdge, RandomCrop, CenterCrop, RandomHorizontalFlip,
-              RandomTextDrop, ShuffleCaptionTags, ImageToNormalizedTensor,
+              RandomTextDrop, ShuffleCaptionTags, ComputeTimeIds,
+              ImageToNormalizedTensor,
               PackInputs, LoRACheckpointHook, LoRAEMAHook, VisualizationHook,
               SpeedLogProcessor, L2Loss, SNRL2Loss, DeBiasEstimationLoss,
               HuberLoss, WhiteNoise, OffsetNoise, PyramidNoise, TimeSteps,

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import datasets
 
 from diffengine.datasets.base import CaptionedImageDataset
+from diffengine.datasets.validation_split import split_rows
 from diffengine.errors import ConfigError, DataError
 from diffengine.registry import DATASETS
 
@@ -84,6 +85,13 @@ class HFDataset(CaptionedImageDataset):
             rather than an error. Defaults to 0.05.
         cache_latents (bool): Train on latents encoded once and kept on disk
             (see ``CaptionedImageDataset``). Defaults to False.
+        validation_fraction (float): Share of the rows held out for
+            validation (a seeded draw); 0 holds none out. Defaults to 0.
+        subset (str): With ``validation_fraction``, ``"train"`` reads the
+            other rows and ``"validation"`` the held-out ones. Defaults to
+            "train".
+        validation_seed (int): Seeds which rows are held out. Defaults
+            to 0.
     """
 
     def __init__(self,
@@ -94,7 +102,10 @@ class HFDataset(CaptionedImageDataset):
                  cache_dir: str | None = None,
                  pipeline: Sequence[dict] = (),
                  max_bad_fraction: float = 0.05,
-                 cache_latents: bool = False) -> None:
+                 cache_latents: bool = False,
+                 validation_fraction: float = 0.0,
+                 subset: str = "train",
+                 validation_seed: int = 0) -> None:
         self.image_column = image_column
         self.caption_column = caption_column
         self.hf_dataset = load_hf_dataset(dataset, split, cache_dir)
@@ -107,6 +118,10 @@ class HFDataset(CaptionedImageDataset):
                     f"columns are {columns}.")
         if len(self.hf_dataset) == 0:
             raise DataError(f"dataset {dataset!r} has no rows.")
+        rows = split_rows(len(self.hf_dataset), validation_fraction, subset,
+                          validation_seed)
+        if len(rows) < len(self.hf_dataset):
+            self.hf_dataset = self.hf_dataset.select(rows)
         feature = self.hf_dataset.features[image_column]
         if isinstance(feature, datasets.Image):
             self.hf_dataset = self.hf_dataset.cast_column(
