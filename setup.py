@@ -1,19 +1,18 @@
 """Packaging for diffengine, with OpenMMLab's MIM extension.
 
 ``mim train diffengine CONFIG`` runs ``diffengine/.mim/tools/train.py`` and
-finds configs under ``diffengine/.mim/configs``. A regular install copies
-``configs/`` and ``tools/`` there; a develop (editable) install links them,
-so edits to configs take effect at once.
+looks for configs under ``diffengine/.mim/configs``, in the folder where the
+distribution's metadata lies. ``diffengine/.mim/configs`` and ``.../tools``
+are links to ``configs/`` and ``tools/``, so a wheel or an sdist carries
+copies of them. An editable install (``pip install -e .``) is setuptools' own
+PEP 660 one, extended by ``EditableWheel``.
 """
-import os
+import glob
 import os.path as osp
-import shutil
-import sys
-import warnings
 
 from setuptools import find_packages, setup
+from setuptools.command.editable_wheel import editable_wheel
 
-MIM_FILES = ("configs", "tools")
 HERE = osp.dirname(osp.abspath(__file__))
 
 
@@ -24,33 +23,47 @@ def parse_requirements(fname):
         return [line for line in lines if line]
 
 
-def add_mim_extension():
-    """Link (develop) or copy (build) ``configs/`` and ``tools/`` into
-    ``diffengine/.mim``."""
-    if "develop" in sys.argv:
-        mode = "symlink"
-    elif {"sdist", "bdist_wheel", "build", "egg_info"} & set(sys.argv) or (
-            "install" in sys.argv):
-        mode = "copy"
-    else:
-        return
-    mim_path = osp.join(HERE, "diffengine", ".mim")
-    os.makedirs(mim_path, exist_ok=True)
-    for name in MIM_FILES:
-        src = osp.join(HERE, name)
-        dst = osp.join(mim_path, name)
-        if osp.islink(dst) or osp.isfile(dst):
-            os.remove(dst)
-        elif osp.isdir(dst):
-            shutil.rmtree(dst)
-        if mode == "symlink":
-            try:
-                os.symlink(osp.relpath(src, mim_path), dst)
-                continue
-            except OSError:
-                warnings.warn(f"cannot link {dst}; copying instead",
-                              stacklevel=1)
-        shutil.copytree(src, dst)
+class EditableWheel(editable_wheel):
+    """setuptools' editable wheel, plus the scripts ``mim`` runs.
+
+    openmim 0.3.9 looks for a package in ``<location of its metadata>/<name>``,
+    which a PEP 660 install leaves in site-packages while the code stays in
+    this tree. So this wheel adds ``diffengine/.mim/tools/NAME.py`` there,
+    each running ``tools/NAME.py`` of this tree: edits take effect without
+    reinstalling. A ``diffengine`` folder without ``__init__.py`` in
+    site-packages would hide the package from setuptools' meta-path finder;
+    with ``package_dir={"": "."}`` setuptools instead writes a ``.pth`` file
+    that puts this tree on ``sys.path``, where the package is found first.
+    """
+
+    # the method that picks how the editable wheel points at this tree, in
+    # setuptools 64 to 84 alike; tests/test_tools/test_install.py uses it
+    def _select_strategy(self, *args, **kwargs):
+        return _WithMimTools(super()._select_strategy(*args, **kwargs))
+
+
+class _WithMimTools:
+    """An editable-install strategy that also writes the mim launchers."""
+
+    def __init__(self, strategy):
+        self.strategy = strategy
+
+    def __enter__(self):
+        self.strategy.__enter__()
+        return self
+
+    def __exit__(self, *exc_info):
+        return self.strategy.__exit__(*exc_info)
+
+    def __call__(self, wheel, files, mapping):
+        self.strategy(wheel, files, mapping)
+        for tool in sorted(glob.glob(osp.join(HERE, "tools", "*.py"))):
+            name = osp.basename(tool)
+            if name != "__init__.py":
+                wheel.writestr(
+                    f"diffengine/.mim/tools/{name}",
+                    f"import runpy\n\nrunpy.run_path({tool!r}, "
+                    "run_name=\"__main__\")\n")
 
 
 def read_readme():
@@ -66,7 +79,6 @@ def read_version():
 
 
 if __name__ == "__main__":
-    add_mim_extension()
     setup(
         name="diffengine",
         version=read_version(),
@@ -76,10 +88,16 @@ if __name__ == "__main__":
         long_description_content_type="text/markdown",
         license="Apache-2.0",
         python_requires=">=3.10",
+        # the import root is this folder: an editable install is then a
+        # .pth file naming it (see EditableWheel)
+        package_dir={"": "."},
         packages=find_packages(include=["diffengine", "diffengine.*"]),
         include_package_data=True,
-        package_data={"diffengine": [".mim/configs/**/*", ".mim/tools/*"]},
+        package_data={"diffengine": [".mim/configs/**/*", ".mim/tools/*",
+                                     "demo_base/weights/*",
+                                     "demo_base/weights/*/*"]},
         install_requires=parse_requirements("runtime.txt"),
         extras_require={"tests": parse_requirements("tests.txt")},
         zip_safe=False,
+        cmdclass={"editable_wheel": EditableWheel},
     )

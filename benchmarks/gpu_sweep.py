@@ -1,18 +1,22 @@
-"""SD1.5-shaped LoRA training on one GPU: samples/s, peak memory and MFU.
+"""SD1.5- or SDXL-shaped LoRA training on one GPU: samples/s, peak memory
+and MFU.
 
-Builds the SD1.5 architecture with random weights on the GPU (no download),
-then trains it through ``DiffEngineRunner`` at 512 px in bf16 (autocast and
-the frozen base in bf16, LoRA rank 4 on the UNet's attention) for each batch
-size, with and without cached latents (and text embeddings), with and
-without gradient checkpointing. Each configuration runs in this process
-with a fresh runner; rows print as they finish. ``benchmarks/gpu.sh`` runs
-it; see benchmarks/README.md.
+Builds the SD1.5 (``--family sd15``) or SDXL base 1.0 (``--family sdxl``)
+architecture with random weights on the GPU (no download), then trains it
+through ``DiffEngineRunner`` at its native resolution (512 / 1024 px) in
+bf16 (autocast and the frozen base in bf16, LoRA rank 4 on the UNet's
+attention) for each batch size, with and without cached latents (and text
+embeddings), with and without gradient checkpointing. Each configuration
+runs in this process with a fresh runner; rows print as they finish.
+``benchmarks/gpu.sh`` runs both; see benchmarks/README.md.
 
-MFU counts model FLOPs per 512 px sample (recomputation under gradient
-checkpointing is not counted): a LoRA step with a frozen base is about
-2.15 × the UNet forward (803 GFLOP), encoding the image with the VAE
-1,117 GFLOP and the caption with CLIP 13 GFLOP; cached latents and text
-embeddings remove the last two.
+MFU counts model FLOPs per sample at the native resolution (recomputation
+under gradient checkpointing is not counted; measured with
+``torch.utils.flop_counter`` on the architectures): a LoRA step with a
+frozen base is about 2.15 × the UNet forward (SD1.5 803 GFLOP at 512 px,
+SDXL 6,761 GFLOP at 1024 px), plus encoding the image with the VAE (1,117 /
+4,879 GFLOP) and the caption with the text encoders (13 / 13 + 98 GFLOP);
+cached latents and text embeddings remove the last two.
 """
 from __future__ import annotations
 
@@ -29,10 +33,16 @@ if REPO not in sys.path:  # run as a script: make `benchmarks` importable
 
 from benchmarks.train_step import VARIANTS  # noqa: E402
 
-UNET_FORWARD_GFLOP = 803
-LORA_STEP_GFLOP = 2.15 * UNET_FORWARD_GFLOP
-VAE_ENCODE_GFLOP = 1117
-CLIP_GFLOP = 13
+# Per family: (native resolution, UNet forward, VAE encode, text encoders)
+# in GFLOP for one sample at that resolution.
+FAMILIES = {
+    "sd15": dict(resolution=512, unet=803, vae=1117, text=13,
+                 folder="sd15-shaped"),
+    "sdxl": dict(resolution=1024, unet=6761, vae=4879, text=111,
+                 folder="sdxl-shaped"),
+}
+# backward through the frozen base for the LoRA gradients, over the forward
+LORA_STEP_FACTOR = 2.15
 # Options of every configuration: bf16 frozen base, channels-last weights,
 # cuDNN picking its fastest convolutions for the fixed 512 px shapes.
 BASE_OPTIONS = ["model.weight_dtype=bfloat16", "model.channels_last=True",
@@ -42,36 +52,46 @@ BASE_OPTIONS = ["model.weight_dtype=bfloat16", "model.channels_last=True",
 CACHE_OPTIONS = VARIANTS["cached"]
 
 
-def sample_gflop(cached: bool, resolution: int = 512) -> float:
+def sample_gflop(cached: bool, resolution: int = 512,
+                 family: str = "sd15") -> float:
     """Model GFLOP of one training sample (scaled by the pixel count away
-    from 512 px, which undercounts attention a little)."""
-    gflop = LORA_STEP_GFLOP
+    from the native resolution, which undercounts attention a little)."""
+    figures = FAMILIES[family]
+    gflop = LORA_STEP_FACTOR * figures["unet"]
     if not cached:
-        gflop += VAE_ENCODE_GFLOP + CLIP_GFLOP
-    return gflop * (resolution / 512) ** 2
+        gflop += figures["vae"] + figures["text"]
+    return gflop * (resolution / figures["resolution"]) ** 2
 
 
-def build_inputs(folder: str, num_images: int,
-                 build_model: bool = True) -> tuple[str, str]:
-    """The SD1.5-shaped model (bf16, initialised on the GPU) and images."""
+def build_inputs(folder: str, num_images: int, build_model: bool = True,
+                 family: str = "sd15") -> tuple[str, str]:
+    """The family's shaped model (bf16, initialised on the GPU) and images
+    a quarter larger than its resolution."""
     import torch
 
-    from diffengine.demo import make_sd15_shaped, make_shapes_dataset
+    from diffengine.demo import (
+        make_sd15_shaped,
+        make_sdxl_shaped,
+        make_shapes_dataset,
+    )
 
-    model = os.path.join(folder, "sd15-shaped")
+    figures = FAMILIES[family]
+    model = os.path.join(folder, figures["folder"])
     if build_model and not os.path.isfile(
             os.path.join(model, "model_index.json")):
         start = time.time()
         default = torch.get_default_dtype()
         torch.set_default_dtype(torch.bfloat16)  # half the bytes to write
         try:
-            make_sd15_shaped(model, device="cuda")
+            build = make_sdxl_shaped if family == "sdxl" else make_sd15_shaped
+            build(model, device="cuda")
         finally:
             torch.set_default_dtype(default)
         print(f"built {model} in {time.time() - start:.0f} s", flush=True)
-    data = os.path.join(folder, "shapes-640")
+    size = figures["resolution"] * 5 // 4
+    data = os.path.join(folder, f"shapes-{size}")
     if not os.path.isfile(os.path.join(data, "metadata.jsonl")):
-        make_shapes_dataset(data, num_images=num_images, size=640)
+        make_shapes_dataset(data, num_images=num_images, size=size)
     return model, data
 
 
@@ -100,7 +120,7 @@ def run_one(model: str, data: str, work_dir: str, batch_size: int,
     gc.collect()
     torch.cuda.empty_cache()
     tflops = result["samples_per_s"] * sample_gflop(
-        cached, args.resolution) / 1000
+        cached, args.resolution, args.family) / 1000
     return dict(name=name, batch_size=batch_size, cached=cached,
                 checkpointing=checkpointing, compiled=compiled,
                 median_s=result["median_s"],
@@ -127,9 +147,12 @@ def format_row(row: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--folder", default="/tmp/diffengine-gpu-bench")
-    parser.add_argument("--model", help="a diffusers SD 1.x folder instead "
-                        "of the SD1.5-shaped one built in --folder")
-    parser.add_argument("--resolution", type=int, default=512)
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="sd15",
+                        help="the architecture to build (default: sd15)")
+    parser.add_argument("--model", help="a diffusers folder of --family "
+                        "instead of the shaped one built in --folder")
+    parser.add_argument("--resolution", type=int,
+                        help="default: the family's, 512 or 1024")
     parser.add_argument("--device", default="cuda",
                         help="cpu only checks the plumbing, with a small "
                         "--model and --resolution")
@@ -145,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                         "compile_unet=True), whose compilation takes minutes")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args(argv)
+    args.resolution = args.resolution or FAMILIES[args.family]["resolution"]
 
     import torch
 
@@ -155,9 +179,11 @@ def main(argv: list[str] | None = None) -> int:
         print(torch.cuda.get_device_name(), flush=True)
     print(versions(), flush=True)
     model, data = build_inputs(args.folder, args.num_images,
-                               build_model=args.model is None)
+                               build_model=args.model is None,
+                               family=args.family)
     model = args.model or model
-    work_dir = os.path.join(args.folder, "work")  # one latent cache for all
+    # one latent cache for all rows of a family
+    work_dir = os.path.join(args.folder, f"work-{args.family}")
     print(HEADER, flush=True)
     configs = [(batch_size, cached, checkpointing, False)
                for cached in (True, False) for checkpointing in (False, True)

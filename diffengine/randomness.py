@@ -16,7 +16,7 @@ import torch
 
 # Independent streams drawn from one sample seed: the data pipeline's and
 # the model's numbers must not be the same draws.
-STREAMS = {"data": 1, "model": 2}
+STREAMS = {"data": 1, "model": 2, "validation": 3}
 
 
 def stream_seed(seed: int, stream: str) -> int:

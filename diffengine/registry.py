@@ -10,6 +10,7 @@ from mmengine.registry import DATASETS as MMENGINE_DATASETS
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import LOG_PROCESSORS as MMENGINE_LOG_PROCESSORS
 from mmengine.registry import LOOPS as MMENGINE_LOOPS
+from mmengine.registry import METRICS as MMENGINE_METRICS
 from mmengine.registry import MODEL_WRAPPERS as MMENGINE_MODEL_WRAPPERS
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import (
@@ -30,6 +31,7 @@ __all__ = [
     "HOOKS",
     "LOG_PROCESSORS",
     "LOOPS",
+    "METRICS",
     "MODELS",
     "MODEL_WRAPPERS",
     "OPTIMIZERS",
@@ -37,6 +39,7 @@ __all__ = [
     "OPTIM_WRAPPER_CONSTRUCTORS",
     "PARAM_SCHEDULERS",
     "RUNNERS",
+    "SCORERS",
     "TRANSFORMS",
     "VISBACKENDS",
     "VISUALIZERS",
@@ -83,6 +86,9 @@ RUNNERS = Registry(
     "runner", parent=MMENGINE_RUNNERS, locations=["diffengine.engine"])
 # Training loops.
 LOOPS = Registry("loop", parent=MMENGINE_LOOPS, locations=["diffengine.engine"])
+# Metrics of the validation loop.
+METRICS = Registry(
+    "metric", parent=MMENGINE_METRICS, locations=["diffengine.engine"])
 # DistributedDataParallel and other model wrappers.
 MODEL_WRAPPERS = Registry(
     "model_wrapper",
@@ -107,3 +113,5 @@ VISBACKENDS = Registry(
     "vis_backend",
     parent=MMENGINE_VISBACKENDS,
     locations=["diffengine.engine"])
+# Image scorers: how much a generated image shows what its prompt says.
+SCORERS = Registry("image scorer", locations=["diffengine.demo_base"])

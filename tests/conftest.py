@@ -15,6 +15,10 @@ from diffengine.models import StableDiffusion
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+# --cfg-options that train the demo config on other data: all of it, and no
+# validation (the demo holds a quarter of its own images out for it).
+NO_VALIDATION = ["train_dataloader.dataset.validation_fraction=0",
+                 "val_dataloader=None", "val_cfg=None", "val_evaluator=None"]
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 

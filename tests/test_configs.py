@@ -144,6 +144,7 @@ def test_speed_and_cache_options_reach_the_built_objects(tiny_sd, shapes_data,
                "model.compile_unet=True",
                "model.cache_text_embeddings=True",
                "train_dataloader.dataset.cache_latents=True",
+               "train_dataloader.dataset.validation_fraction=0",
                "train_dataloader.num_workers=0",
                "custom_hooks=[]")
     cfg.work_dir = str(tmp_path)

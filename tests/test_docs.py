@@ -29,6 +29,7 @@ from diffengine.datasets import (
 from diffengine.datasets.transforms import (
     BucketResizeCrop,
     CenterCrop,
+    ComputeTimeIds,
     ImageToNormalizedTensor,
     PackInputs,
     RandomCrop,
@@ -37,13 +38,17 @@ from diffengine.datasets.transforms import (
     ResizeShortestEdge,
     ShuffleCaptionTags,
 )
+from diffengine.demo_base import ShapeScorer
 from diffengine.engine import (
+    DenoisingLossMetric,
     LoRACheckpointHook,
     LoRAEMAHook,
+    ResumableEpochTrainLoop,
     SpeedLogProcessor,
+    ValidationLossLoop,
     VisualizationHook,
 )
-from diffengine.models import StableDiffusion
+from diffengine.models import StableDiffusion, StableDiffusionXL
 from diffengine.models.losses import (
     DeBiasEstimationLoss,
     HuberLoss,
@@ -67,9 +72,16 @@ DOCS = os.path.join(REPO, "docs")
 # In the order of docs/README.md: later guides use what earlier ones train.
 GUIDES = ["lora.md", "text_encoder_lora.md", "techniques.md", "own_images.md",
           "dreambooth.md", "multi_gpu.md", "inference.md", "export.md",
-          "merging.md"]
-TINY_MODEL = "data/demo/tiny-sd"
-SUBSTITUTIONS = {"stable-diffusion-v1-5/stable-diffusion-v1-5": TINY_MODEL}
+          "merging.md", "sdxl.md"]
+# The tiny model that stands for each model family.
+TINY_MODELS = {"StableDiffusion": "data/demo/tiny-sd",
+               "StableDiffusionXL": "data/demo/tiny-sdxl"}
+SUBSTITUTIONS = {
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": TINY_MODELS[
+        "StableDiffusion"],
+    "stabilityai/stable-diffusion-xl-base-1.0": TINY_MODELS[
+        "StableDiffusionXL"],
+}
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```\n", re.S | re.M)
 MARKER = re.compile(r"<!-- docs-test: (\w+) ?(.*?) -->\s*$")
 BIN = os.path.dirname(sys.executable)
@@ -104,11 +116,12 @@ def tiny_training_options(command: list[str], cwd: str) -> list[str]:
     cfg = Config.fromfile(os.path.join(cwd, args.config))
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    options = [f"model.model={TINY_MODEL}", "train_cfg.max_epochs=1",
+    options = [f"model.model={TINY_MODELS[cfg.model.type]}",
+               "train_cfg.max_epochs=1",
                "train_dataloader.num_workers=0"]
     dataset = cfg.train_dataloader.dataset
     if not os.path.exists(os.path.join(cwd, dataset.dataset)):  # hub data
-        options.append("train_dataloader.dataset.dataset=data/demo/shapes")
+        options.append("train_dataloader.dataset.dataset=data/demo/zorbs")
         if dataset.type != "DreamBoothDataset":
             options.append("train_dataloader.dataset.caption_column=text")
     if dataset.type == "DreamBoothDataset":
@@ -216,11 +229,14 @@ def check_names(block: Block) -> None:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, shapes_data):
-    """A scratch folder as the repository root looks to a user."""
+def project(tmp_path_factory, shapes_data, tiny_sdxl):
+    """A scratch folder as the repository root looks to a user, with the
+    tiny SDXL model beside the demo's."""
     cwd = tmp_path_factory.mktemp("project")
     for name in ("configs", "tools"):
         os.symlink(os.path.join(REPO, name), cwd / name)
+    os.makedirs(cwd / "data" / "demo")
+    os.symlink(tiny_sdxl, cwd / TINY_MODELS["StableDiffusionXL"])
     write_kohya_folder(str(cwd / "data" / "my_images"), shapes_data)
     return str(cwd)
 
@@ -278,6 +294,10 @@ PROMISED = [
     "yoda_kohya.png",
     "pokemon_sd15/model_index.json",
     "merged.png",
+    "yoda_xl.png",
+    "pokemon_xl.safetensors",
+    "pokemon_sdxl/model_index.json",
+    "yoda_xl_diffusers.png",
     "pokemon_sd15.safetensors",
     "merged_single_file.png",
 ]
@@ -298,13 +318,19 @@ def test_every_tool_is_in_a_guide():
             used |= set(re.findall(r"mim run diffengine (\w+)", block.text))
     tools = {os.path.basename(p)[:-3]
              for p in glob.glob(os.path.join(REPO, "tools", "*.py"))}
-    assert tools - used == {"__init__", "train", "make_demo"}
+    # the README runs make_demo; pretrain_demo_base rebuilds the shipped
+    # base (half an hour), described in the README
+    assert tools - used == {"__init__", "train", "make_demo",
+                            "pretrain_demo_base"}
 
 
-REFERENCED = [StableDiffusion, HFDataset, KohyaFolderDataset,
-              DreamBoothDataset, AspectRatioBatchSampler, BucketResizeCrop,
+REFERENCED = [StableDiffusion, StableDiffusionXL, HFDataset, KohyaFolderDataset,
+              ShapeScorer, ResumableEpochTrainLoop, ValidationLossLoop,
+              DenoisingLossMetric, DreamBoothDataset, AspectRatioBatchSampler,
+              BucketResizeCrop,
               ResizeShortestEdge, RandomCrop, CenterCrop, RandomHorizontalFlip,
-              RandomTextDrop, ShuffleCaptionTags, ImageToNormalizedTensor,
+              RandomTextDrop, ShuffleCaptionTags, ComputeTimeIds,
+              ImageToNormalizedTensor,
               PackInputs, LoRACheckpointHook, LoRAEMAHook, VisualizationHook,
               SpeedLogProcessor, L2Loss, SNRL2Loss, DeBiasEstimationLoss,
               HuberLoss, WhiteNoise, OffsetNoise, PyramidNoise, TimeSteps,

@@ -14,7 +14,8 @@ env_cfg = dict(
 # with every checkpoint; it is a default hook so `custom_hooks=[]` keeps it.
 default_hooks = dict(
     timer=dict(type="IterTimerHook"),
-    logger=dict(type="LoggerHook", interval=50),
+    # Validation rows of scalars.json at the iteration, beside the loss.
+    logger=dict(type="LoggerHook", interval=50, log_metric_by_epoch=False),
     param_scheduler=dict(type="ParamSchedulerHook"),
     checkpoint=dict(
         type="LoRACheckpointHook", interval=1, by_epoch=True,

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import datasets
 
 from diffengine.datasets.base import CaptionedImageDataset
+from diffengine.datasets.validation_split import split_rows
 from diffengine.errors import ConfigError, DataError
 from diffengine.registry import DATASETS
 
@@ -100,6 +101,10 @@ class HFImageRows:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def select(self, rows: Sequence[int]) -> None:
+        """Keep only ``rows`` (indices), in their order."""
+        self.rows = self.rows.select(rows)
+
     def image_source(self, idx: int) -> dict | str:
         """The image of row ``idx`` undecoded: a path (relative ones from
         the dataset's folder), or ``{"bytes", "path"}``."""
@@ -134,6 +139,13 @@ class HFDataset(CaptionedImageDataset):
             rather than an error. Defaults to 0.05.
         cache_latents (bool): Train on latents encoded once and kept on disk
             (see ``CaptionedImageDataset``). Defaults to False.
+        validation_fraction (float): Share of the rows held out for
+            validation (a seeded draw); 0 holds none out. Defaults to 0.
+        subset (str): With ``validation_fraction``, ``"train"`` reads the
+            other rows and ``"validation"`` the held-out ones. Defaults to
+            "train".
+        validation_seed (int): Seeds which rows are held out. Defaults
+            to 0.
     """
 
     def __init__(self,
@@ -144,12 +156,19 @@ class HFDataset(CaptionedImageDataset):
                  cache_dir: str | None = None,
                  pipeline: Sequence[dict] = (),
                  max_bad_fraction: float = 0.05,
-                 cache_latents: bool = False) -> None:
+                 cache_latents: bool = False,
+                 validation_fraction: float = 0.0,
+                 subset: str = "train",
+                 validation_seed: int = 0) -> None:
         self.image_column = image_column
         self.caption_column = caption_column
         self.images = HFImageRows(dataset, dict(image_column=image_column,
                                                 caption_column=caption_column),
                                   split, cache_dir)
+        rows = split_rows(len(self.images), validation_fraction, subset,
+                          validation_seed)
+        if len(rows) < len(self.images):
+            self.images.select(rows)
         self.hf_dataset = self.images.rows
         # Captions alone, read without touching the image column.
         self._captions = self.hf_dataset.select_columns([caption_column])

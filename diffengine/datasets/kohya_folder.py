@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from diffengine.datasets.base import CaptionedImageDataset
+from diffengine.datasets.validation_split import split_rows
 from diffengine.registry import DATASETS
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -148,6 +149,14 @@ class KohyaFolderDataset(CaptionedImageDataset):
         cache_latents (bool): Train on latents encoded once and kept on disk
             (see ``CaptionedImageDataset``); an image repeated N times is
             encoded once. Defaults to False.
+        validation_fraction (float): Share of the images held out for
+            validation (a seeded draw, before repeats); 0 holds none out.
+            Defaults to 0.
+        subset (str): With ``validation_fraction``, ``"train"`` reads the
+            other images and ``"validation"`` the held-out ones. Defaults to
+            "train".
+        validation_seed (int): Seeds which images are held out. Defaults
+            to 0.
     """
 
     def __init__(self,
@@ -155,8 +164,13 @@ class KohyaFolderDataset(CaptionedImageDataset):
                  caption_extension: str = ".txt",
                  pipeline: Sequence[dict] = (),
                  max_bad_fraction: float = 0.05,
-                 cache_latents: bool = False) -> None:
-        self.images = scan_kohya_folder(dataset, caption_extension)
+                 cache_latents: bool = False,
+                 validation_fraction: float = 0.0,
+                 subset: str = "train",
+                 validation_seed: int = 0) -> None:
+        images = scan_kohya_folder(dataset, caption_extension)
+        self.images = [images[i] for i in split_rows(
+            len(images), validation_fraction, subset, validation_seed)]
         # Index → image, each image listed ``repeats`` times.
         self.index = [i for i, image in enumerate(self.images)
                       for _ in range(image.repeats)]

@@ -8,8 +8,10 @@ from diffengine.engine.log_processor import SpeedLogProcessor
 from diffengine.engine.loops import ResumableEpochTrainLoop, ResumableIterTrainLoop
 from diffengine.engine.optim_wrapper_constructor import LoRAOptimWrapperConstructor
 from diffengine.engine.runner import DiffEngineRunner, TrainingInterruptedError
+from diffengine.engine.validation_loop import DenoisingLossMetric, ValidationLossLoop
 
 __all__ = [
+    "DenoisingLossMetric",
     "DiffEngineRunner",
     "LoRACheckpointHook",
     "LoRAEMAHook",
@@ -18,6 +20,7 @@ __all__ = [
     "ResumableIterTrainLoop",
     "SpeedLogProcessor",
     "TrainingInterruptedError",
+    "ValidationLossLoop",
     "VisualizationHook",
     "fall_back_from_amp_without_cuda",
 ]

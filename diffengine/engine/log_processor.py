@@ -26,6 +26,10 @@ class SpeedLogProcessor(LogProcessor):
     peak host memory of the process, which shows CPU-only runs too. Both
     also go to the scalar log (``vis_data/scalars.json``) and TensorBoard.
 
+    Validation results are logged as evaluated: mmengine averages every
+    value whose name holds "loss" over the log window, which would mix a
+    ``val/loss`` with those of earlier checkpoints.
+
     Args:
         **kwargs: Arguments of mmengine's ``LogProcessor``.
     """
@@ -46,3 +50,18 @@ class SpeedLogProcessor(LogProcessor):
         log_str = log_str.rstrip() + "  " + "  ".join(
             f"{k}: {v}" for k, v in extra.items())
         return tag, log_str
+
+    def _collect_scalars(self, custom_cfg: list, runner, mode: str,
+                         reserve_prefix: bool = False) -> dict:
+        tag = super()._collect_scalars(custom_cfg, runner, mode,
+                                       reserve_prefix)
+        if mode not in ("val", "test"):
+            return tag
+        for key in tag:
+            hub_key = key if reserve_prefix else f"{mode}/{key}"
+            if hub_key in (f"{mode}/time", f"{mode}/data_time"):
+                continue
+            buffer = runner.message_hub.log_scalars.get(hub_key)
+            if buffer is not None:
+                tag[key] = buffer.current()
+        return tag

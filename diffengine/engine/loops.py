@@ -70,7 +70,18 @@ class ResumableEpochTrainLoop(_ResumableMixin, EpochBasedTrainLoop):
     A checkpoint taken after iteration ``i`` of epoch ``e`` resumes at batch
     ``i - e × len(dataloader)`` of that epoch; the sampler skips the samples
     before it without loading them.
+
+    Args:
+        val_by_epoch (bool): ``val_begin`` and ``val_interval`` count epochs,
+            as in mmengine; False counts iterations, and validation runs
+            after every ``val_interval``-th iteration (and the last) instead
+            of after epochs. Defaults to True.
+        *args, **kwargs: Those of mmengine's ``EpochBasedTrainLoop``.
     """
+
+    def __init__(self, *args, val_by_epoch: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.val_by_epoch = val_by_epoch
 
     def run(self) -> torch.nn.Module:
         self._resume_batches = self._iter - self._epoch * len(self.dataloader)
@@ -79,7 +90,28 @@ class ResumableEpochTrainLoop(_ResumableMixin, EpochBasedTrainLoop):
                 f"checkpoint at epoch {self._epoch}, iteration {self._iter} "
                 f"does not fit {len(self.dataloader)} batches an epoch: the "
                 "dataset, batch size or process count changed since.")
-        return super().run()
+        self.runner.call_hook("before_train")
+        while self._epoch < self._max_epochs and not self.stop_training:
+            self.run_epoch()
+            if not self.val_by_epoch:
+                continue
+            self._decide_current_val_interval()
+            if (self.runner.val_loop is not None
+                    and self._epoch >= self.val_begin
+                    and (self._epoch % self.val_interval == 0
+                         or self._epoch == self._max_epochs)):
+                self.runner.val_loop.run()
+        self.runner.call_hook("after_train")
+        return self.runner.model
+
+    def run_iter(self, idx: int, data_batch) -> None:
+        super().run_iter(idx, data_batch)
+        if (not self.val_by_epoch and self.runner.val_loop is not None
+                and self._iter >= self.val_begin
+                and (self._iter % self.val_interval == 0
+                     or self._iter == self._max_iters)):
+            self.runner.val_loop.run()
+            self.runner.model.train()
 
     def run_epoch(self) -> None:
         self.runner.call_hook("before_train_epoch")

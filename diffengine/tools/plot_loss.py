@@ -4,7 +4,8 @@
 
 Reads every ``<work_dir>/<timestamp>/vis_data/scalars.json`` (one per run;
 a resumed run continues the curve) and draws each logged value against the
-global step, with a moving average.
+global step, with a moving average; the validation loss (``val/loss``),
+when the run logged it, is drawn beside the training loss, point by point.
 """
 from __future__ import annotations
 
@@ -19,9 +20,11 @@ from matplotlib.figure import Figure
 
 
 def read_scalar_log(work_dir: str) -> list[dict]:
-    """The training rows (those with a ``step``) of all runs, by step.
+    """The logged values of all runs, one row per step, by step.
 
-    Where a later run (a resumed one) logs a step again, its row wins.
+    Rows of one step (training, validation, sample scores) are merged;
+    where a later run (a resumed one) logs a value of a step again, its
+    value wins.
     """
     logs = sorted(glob.glob(
         os.path.join(work_dir, "*", "vis_data", "scalars.json")))
@@ -34,8 +37,8 @@ def read_scalar_log(work_dir: str) -> list[dict]:
         with open(log) as f:
             for line in f:
                 row = json.loads(line)
-                if "step" in row and "loss" in row:
-                    rows[int(row["step"])] = row
+                if "step" in row:
+                    rows.setdefault(int(row["step"]), {}).update(row)
     return [rows[step] for step in sorted(rows)]
 
 
@@ -47,14 +50,29 @@ def moving_average(values: np.ndarray, window: int) -> np.ndarray:
     return (sums[ends] - sums[ends - counts]) / counts
 
 
-def plot_loss(work_dir: str, out: str, keys: tuple[str, ...] = ("loss", ),
+VALIDATION_KEY = "val/loss"
+
+
+def plot_loss(work_dir: str, out: str, keys: tuple[str, ...] | None = None,
               window: int = 10) -> dict[str, np.ndarray]:
     """Draw ``keys`` against the step into the PNG ``out``.
 
+    Args:
+        work_dir (str): The work dir of a run.
+        out (str): The PNG.
+        keys (tuple[str, ...], optional): Logged values. Defaults to
+            ``loss``, and ``val/loss`` when it was logged.
+        window (int): Moving-average window in log lines; the validation
+            loss is drawn without one. Defaults to 10.
+
     Returns:
-        dict[str, np.ndarray]: ``"step"`` and each key's values, as drawn.
+        dict[str, np.ndarray]: ``"step"`` (the first key's steps), and for
+        each key its values and ``"<key>/step"``, as drawn.
     """
     rows = read_scalar_log(work_dir)
+    if keys is None:
+        keys = ("loss", ) + ((VALIDATION_KEY, ) if any(
+            VALIDATION_KEY in r for r in rows) else ())
     missing = [k for k in keys if not any(k in r for r in rows)]
     if missing:
         raise KeyError(f"{missing} not logged in {work_dir!r}; the log has "
@@ -66,7 +84,12 @@ def plot_loss(work_dir: str, out: str, keys: tuple[str, ...] = ("loss", ),
     for key in keys:
         steps = np.array([r["step"] for r in rows if key in r], dtype=float)
         values = np.array([r[key] for r in rows if key in r], dtype=float)
-        series["step"], series[key] = steps, values
+        series.setdefault("step", steps)
+        series[key], series[f"{key}/step"] = values, steps
+        if key == VALIDATION_KEY:
+            axes.plot(steps, values, marker="o", linewidth=2,
+                      label=f"{key} (fixed noise and timesteps)")
+            continue
         line, = axes.plot(steps, values, alpha=0.35, linewidth=1)
         axes.plot(steps, moving_average(values, window), color=line.get_color(),
                   linewidth=2, label=f"{key} (mean of {window})")
@@ -87,8 +110,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("work_dir", help="work_dirs/<config>")
     parser.add_argument("--out", default="loss.png",
                         help="PNG to write (default: loss.png)")
-    parser.add_argument("--keys", nargs="+", default=["loss"],
-                        help="logged values to draw (default: loss)")
+    parser.add_argument(
+        "--keys", nargs="+",
+        help=f"logged values to draw (default: loss, and {VALIDATION_KEY} "
+        "when logged)")
     parser.add_argument("--window", type=int, default=10,
                         help="moving-average window in log lines (default: 10)")
     return parser.parse_args(argv)
@@ -96,11 +121,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    series = plot_loss(args.work_dir, args.out, tuple(args.keys), args.window)
-    key = args.keys[0]
-    print(f"wrote {args.out}: {key} over {len(series['step'])} log lines, "
-          f"steps {int(series['step'][0])}-{int(series['step'][-1])}, "
-          f"{series[key][0]:.4f} -> {series[key][-1]:.4f}")
+    series = plot_loss(args.work_dir, args.out,
+                       tuple(args.keys) if args.keys else None, args.window)
+    drawn = [k for k in series if k != "step" and not k.endswith("/step")]
+    print(f"wrote {args.out}: " + "; ".join(
+        f"{key} over {len(series[key])} log lines, steps "
+        f"{int(series[key + '/step'][0])}-{int(series[key + '/step'][-1])}, "
+        f"{series[key][0]:.4f} -> {series[key][-1]:.4f}" for key in drawn))
 
 
 if __name__ == "__main__":

@@ -68,3 +68,17 @@ def test_save_text_encoder_replaces_shards(tmp_path):
     save_text_encoder(CLIPTextModel(CLIPTextConfig(**SMALL_CLIP)),
                       str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors"]
+
+
+def test_sdxl_folders_keep_both_text_encoders_published(tiny_sdxl):
+    first = load_file(os.path.join(tiny_sdxl, "text_encoder",
+                                   "model.safetensors"))
+    second = load_file(os.path.join(tiny_sdxl, "text_encoder_2",
+                                    "model.safetensors"))
+    assert all(k.startswith("text_model.") for k in first)
+    assert "text_projection.weight" in second
+    assert all(k.startswith(("text_model.", "text_projection."))
+               for k in second)
+    config = CLIPTextConfig.from_pretrained(os.path.join(tiny_sdxl,
+                                                         "text_encoder"))
+    assert comfyui_clip_load(first, config) == ([], [])

@@ -19,7 +19,8 @@ TOOLS = sorted(
 
 def test_there_are_the_tools():
     assert TOOLS == ["browse_dataset", "demo", "export_lora",
-                     "kohya_to_imagefolder", "merge_lora", "plot_loss"]
+                     "kohya_to_imagefolder", "merge_lora", "plot_loss",
+                     "pretrain_demo_base"]
 
 
 @pytest.mark.parametrize("name", TOOLS)

@@ -4,12 +4,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 
+import numpy as np
 from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
 from diffengine.inference import make_grid, prompt_slug
-from diffengine.registry import HOOKS
+from diffengine.registry import HOOKS, SCORERS
 
 
 @HOOKS.register_module()
@@ -37,6 +38,14 @@ class VisualizationHook(Hook):
         seed (int | Sequence[int]): Seeds, one column each, the same at every
             interval. Defaults to 0.
         negative_prompt (str, optional): Defaults to None.
+        at_start (bool): Also sample before the first iteration (step 0:
+            the base, as the LoRA starts at zero), unless resuming. Defaults
+            to False.
+        scorer (dict, optional): An image scorer (``SCORERS``, e.g.
+            ``dict(type="ShapeScorer")``) called as ``scorer(image,
+            prompt)``; each time, the mean over the seeds of each prompt is
+            logged as ``score/<prompt>`` (``scalars.json``, TensorBoard) and
+            in the log. Defaults to None.
     """
 
     priority = "NORMAL"
@@ -50,7 +59,9 @@ class VisualizationHook(Hook):
                  num_inference_steps: int = 50,
                  guidance_scale: float = 7.5,
                  seed: int | Sequence[int] = 0,
-                 negative_prompt: str | None = None) -> None:
+                 negative_prompt: str | None = None,
+                 at_start: bool = False,
+                 scorer: dict | None = None) -> None:
         if isinstance(prompt, str) or not prompt:
             raise ValueError(
                 f"prompt={prompt!r}: give a non-empty list of prompts.")
@@ -63,12 +74,18 @@ class VisualizationHook(Hook):
         self.seeds = seeds
         self.interval = interval
         self.by_epoch = by_epoch
+        self.at_start = at_start
+        self.scorer = SCORERS.build(scorer) if scorer is not None else None
         self.infer_kwargs = dict(
             height=height,
             width=width,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             negative_prompt=negative_prompt)
+
+    def before_train(self, runner) -> None:
+        if self.at_start and runner.iter == 0:
+            self._visualize(runner, 0)
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None,
                          outputs=None) -> None:
@@ -94,3 +111,17 @@ class VisualizationHook(Hook):
                                  **self.infer_kwargs)
         grid = make_grid(images, columns=len(self.seeds))
         runner.visualizer.add_image(prompt_slug(self.prompt), grid, step=step)
+        if self.scorer is not None:
+            self._log_scores(runner, images, step)
+
+    def _log_scores(self, runner, images, step: int) -> None:
+        columns = len(self.seeds)
+        scores = {
+            f"score/{prompt_slug([prompt])}": float(np.mean([
+                self.scorer(image, prompt)
+                for image in images[row * columns:(row + 1) * columns]]))
+            for row, prompt in enumerate(self.prompt)
+        }
+        runner.visualizer.add_scalars(scores, step=step)
+        runner.logger.info(f"sample scores at step {step}: " + ", ".join(
+            f"{k.removeprefix('score/')} {v:.3f}" for k, v in scores.items()))

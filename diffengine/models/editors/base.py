@@ -13,17 +13,23 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from diffusers import DiffusionPipeline
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    DiffusionPipeline,
+    UNet2DConditionModel,
+)
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.utils import convert_state_dict_to_diffusers
 from mmengine.logging import print_log
 from mmengine.model import BaseModel
 from peft import PeftConfig, get_peft_model_state_dict
+from transformers import CLIPTokenizer, PreTrainedModel
 
 from diffengine.errors import ConfigError, NonFiniteLossError
 from diffengine.inference import generate
@@ -33,11 +39,11 @@ from diffengine.models.utils import add_lora_adapter, count_trainable_parameters
 from diffengine.models.utils.components import build_component
 from diffengine.models.utils.dtypes import resolve_dtype
 from diffengine.models.utils.fingerprint import weights_fingerprint
-from diffengine.models.utils.model_folder import resolve_model
+from diffengine.models.utils.model_folder import check_model_path, resolve_model
 from diffengine.models.utils.noise import WhiteNoise
 from diffengine.models.utils.text_embedding_cache import TextEmbeddingCache
 from diffengine.models.utils.timesteps import TimeSteps
-from diffengine.randomness import Randomness
+from diffengine.randomness import Randomness, stream_seed
 from diffengine.registry import MODELS
 
 Conditioning = Any  # what a family's prompt encoding returns
@@ -73,10 +79,12 @@ class LatentDiffusionModel(BaseModel):
     in fp32 whatever the dtype of the base or of autocast, so that small
     updates are not lost to rounding.
 
-    Subclasses set :attr:`pipeline_class` and :attr:`text_encoder_names`
-    and implement :meth:`load_parts`, :meth:`encode_text` and
-    :meth:`unet_conditioning`; :meth:`pipeline_parts` lists what their
-    pipeline is built from.
+    Subclasses set :attr:`pipeline_class`, :attr:`architecture` and
+    :attr:`text_encoder_classes` and implement :meth:`encode_text`,
+    :meth:`unet_conditioning` and :meth:`pipeline_parts` (what their
+    pipeline is built from); :meth:`load_parts` loads a diffusers folder of
+    a DDPM-trained latent UNet, a KL VAE and CLIP text encoders, and
+    :meth:`load_vae` can be overridden.
 
     Args:
         model (str): Hub id or local diffusers folder of the base model.
@@ -128,9 +136,15 @@ class LatentDiffusionModel(BaseModel):
     #: Stability AI's model-spec name of the family (``modelspec.
     #: architecture`` of exported files is ``<architecture>/lora``).
     architecture: str = ""
-    #: The attributes holding text encoders that ``text_encoder_lora_config``
-    #: adapts.
-    text_encoder_names: tuple[str, ...] = ("text_encoder", )
+    #: The text encoders, by attribute and subfolder (``text_encoder``,
+    #: ``text_encoder_2``, ...), each with the tokenizer of the matching
+    #: ``tokenizer*`` subfolder; ``text_encoder_lora_config`` adapts them.
+    text_encoder_classes: ClassVar[dict[str, type[PreTrainedModel]]] = {}
+
+    @property
+    def text_encoder_names(self) -> tuple[str, ...]:
+        """The attributes holding the text encoders."""
+        return tuple(self.text_encoder_classes)
 
     def __init__(self,
                  model: str,
@@ -224,10 +238,30 @@ class LatentDiffusionModel(BaseModel):
 
     # ---- what a family gives ------------------------------------------
     def load_parts(self, model: str, dtype: torch.dtype) -> None:
-        """Load the frozen parts of ``model`` in ``dtype``: at least
-        ``self.scheduler`` (a training scheduler such as DDPM), ``self.vae``,
-        ``self.unet`` and the modules of :attr:`text_encoder_names`."""
-        raise NotImplementedError
+        """Load the frozen parts of ``model`` in ``dtype``: the DDPM
+        training scheduler, the tokenizers and text encoders, the VAE
+        (:meth:`load_vae`) and the UNet."""
+        tokenizers = [name.replace("text_encoder", "tokenizer")
+                      for name in self.text_encoder_classes]
+        check_model_path(model, (*tokenizers, *self.text_encoder_classes,
+                                 "vae", "unet", "scheduler"))
+        self.scheduler = DDPMScheduler.from_pretrained(
+            model, subfolder="scheduler")
+        for (name, encoder_class), tokenizer in zip(
+                self.text_encoder_classes.items(), tokenizers, strict=True):
+            setattr(self, tokenizer, CLIPTokenizer.from_pretrained(
+                model, subfolder=tokenizer))
+            setattr(self, name, encoder_class.from_pretrained(
+                model, subfolder=name).to(dtype))
+        self.vae = self.load_vae(model, dtype)
+        # Loaded in the weight dtype: no float32 copy of the UNet in memory.
+        self.unet = UNet2DConditionModel.from_pretrained(
+            model, subfolder="unet", torch_dtype=dtype)
+
+    def load_vae(self, model: str, dtype: torch.dtype) -> AutoencoderKL:
+        """The VAE of ``model``, in ``dtype``."""
+        return AutoencoderKL.from_pretrained(model, subfolder="vae",
+                                             torch_dtype=dtype)
 
     def encode_text(self, text: list[str]) -> Conditioning:
         """Prompt conditioning of a list of captions (tensors with a first
@@ -482,6 +516,49 @@ class LatentDiffusionModel(BaseModel):
             prediction_type=self.prediction_type,
             weight=None if weight is None else torch.as_tensor(weight))
         return prediction.float(), target.float(), context
+
+    @torch.no_grad()
+    def validation_loss(self, inputs: dict,
+                        timesteps: Sequence[int]) -> torch.Tensor:
+        """Each sample's loss at fixed noise and fixed timesteps, B, fp32.
+
+        A sample is noised once at every timestep of ``timesteps``; its VAE
+        sample and noises come from a generator seeded by its ``seed`` (the
+        "validation" stream), so the value depends on the sample and the
+        weights alone: not on the batch, the process count or the run. It
+        is the mean over the timesteps of the loss component's value (the
+        per-sample weights left out).
+
+        Args:
+            inputs (dict): A batch as :meth:`denoising_loss` takes it, with
+                ``seed``.
+            timesteps (Sequence[int]): The timesteps of every sample.
+        """
+        if inputs.get("seed") is None:
+            raise ValueError(
+                "validation_loss needs a seed per sample (inputs['seed']); "
+                "read the validation set through DeterministicSampler.")
+        fixed = torch.as_tensor(list(timesteps), dtype=torch.long)
+        copies = len(fixed)
+        losses = []
+        for i, seed in enumerate(inputs["seed"]):
+            # The sample alone, once per timestep: its numbers cannot depend
+            # on the other samples of the batch.
+            sample = {
+                key: (value[i:i + 1].expand(copies, *value.shape[1:])
+                      if isinstance(value, torch.Tensor) else
+                      [value[i]] * copies)
+                for key, value in inputs.items()
+                if key in ("img", "latents", "text")}
+            generator = torch.Generator().manual_seed(
+                stream_seed(int(seed), "validation"))
+            randomness = Randomness([generator] * copies,
+                                    first_parameter(self.unet).device)
+            prediction, target, context = self.predict(
+                sample, randomness, timesteps=fixed)
+            losses.append(self.loss_fn.per_sample(prediction, target,
+                                                  context).mean())
+        return torch.stack(losses)
 
     def parse_losses(self, losses: dict) -> tuple[torch.Tensor, dict]:
         """mmengine's loss sum, refused when it is NaN or infinite.

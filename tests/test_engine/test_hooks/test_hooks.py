@@ -11,10 +11,11 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import diffengine.engine  # noqa: F401  (registers the hooks)
+from diffengine.demo_base import ShapeScorer
 from diffengine.engine import DiffEngineRunner
 from diffengine.engine.checkpoint import load_checkpoint_file
 from diffengine.engine.hooks import VisualizationHook
-from diffengine.inference import generate, load_pipeline
+from diffengine.inference import generate, load_pipeline, prompt_slug
 from diffengine.lora_file import read_lora_file
 from tests.conftest import tiny_train_config
 
@@ -118,3 +119,34 @@ def test_iteration_based_resume_is_bit_exact(tmp_path, tiny_sd, shapes_data):
                           "pytorch_lora_weights.safetensors"))
     assert straight.keys() == again.keys()
     assert all(torch.equal(straight[k], again[k]) for k in straight)
+
+
+def test_visualization_hook_samples_step_0_and_logs_sample_scores(
+        tmp_path, tiny_sd, shapes_data):
+    prompts = ["a red zorb on a white background",
+               "a blue circle on a black background"]
+    hook = dict(type="VisualizationHook", prompt=prompts, seed=[1, 2],
+                by_epoch=False, interval=3, height=32, width=32,
+                num_inference_steps=2, at_start=True,
+                scorer=dict(type="ShapeScorer"))
+    runner = make_runner(tmp_path, tiny_sd, shapes_data, custom_hooks=[hook],
+                         interval=3)
+    runner.train()
+    pngs = {int(os.path.basename(p).rsplit("_", 1)[1][:-len(".png")]): p
+            for p in glob.glob(str(tmp_path / "**" / "vis_image" / "*.png"),
+                               recursive=True)}
+    assert sorted(pngs) == [0, 3, 6]
+    log, = glob.glob(str(tmp_path / "*" / "vis_data" / "scalars.json"))
+    with open(log) as f:
+        rows = [json.loads(line) for line in f]
+    scores = {r["step"]: r for r in rows if any(k.startswith("score/")
+                                                for k in r)}
+    assert sorted(scores) == [0, 3, 6]
+    scorer = ShapeScorer()
+    for step, path in pngs.items():
+        grid = np.asarray(Image.open(path))
+        for row, prompt in enumerate(prompts):
+            images = [grid[row * 32:(row + 1) * 32, col * 32:(col + 1) * 32]
+                      for col in range(2)]
+            assert scores[step][f"score/{prompt_slug([prompt])}"] == (
+                pytest.approx(np.mean([scorer(im, prompt) for im in images])))

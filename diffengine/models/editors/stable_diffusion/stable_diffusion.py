@@ -1,19 +1,13 @@
 """Stable Diffusion 1.x with LoRA adapters on the UNet and text encoder."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    DDPMScheduler,
-    StableDiffusionPipeline,
-    UNet2DConditionModel,
-)
-from transformers import CLIPTextModel, CLIPTokenizer
+from diffusers import StableDiffusionPipeline
+from transformers import CLIPTextModel
 
 from diffengine.models.editors.base import LatentDiffusionModel, first_parameter
-from diffengine.models.utils.model_folder import check_model_path
 from diffengine.registry import MODELS
 
 
@@ -27,21 +21,7 @@ class StableDiffusion(LatentDiffusionModel):
 
     pipeline_class = StableDiffusionPipeline
     architecture = "stable-diffusion-v1"
-    text_encoder_names = ("text_encoder", )
-
-    def load_parts(self, model: str, dtype: torch.dtype) -> None:
-        check_model_path(model)
-        self.tokenizer = CLIPTokenizer.from_pretrained(
-            model, subfolder="tokenizer")
-        self.scheduler = DDPMScheduler.from_pretrained(
-            model, subfolder="scheduler")
-        self.text_encoder = CLIPTextModel.from_pretrained(
-            model, subfolder="text_encoder").to(dtype)
-        # Loaded in the weight dtype: no float32 copy of the UNet in memory.
-        self.vae = AutoencoderKL.from_pretrained(
-            model, subfolder="vae", torch_dtype=dtype)
-        self.unet = UNet2DConditionModel.from_pretrained(
-            model, subfolder="unet", torch_dtype=dtype)
+    text_encoder_classes: ClassVar[dict] = {"text_encoder": CLIPTextModel}
 
     def encode_text(self, text: list[str]) -> torch.Tensor:
         """CLIP's last hidden states, B × 77 × D."""

@@ -1,24 +1,15 @@
 """Stable Diffusion XL with LoRA adapters on the UNet and text encoders."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    DDPMScheduler,
-    StableDiffusionXLPipeline,
-    UNet2DConditionModel,
-)
-from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from diffusers import AutoencoderKL, StableDiffusionXLPipeline
+from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 from diffengine.errors import ConfigError
 from diffengine.models.editors.base import LatentDiffusionModel, first_parameter
-from diffengine.models.utils.model_folder import check_model_path
 from diffengine.registry import MODELS
-
-SUBFOLDERS = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2",
-              "vae", "unet", "scheduler")
 
 
 @MODELS.register_module()
@@ -48,7 +39,8 @@ class StableDiffusionXL(LatentDiffusionModel):
 
     pipeline_class = StableDiffusionXLPipeline
     architecture = "stable-diffusion-xl-v1-base"
-    text_encoder_names = ("text_encoder", "text_encoder_2")
+    text_encoder_classes: ClassVar[dict] = {"text_encoder": CLIPTextModel,
+                            "text_encoder_2": CLIPTextModelWithProjection}
 
     def __init__(self, model: str, vae_model: str | None = None,
                  **kwargs: Any) -> None:
@@ -56,34 +48,24 @@ class StableDiffusionXL(LatentDiffusionModel):
         super().__init__(model, **kwargs)
 
     def load_parts(self, model: str, dtype: torch.dtype) -> None:
-        check_model_path(model, SUBFOLDERS)
-        self.tokenizer = CLIPTokenizer.from_pretrained(
-            model, subfolder="tokenizer")
-        self.tokenizer_2 = CLIPTokenizer.from_pretrained(
-            model, subfolder="tokenizer_2")
-        self.scheduler = DDPMScheduler.from_pretrained(
-            model, subfolder="scheduler")
-        self.text_encoder = CLIPTextModel.from_pretrained(
-            model, subfolder="text_encoder").to(dtype)
-        self.text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
-            model, subfolder="text_encoder_2").to(dtype)
-        vae_source = dict(pretrained_model_name_or_path=self.vae_model) if (
-            self.vae_model) else dict(pretrained_model_name_or_path=model,
-                                      subfolder="vae")
-        vae_config = AutoencoderKL.load_config(**vae_source)
-        vae_dtype = torch.float32 if (
-            dtype == torch.float16
-            and vae_config.get("force_upcast", False)) else dtype
-        self.vae = AutoencoderKL.from_pretrained(**vae_source,
-                                                 torch_dtype=vae_dtype)
-        self.unet = UNet2DConditionModel.from_pretrained(
-            model, subfolder="unet", torch_dtype=dtype)
+        super().load_parts(model, dtype)
         if self.unet.config.addition_embed_type != "text_time":
             raise ConfigError(
                 f"model={model!r} is not an SDXL model: its UNet's "
                 f"addition_embed_type is "
                 f"{self.unet.config.addition_embed_type!r}, not 'text_time'; "
                 "use type='StableDiffusion' for SD 1.x/2.x.")
+
+    def load_vae(self, model: str, dtype: torch.dtype) -> AutoencoderKL:
+        """``vae_model`` or the base's VAE; float32 under a float16 base
+        when its config sets ``force_upcast``."""
+        source = dict(pretrained_model_name_or_path=self.vae_model) if (
+            self.vae_model) else dict(pretrained_model_name_or_path=model,
+                                      subfolder="vae")
+        upcast = AutoencoderKL.load_config(**source).get("force_upcast", False)
+        vae_dtype = torch.float32 if (
+            dtype == torch.float16 and upcast) else dtype
+        return AutoencoderKL.from_pretrained(**source, torch_dtype=vae_dtype)
 
     def encode_text(self, text: list[str]
                     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,124 @@
+"""Validation loss at fixed noise and timesteps: per sample, repeatable,
+the same with 1 or 2 processes, in scalars.json and TensorBoard."""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from mmengine.dataset import pseudo_collate
+
+from diffengine.datasets import HFDataset
+from diffengine.engine import DenoisingLossMetric
+from diffengine.models import StableDiffusion
+from tests.conftest import UNET_TARGETS, perturb_lora, tiny_pipeline
+from tests.test_engine.test_runner import DEMO
+
+MIM = os.path.join(os.path.dirname(sys.executable), "mim")
+
+
+def test_validation_loss_depends_on_the_sample_alone(tiny_sd, shapes_data):
+    model = StableDiffusion(tiny_sd, unet_lora_config=dict(
+        r=2, target_modules=UNET_TARGETS))
+    perturb_lora(model)
+    dataset = HFDataset(shapes_data, pipeline=tiny_pipeline())
+    samples = [dataset[(i, 100 + i)] for i in range(4)]
+    batch = model.data_preprocessor(pseudo_collate(samples))["inputs"]
+    timesteps = (100, 500, 900)
+    losses = model.validation_loss(batch, timesteps)
+    assert losses.shape == (4, ) and losses.dtype == torch.float32
+    assert torch.equal(model.validation_loss(batch, timesteps), losses)
+    for i in range(4):
+        alone = model.data_preprocessor(pseudo_collate([samples[i]]))["inputs"]
+        assert torch.equal(model.validation_loss(alone, timesteps)[0],
+                           losses[i])
+    # other noise for another seed, another loss at other timesteps
+    other = model.data_preprocessor(pseudo_collate([dataset[(0, 7)]]))[
+        "inputs"]
+    assert model.validation_loss(other, timesteps)[0] != losses[0]
+    assert model.validation_loss(batch, (300, ))[0] != losses[0]
+    del batch["seed"]
+    with pytest.raises(ValueError, match="needs a seed per sample"):
+        model.validation_loss(batch, timesteps)
+
+
+def test_the_metric_averages_each_sample_once_in_seed_order():
+    metric = DenoisingLossMetric()
+    # a padded last batch repeats a sample; the order of arrival differs
+    metric.process(None, [dict(seed=3, loss=0.5), dict(seed=1, loss=0.25)])
+    metric.process(None, [dict(seed=2, loss=1.0), dict(seed=3, loss=0.5)])
+    assert metric.compute_metrics(metric.results) == {"loss": 1.75 / 3}
+    assert metric.prefix == "val"
+
+
+CONFIG = """
+_base_ = [{demo!r}]
+model = dict(model={tiny_sd!r})
+pipeline = [
+    dict(type="ResizeShortestEdge", size=32),
+    dict(type="CenterCrop", size=32),
+    dict(type="ImageToNormalizedTensor"),
+    dict(type="PackInputs"),
+]
+train_dataloader = dict(dataset=dict(dataset={data!r}, pipeline=pipeline))
+val_dataloader = dict(dataset=dict(dataset={data!r}, pipeline=pipeline))
+val_cfg = dict(timesteps=[100, 600])
+custom_hooks = []
+visualizer = dict(vis_backends=[dict(type="LocalVisBackend"),
+                                dict(type="TensorboardVisBackend")])
+"""
+
+
+def validation_rows(work_dir):
+    log, = glob.glob(os.path.join(work_dir, "*", "vis_data", "scalars.json"))
+    with open(log) as f:
+        rows = [json.loads(line) for line in f]
+    return {r["step"]: r["val/loss"] for r in rows if "val/loss" in r}
+
+
+def test_a_checkpoint_validates_alike_with_1_and_2_processes(
+        tmp_path, tiny_sd, shapes_data):
+    config = tmp_path / "validated.py"
+    config.write_text(CONFIG.format(demo=DEMO, tiny_sd=tiny_sd,
+                                    data=shapes_data))
+    # 18 training images (6 held out), batch 2: 9 iterations, validation
+    # every 3, then a checkpoint
+    common = ["train_cfg.max_epochs=1", "train_cfg.val_interval=3",
+              "train_dataloader.batch_size=2", "val_dataloader.batch_size=2"]
+    result = subprocess.run(
+        [MIM, "train", "diffengine", str(config), "--cfg-options", *common,
+         f"work_dir={tmp_path / 'trained'}"],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    trained = validation_rows(tmp_path / "trained")
+    assert sorted(trained) == [3, 6, 9]
+    assert len(set(trained.values())) == 3  # the weights changed between
+
+    # the last checkpoint, evaluated 3 times by 2 processes (batch 1 each):
+    # lr 0 keeps the loaded weights exactly
+    checkpoint = tmp_path / "trained" / "epoch_1.pth"
+    result = subprocess.run(
+        [MIM, "train", "diffengine", str(config), "--gpus", "2", "--launcher",
+         "pytorch", "--cfg-options", *common, "optim_wrapper.optimizer.lr=0",
+         "train_dataloader.batch_size=1", "val_dataloader.batch_size=1",
+         f"load_from={checkpoint}", f"work_dir={tmp_path / 'two'}"],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    two = validation_rows(tmp_path / "two")
+    print(f"val/loss of epoch_1.pth: 1 process {trained[9]!r}, 2 processes "
+          f"{sorted(set(two.values()))}")
+    assert two == {3: trained[9], 6: trained[9], 9: trained[9]}
+
+    # TensorBoard got the same values under the same tag
+    from tensorboard.backend.event_processing.event_accumulator import (
+        EventAccumulator,
+    )
+    events, = glob.glob(str(tmp_path / "trained" / "*" / "vis_data" /
+                            "events.out.tfevents.*"))
+    accumulator = EventAccumulator(events)
+    accumulator.Reload()
+    assert {"loss", "val/loss"} <= set(accumulator.Tags()["scalars"])
+    logged = {e.step: e.value for e in accumulator.Scalars("val/loss")}
+    assert logged == pytest.approx(trained, rel=1e-6)  # TB stores float32
