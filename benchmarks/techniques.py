@@ -5,9 +5,9 @@ one technique), the config is pointed at the demo's tiny model and shapes
 (``python tools/make_demo.py``), at 64 px, and trained with ``mim train``
 as a user would. Then:
 
-- the fixed-noise loss of the demo images (plain MSE at fixed noise and
-  timesteps, the same for every technique, so the numbers compare) of the
-  base and of the trained model;
+- the fixed-noise loss of the demo images (the validation loss of a plain
+  MSE model at fixed noise and timesteps, the same for every technique, so
+  the numbers compare) of the base and of the trained model;
 - the step folder loaded with diffusers' ``load_lora_weights`` against the
   trained model (the checkpoint's weights: the average for EMA), max
   absolute pixel difference of one generated image.
@@ -37,17 +37,19 @@ from diffengine.engine.checkpoint import load_checkpoint_file  # noqa: E402
 from diffengine.inference import generate, load_pipeline  # noqa: E402
 from diffengine.registry import DATASETS, MODELS  # noqa: E402
 
-# Config families that are not a technique on top of the seed configs.
-NOT_TECHNIQUES = ("_base_", "stable_diffusion_lora")
-SAMPLE = dict(prompt="a red circle on a white background", seed=3,
+# Config families that each add one technique to the SD v1.5 seed config.
+TECHNIQUES = ("min_snr_loss", "debias_estimation_loss", "huber_loss",
+              "offset_noise", "pyramid_noise", "timesteps_bias",
+              "input_perturbation", "caption_tricks", "ema")
+SAMPLE = dict(prompt="a red zorb on a white background", seed=3,
               num_inference_steps=4)
+VALIDATION_TIMESTEPS = (100, 300, 500, 700, 900)
 
 
 def technique_configs() -> list[str]:
     """The technique leaf configs, by path."""
-    return sorted(
-        p for p in glob.glob(os.path.join(REPO, "configs", "*", "*.py"))
-        if os.path.basename(os.path.dirname(p)) not in NOT_TECHNIQUES)
+    return sorted(p for family in TECHNIQUES for p in glob.glob(
+        os.path.join(REPO, "configs", family, "*.py")))
 
 
 def demo_config(leaf: str, model: str, data: str, epochs: int,
@@ -74,20 +76,14 @@ def demo_config(leaf: str, model: str, data: str, epochs: int,
 
 
 def fixed_noise_loss(model, dataset) -> float:
-    """Mean MSE over ``dataset`` at fixed noise and timesteps."""
-    samples = [dataset[i]["inputs"] for i in range(len(dataset))]
-    img = torch.stack([s["img"] for s in samples])
-    moments = model.encode_images(img)
-    generator = torch.Generator().manual_seed(0)
-    noise = torch.randn(len(samples), moments.shape[1] // 2,
-                        *moments.shape[2:], generator=generator)
-    timesteps = torch.linspace(50, 950, len(samples)).long()
-    inputs = {"latents": moments, "text": [s["text"] for s in samples]}
+    """Mean validation loss over ``dataset``: each image at timesteps 100,
+    300, ..., 900 with noise fixed by its index."""
+    samples = [dataset[(i, i)]["inputs"] for i in range(len(dataset))]
+    inputs = model.data_preprocessor(
+        {"inputs": {key: [s[key] for s in samples] for key in samples[0]}})
     with torch.no_grad():
-        prediction, target, _ = model.predict(
-            inputs, model.randomness(inputs, torch.Generator().manual_seed(1)),
-            noise, timesteps)
-    return torch.nn.functional.mse_loss(prediction, target).item()
+        return model.validation_loss(inputs["inputs"],
+                                     VALIDATION_TIMESTEPS).mean().item()
 
 
 def measure(leaf: str, model_path: str, data: str, epochs: int,
@@ -131,11 +127,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="data/demo/tiny-sd",
                         help="diffusers folder (default: the demo's)")
-    parser.add_argument("--data", default="data/demo/shapes",
+    parser.add_argument("--data", default="data/demo/zorbs",
                         help="image folder (default: the demo's)")
     parser.add_argument("--epochs", type=int, default=50,
-                        help="epochs of the 24 images, batch 4 (default: 50, "
-                        "the demo's 300 steps)")
+                        help="epochs of the 32 images, batch 4 (default: 50, "
+                        "400 steps)")
     parser.add_argument("--configs", nargs="+",
                         help="leaf configs (default: every technique leaf)")
     parser.add_argument("--work-dir", help="default: a temporary folder")

@@ -1,16 +1,18 @@
 """The technique harness trains a leaf through mim and measures it."""
 import os
 
-from benchmarks.techniques import main, technique_configs
+from benchmarks.techniques import TECHNIQUES, main, technique_configs
 from tests.conftest import REPO
 
 
-def test_every_technique_family_has_a_leaf():
-    families = {os.path.basename(os.path.dirname(p))
-                for p in technique_configs()}
-    assert families == {"min_snr_loss", "debias_estimation_loss", "huber_loss",
-                        "offset_noise", "pyramid_noise", "timesteps_bias",
-                        "input_perturbation", "caption_tricks", "ema"}
+def test_every_technique_family_has_a_leaf_on_the_seed_config():
+    leaves = technique_configs()
+    assert {os.path.basename(os.path.dirname(p)) for p in leaves} == set(
+        TECHNIQUES)
+    for leaf in leaves:
+        with open(leaf) as f:
+            assert ('_base_ = ["../stable_diffusion_lora/'
+                    'stable_diffusion_v15_lora_pokemon_blip.py"]') in f.read()
 
 
 def test_an_ema_leaf_trains_and_its_step_folder_is_the_average(

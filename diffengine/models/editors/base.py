@@ -549,7 +549,9 @@ class LatentDiffusionModel(BaseModel):
                       if isinstance(value, torch.Tensor) else
                       [value[i]] * copies)
                 for key, value in inputs.items()
-                if key in ("img", "latents", "text")}
+                # everything a sample carries (SDXL's time_ids too) but
+                # what is fixed here
+                if key not in ("seed", "loss_weight")}
             generator = torch.Generator().manual_seed(
                 stream_seed(int(seed), "validation"))
             randomness = Randomness([generator] * copies,

@@ -143,3 +143,17 @@ def test_sdxl_attention_lora_has_1451520_parameters_per_rank(rank):
     add_lora_adapter(unet, dict(r=rank, target_modules=UNET_TARGETS),
                      "unet_lora_config")
     assert count_trainable_parameters(unet) == 1_451_520 * rank
+
+
+def test_validation_loss_carries_the_time_ids(tiny_sdxl):
+    model = build(tiny_sdxl, text_encoder=False)
+    inputs = batch()
+    with torch.no_grad():
+        both = model.validation_loss(inputs, [100, 700])
+        alone = model.validation_loss(
+            {k: v[1:] for k, v in inputs.items()}, [100, 700])
+        moved = model.validation_loss(
+            dict(inputs, time_ids=inputs["time_ids"] + 40), [100, 700])
+    assert both.shape == (2, )
+    torch.testing.assert_close(both[1:], alone, rtol=1e-6, atol=1e-7)
+    assert not torch.allclose(both, moved)
