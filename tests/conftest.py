@@ -201,3 +201,38 @@ def write_mixed_folder(path: str) -> str:
 @pytest.fixture(scope="session")
 def mixed_data(tmp_path_factory) -> str:
     return write_mixed_folder(str(tmp_path_factory.mktemp("data") / "mixed"))
+
+
+# (width, height) of the images of ``orientation_data``: portraits and
+# landscapes of 1:3, 4:3 photos and squares, as 300×900, 900×300, 640×480
+# and 512×512 are, at a tenth of the size.
+ORIENTATIONS = [(30, 90), (32, 96), (28, 84), (90, 30), (96, 32), (84, 28),
+                (64, 48), (80, 60), (52, 52), (60, 60)]
+FRAME = (255, 0, 0)
+
+
+def framed_image(width: int, height: int, shade: int) -> Image.Image:
+    """A grey picture in a red frame 4 px wide along all four edges: the
+    subject that a crop must not cut."""
+    array = np.full((height, width, 3), shade, dtype=np.uint8)
+    array[:4], array[-4:], array[:, :4], array[:, -4:] = (FRAME, ) * 4
+    return Image.fromarray(array)
+
+
+def write_orientation_folder(path: str) -> str:
+    """An imagefolder of framed images in the sizes of ``ORIENTATIONS``."""
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "metadata.jsonl"), "w") as f:
+        for i, (width, height) in enumerate(ORIENTATIONS):
+            name = f"{i:02d}_{width}x{height}.png"
+            framed_image(width, height, 60 + 15 * i).save(
+                os.path.join(path, name))
+            f.write(json.dumps({"file_name": name,
+                                "text": f"a framed picture {i}"}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def orientation_data(tmp_path_factory) -> str:
+    return write_orientation_folder(
+        str(tmp_path_factory.mktemp("data") / "orientations"))

@@ -27,11 +27,21 @@ COMPONENTS = {"loss": "loss_fn", "noise_generator": "noise_generator",
 HELPER_KEYS = {"train_pipeline", "vis_backends"}
 
 
+def data_options(config, data):
+    """Point the config's dataset at ``data``; DreamBooth draws 2 class
+    images in 2 steps."""
+    dataset = f"train_dataloader.dataset.dataset={data}"
+    if Config.fromfile(config).train_dataloader.dataset.type == (
+            "DreamBoothDataset"):
+        return [dataset, "train_dataloader.dataset.num_class_images=2",
+                "train_dataloader.dataset.class_generation."
+                "num_inference_steps=2"]
+    return [dataset, "train_dataloader.dataset.caption_column=text"]
+
+
 def load(config, tiny_sd, data, *options):
     args = parse_args([config, "--cfg-options", f"model.model={tiny_sd}",
-                       f"train_dataloader.dataset.dataset={data}",
-                       "train_dataloader.dataset.caption_column=text",
-                       *options])
+                       *data_options(config, data), *options])
     return merge_args(Config.fromfile(config), args)
 
 

@@ -20,8 +20,14 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from diffengine.datasets import HFDataset, KohyaFolderDataset
+from diffengine.datasets import (
+    AspectRatioBatchSampler,
+    DreamBoothDataset,
+    HFDataset,
+    KohyaFolderDataset,
+)
 from diffengine.datasets.transforms import (
+    BucketResizeCrop,
     CenterCrop,
     ComputeTimeIds,
     ImageToNormalizedTensor,
@@ -65,8 +71,8 @@ from tools.train import parse_args
 DOCS = os.path.join(REPO, "docs")
 # In the order of docs/README.md: later guides use what earlier ones train.
 GUIDES = ["lora.md", "text_encoder_lora.md", "techniques.md", "own_images.md",
-          "multi_gpu.md", "inference.md", "export.md", "merging.md", "sdxl.md",
-          "adapters.md"]
+          "dreambooth.md", "multi_gpu.md", "inference.md", "export.md",
+          "merging.md", "sdxl.md", "adapters.md"]
 # The tiny model that stands for each model family.
 TINY_MODELS = {"StableDiffusion": "data/demo/tiny-sd",
                "StableDiffusionXL": "data/demo/tiny-sdxl"}
@@ -115,8 +121,13 @@ def tiny_training_options(command: list[str], cwd: str) -> list[str]:
                "train_dataloader.num_workers=0"]
     dataset = cfg.train_dataloader.dataset
     if not os.path.exists(os.path.join(cwd, dataset.dataset)):  # hub data
-        options += ["train_dataloader.dataset.dataset=data/demo/zorbs",
-                    "train_dataloader.dataset.caption_column=text"]
+        options.append("train_dataloader.dataset.dataset=data/demo/zorbs")
+        if dataset.type != "DreamBoothDataset":
+            options.append("train_dataloader.dataset.caption_column=text")
+    if dataset.type == "DreamBoothDataset":
+        options += ["train_dataloader.dataset.num_class_images=4",
+                    "train_dataloader.dataset.class_generation."
+                    "num_inference_steps=2"]
     for i, transform in enumerate(dataset.pipeline):
         if "size" in transform:
             options.append(f"train_dataloader.dataset.pipeline.{i}.size=64")
@@ -268,6 +279,14 @@ PROMISED = [
     "browse/0000.png",
     "browse/0000.txt",
     "work_dirs/my_lora/step*/pytorch_lora_weights.safetensors",
+    "browse_buckets/0000.png",
+    "work_dirs/my_buckets/step*/pytorch_lora_weights.safetensors",
+    "work_dirs/stable_diffusion_v15_dreambooth_lora_dog/class_images/"
+    "a_photo_of_a_dog/class_00003.jpg",
+    "work_dirs/stable_diffusion_v15_dreambooth_lora_dog/step*/"
+    "pytorch_lora_weights.safetensors",
+    "sks_dog.png",
+    "browse_dreambooth/0007.png",
     "data/my_images/metadata.jsonl",
     "yoda_diffusers.png",
     "pokemon_lora.safetensors",
@@ -310,7 +329,8 @@ def test_every_tool_is_in_a_guide():
 
 REFERENCED = [StableDiffusion, StableDiffusionXL, HFDataset, KohyaFolderDataset,
               ShapeScorer, ResumableEpochTrainLoop, ValidationLossLoop,
-              DenoisingLossMetric,
+              DenoisingLossMetric, DreamBoothDataset, AspectRatioBatchSampler,
+              BucketResizeCrop,
               ResizeShortestEdge, RandomCrop, CenterCrop, RandomHorizontalFlip,
               RandomTextDrop, ShuffleCaptionTags, ComputeTimeIds,
               ImageToNormalizedTensor,

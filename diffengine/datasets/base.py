@@ -11,10 +11,15 @@ from mmengine.dataset import BaseDataset
 from mmengine.dist import barrier, get_dist_info
 from mmengine.logging import print_log
 
-from diffengine.datasets.image import image_digest, open_image
+from diffengine.datasets.image import (
+    image_digest,
+    image_size,
+    open_image,
+    path_and_bytes,
+)
 from diffengine.datasets.latent_cache import LatentCache, LatentCachePlan
 from diffengine.datasets.samplers import sample_seed
-from diffengine.errors import DataError
+from diffengine.errors import ConfigError, DataError
 from diffengine.randomness import Randomness
 from diffengine.registry import TRANSFORMS
 
@@ -35,7 +40,15 @@ class CaptionedImageDataset(BaseDataset):
     :class:`~diffengine.randomness.Randomness` of ``seed``, and the seed is
     passed on to the model for its noise; a plain index gets the seed of
     epoch 0 under run seed 0. Python's and numpy's global generators are
-    seeded with it too, for third-party transforms that draw from them.
+    seeded with it too, for third-party transforms that draw from them. A
+    key ``(index, seed, weight)`` (as ``AspectRatioBatchSampler`` yields)
+    also weighs the sample's loss by ``weight``, times the row's own
+    :meth:`loss_weight_at`; either one puts ``loss_weight`` in the sample.
+
+    With a ``BucketResizeCrop`` in the pipeline, :meth:`row_buckets` gives
+    each row's aspect-ratio bucket (read from the image headers once), and
+    a skipped row is replaced by the next row of its bucket, so that a
+    batch keeps one shape.
 
     With ``cache_latents``, samples carry ``latents`` (the VAE's latent
     distribution of the image after the fixed transforms, flipped as the
@@ -68,6 +81,10 @@ class CaptionedImageDataset(BaseDataset):
         transforms = [
             TRANSFORMS.build(t) if isinstance(t, dict) else t for t in pipeline
         ]
+        # The transform that picks each image's bucket, if any.
+        self.bucketing = next(
+            (t for t in transforms if hasattr(t, "bucket_of")), None)
+        self._row_buckets: list[tuple[int, int] | None] | None = None
         super().__init__(pipeline=transforms, serialize_data=False)
 
     def full_init(self) -> None:
@@ -85,6 +102,43 @@ class CaptionedImageDataset(BaseDataset):
             DataError: If the row has no usable caption.
         """
         raise NotImplementedError
+
+    def loss_weight_at(self, idx: int) -> float | None:
+        """The loss weight of row ``idx``; None (the default) weighs every
+        row alike."""
+        return None
+
+    def row_buckets(self) -> list[tuple[int, int] | None] | None:
+        """The aspect-ratio bucket (height, width) of each row.
+
+        Read once from the image headers (an image listed several times is
+        read once); a row whose image cannot be read, or is too small for
+        any bucket, is skipped and counted and gets None.
+
+        Returns:
+            list | None: One bucket or None per row; None when the pipeline
+            has no ``BucketResizeCrop``.
+        """
+        if self.bucketing is None:
+            return None
+        if self._row_buckets is None:
+            sizes: dict[str, tuple[int, int]] = {}
+            buckets: list[tuple[int, int] | None] = []
+            for idx in range(len(self)):
+                try:
+                    source = self.image_source(idx)
+                    path = path_and_bytes(source)[0]
+                    if path is None or path not in sizes:
+                        size = image_size(source)
+                        if path is not None:
+                            sizes[path] = size
+                    buckets.append(self.bucketing.bucket_of(
+                        *sizes.get(path, size)))
+                except (OSError, DataError) as err:
+                    self._skip_bad_row(idx, err)
+                    buckets.append(None)
+            self._row_buckets = buckets
+        return self._row_buckets
 
     def get_data_info(self, idx: int) -> dict:
         """Row ``idx`` as ``{"img": PIL.Image (RGB), "text": str}``, or with
@@ -177,10 +231,12 @@ class CaptionedImageDataset(BaseDataset):
             f"{reused} reused, in {folder}",
             logger="current")
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        """Sample ``key`` (an index, or ``(index, seed)``) after transforms."""
-        index, seed = key if isinstance(key, tuple) else (
-            key, sample_seed(0, 0, key))
+    def __getitem__(self, key: int | tuple) -> dict:
+        """Sample ``key`` (an index, ``(index, seed)`` or ``(index, seed,
+        weight)``) after transforms."""
+        if not isinstance(key, tuple):
+            key = (key, sample_seed(0, 0, key))
+        index, seed, *weight = key
         random.seed(seed)
         np.random.seed(seed % 2**32)
         randomness = Randomness.from_seeds([seed], "data")
@@ -190,14 +246,38 @@ class CaptionedImageDataset(BaseDataset):
                 break
             except (OSError, DataError) as err:
                 self._skip_bad_row(index, err)
-                index = (index + 1) % len(self)
+                index = self._next_row(index)
         else:
             raise DataError(f"no readable row in {self.dataset_name!r}.")
         if isinstance(info["text"], list):
             info["text"] = info["text"][randomness.randint(
                 len(info["text"])).item()]
         info.update(seed=seed, randomness=randomness)
-        return self.pipeline(info)
+        row_weight = self.loss_weight_at(index)
+        if weight or row_weight is not None:
+            info["loss_weight"] = (weight[0] if weight else 1.0) * (
+                1.0 if row_weight is None else row_weight)
+        sample = self.pipeline(info)
+        if "loss_weight" in info and "loss_weight" not in sample.get(
+                "inputs", {"loss_weight": None}):
+            raise ConfigError(
+                f"{self.dataset_name!r}: the samples carry a loss_weight that "
+                "PackInputs drops; keep 'loss_weight' in its optional_keys.")
+        return sample
+
+    def _next_row(self, index: int) -> int:
+        """The row that takes the place of bad row ``index``: the next one,
+        or with buckets the next one of its bucket."""
+        buckets = self._row_buckets
+        if buckets is None or buckets[index] is None:
+            return (index + 1) % len(self)
+        for step in range(1, len(self)):
+            row = (index + step) % len(self)
+            if buckets[row] == buckets[index] and row not in self.bad_rows:
+                return row
+        raise DataError(
+            f"no readable row in bucket {buckets[index]} of "
+            f"{self.dataset_name!r}.")
 
     def prepare_data(self, idx: int) -> dict:
         return self[idx]

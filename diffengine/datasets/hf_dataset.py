@@ -61,6 +61,60 @@ def _load(dataset: str, split: str,
     return datasets.load_dataset(dataset, split=split, cache_dir=cache_dir)
 
 
+class HFImageRows:
+    """The rows of an HF dataset whose images are read undecoded.
+
+    Undecoded, so that a bad file can be named and any mode converted to
+    RGB by :func:`~diffengine.datasets.image.open_image`.
+
+    Args:
+        dataset (str): As for :func:`load_hf_dataset`.
+        columns (dict[str, str]): The columns the rows need, by option name
+            (``{"image_column": "image", ...}``); the first is the image.
+        split (str): The split to read.
+        cache_dir (str, optional): HF datasets cache.
+
+    Raises:
+        ConfigError: If a column is missing; the message lists the columns.
+        DataError: If the dataset has no rows.
+    """
+
+    def __init__(self, dataset: str, columns: dict[str, str], split: str,
+                 cache_dir: str | None) -> None:
+        self.rows = load_hf_dataset(dataset, split, cache_dir)
+        names = self.rows.column_names
+        for key, column in columns.items():
+            if column not in names:
+                raise ConfigError(
+                    f"{key}={column!r} is not a column of {dataset!r}; its "
+                    f"columns are {names}.")
+        if len(self.rows) == 0:
+            raise DataError(f"dataset {dataset!r} has no rows.")
+        self.image_column = next(iter(columns.values()))
+        if isinstance(self.rows.features[self.image_column], datasets.Image):
+            self.rows = self.rows.cast_column(self.image_column,
+                                              datasets.Image(decode=False))
+        self.image_root = dataset if os.path.isdir(dataset) else (
+            os.path.dirname(os.path.abspath(dataset))
+            if os.path.isfile(dataset) else None)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def select(self, rows: Sequence[int]) -> None:
+        """Keep only ``rows`` (indices), in their order."""
+        self.rows = self.rows.select(rows)
+
+    def image_source(self, idx: int) -> dict | str:
+        """The image of row ``idx`` undecoded: a path (relative ones from
+        the dataset's folder), or ``{"bytes", "path"}``."""
+        source = self.rows[idx][self.image_column]
+        if isinstance(source, str) and self.image_root and not os.path.isabs(
+                source):
+            source = os.path.join(self.image_root, source)
+        return source
+
+
 @DATASETS.register_module()
 class HFDataset(CaptionedImageDataset):
     """Images with captions, from a hub id, an image folder or a data file.
@@ -108,27 +162,14 @@ class HFDataset(CaptionedImageDataset):
                  validation_seed: int = 0) -> None:
         self.image_column = image_column
         self.caption_column = caption_column
-        self.hf_dataset = load_hf_dataset(dataset, split, cache_dir)
-        columns = self.hf_dataset.column_names
-        for key, column in (("image_column", image_column),
-                            ("caption_column", caption_column)):
-            if column not in columns:
-                raise ConfigError(
-                    f"{key}={column!r} is not a column of {dataset!r}; its "
-                    f"columns are {columns}.")
-        if len(self.hf_dataset) == 0:
-            raise DataError(f"dataset {dataset!r} has no rows.")
-        rows = split_rows(len(self.hf_dataset), validation_fraction, subset,
+        self.images = HFImageRows(dataset, dict(image_column=image_column,
+                                                caption_column=caption_column),
+                                  split, cache_dir)
+        rows = split_rows(len(self.images), validation_fraction, subset,
                           validation_seed)
-        if len(rows) < len(self.hf_dataset):
-            self.hf_dataset = self.hf_dataset.select(rows)
-        feature = self.hf_dataset.features[image_column]
-        if isinstance(feature, datasets.Image):
-            self.hf_dataset = self.hf_dataset.cast_column(
-                image_column, datasets.Image(decode=False))
-        self.image_root = dataset if os.path.isdir(dataset) else (
-            os.path.dirname(os.path.abspath(dataset))
-            if os.path.isfile(dataset) else None)
+        if len(rows) < len(self.images):
+            self.images.select(rows)
+        self.hf_dataset = self.images.rows
         # Captions alone, read without touching the image column.
         self._captions = self.hf_dataset.select_columns([caption_column])
         super().__init__(dataset, pipeline, max_bad_fraction, cache_latents)
@@ -154,8 +195,4 @@ class HFDataset(CaptionedImageDataset):
     def image_source(self, idx: int) -> dict | str:
         """The image of row ``idx`` undecoded: a path, or
         ``{"bytes", "path"}``."""
-        source = self.hf_dataset[idx][self.image_column]
-        if isinstance(source, str) and self.image_root and not os.path.isabs(
-                source):
-            source = os.path.join(self.image_root, source)
-        return source
+        return self.images.image_source(idx)

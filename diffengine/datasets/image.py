@@ -66,6 +66,25 @@ def open_image(source: dict | str | bytes) -> Image.Image:
     return to_rgb(image)
 
 
+def image_size(source: dict | str | bytes) -> tuple[int, int]:
+    """(width, height) of an image, read from its header only.
+
+    Args:
+        source: As for :func:`open_image`.
+
+    Raises:
+        OSError: If the file is missing or not an image; the message names
+            it.
+    """
+    path, data = path_and_bytes(source)
+    try:
+        with Image.open(io.BytesIO(data) if data is not None else path) as image:
+            return image.size
+    except (OSError, ValueError, TypeError,
+            Image.DecompressionBombError) as err:
+        raise OSError(f"cannot read image {path or '<bytes>'}: {err}") from err
+
+
 def image_digest(source: dict | str | bytes) -> str:
     """SHA-256 (hex) of the bytes of an image file, as cache keys need.
 

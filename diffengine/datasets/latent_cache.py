@@ -6,8 +6,10 @@ VAE's latent distributions of both views are stored in one file. A training
 sample then picks one of the two with the flip its seed draws, so no image
 is decoded, resized or encoded during training.
 
-A cached latent is one fixed crop per image, so ``RandomCrop`` crops at the
-centre when the latents are cached (``CenterCrop`` does anyway). Caption
+A cached latent is one fixed crop per image, so ``RandomCrop`` (and
+``BucketResizeCrop`` with ``random_crop``) crops at the centre when the
+latents are cached; with aspect-ratio buckets each image's views are cached
+at its bucket's size. Caption
 transforms run on cached samples as they do on images.
 """
 from __future__ import annotations
@@ -67,10 +69,11 @@ class LatentCachePlan:
     """How a pipeline is split for caching.
 
     Each transform declares its part (``latent_cache``): ``"fixed"`` ones
-    (resize, centre crop, to-tensor) run before caching; a transform with
-    ``for_latent_cache()`` (``RandomCrop``) is replaced by the fixed one it
-    returns; ``RandomHorizontalFlip`` is cached as two views; ``"text"``
-    ones (caption transforms) run on cached samples as they are.
+    (resize, centre crop, bucket crop, to-tensor) run before caching; a
+    transform with ``for_latent_cache()`` (``RandomCrop``) is replaced by
+    the fixed one it returns; ``RandomHorizontalFlip`` is cached as two
+    views; ``"text"`` ones (caption transforms) run on cached samples as
+    they are.
 
     Attributes:
         views (list[Compose]): Image → C×H×W tensor, one per cached view:
@@ -92,11 +95,12 @@ class LatentCachePlan:
         for transform in transforms:
             if hasattr(transform, "for_latent_cache"):
                 replacement = transform.for_latent_cache()
-                print_log(
-                    f"cache_latents: {type(transform).__name__} becomes "
-                    f"{type(replacement).__name__}, since a cached latent is "
-                    "one fixed crop per image",
-                    logger="current", level=logging.WARNING)
+                if replacement is not transform:
+                    print_log(
+                        f"cache_latents: {type(transform).__name__} crops at "
+                        "the centre, since a cached latent is one fixed crop "
+                        "per image",
+                        logger="current", level=logging.WARNING)
                 transform = replacement
             role = getattr(transform, "latent_cache", None)
             if role == FIXED:
@@ -122,8 +126,9 @@ class LatentCachePlan:
                     f"cache_latents: the pipeline's {type(transform).__name__}"
                     " cannot be cached; the cache supports transforms whose "
                     "latent_cache is 'fixed' (ResizeShortestEdge, CenterCrop, "
-                    "ImageToNormalizedTensor) or 'text' (RandomTextDrop, "
-                    "ShuffleCaptionTags), RandomCrop (at the centre), "
+                    "BucketResizeCrop, ImageToNormalizedTensor) or 'text' "
+                    "(RandomTextDrop, ShuffleCaptionTags), RandomCrop (at the "
+                    "centre), "
                     "RandomHorizontalFlip and PackInputs.")
         if pack is None or not any(
                 isinstance(t, ImageToNormalizedTensor) for t in unflipped):

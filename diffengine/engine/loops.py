@@ -25,13 +25,22 @@ def fresh_iterator(dataloader: DataLoader):
 
 def position(dataloader: DataLoader, epoch: int, batches: int) -> None:
     """Make the next epoch of ``dataloader`` epoch ``epoch`` from batch
-    ``batches`` on."""
-    sampler = dataloader.sampler
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)
-    if batches and hasattr(sampler, "skip"):
+    ``batches`` on.
+
+    A batch sampler with ``skip`` (``AspectRatioBatchSampler``) skips whole
+    batches; otherwise the sampler skips ``batches × batch_size`` samples.
+    """
+    sampler, batch_sampler = dataloader.sampler, dataloader.batch_sampler
+    for part in (sampler, batch_sampler):
+        if hasattr(part, "set_epoch"):
+            part.set_epoch(epoch)
+    if not batches:
+        return
+    if hasattr(batch_sampler, "skip"):
+        batch_sampler.skip(batches)
+    elif hasattr(sampler, "skip"):
         sampler.skip(batches * dataloader.batch_size)
-    elif batches:
+    else:
         raise RuntimeError(
             f"resuming mid-epoch needs a sampler with skip() "
             f"(DeterministicSampler); {type(sampler).__name__} has none.")

@@ -23,6 +23,8 @@ from mmengine.utils import apply_to
 from torch.nn.parallel import DistributedDataParallel
 
 from diffengine.datasets.base import CaptionedImageDataset
+from diffengine.datasets.dreambooth import DreamBoothDataset
+from diffengine.datasets.samplers import seeded_sampler
 from diffengine.engine.checkpoint import (
     CheckpointLoadError,
     atomic_save,
@@ -33,7 +35,7 @@ from diffengine.engine.checkpoint import (
 )
 from diffengine.errors import ConfigError, DiffEngineError
 from diffengine.fileio import atomic_directory, atomic_write_text
-from diffengine.registry import RUNNERS
+from diffengine.registry import DATASETS, RUNNERS
 from diffengine.version import __version__
 
 STEP_DIR = "step{}"
@@ -184,6 +186,7 @@ class DiffEngineRunner(Runner):
             by_epoch = loop.pop("by_epoch")
             loop["type"] = ("ResumableEpochTrainLoop"
                             if by_epoch else "ResumableIterTrainLoop")
+        self.prepare_class_images()
         loop = super().build_train_loop(loop)
         self.prepare_latent_cache(loop.dataloader)
         return loop
@@ -211,6 +214,33 @@ class DiffEngineRunner(Runner):
             dataloader.setdefault("pin_memory", torch.cuda.is_available())
         return Runner.build_dataloader(dataloader, seed, diff_rank_seed)
 
+    def prepare_class_images(self) -> None:
+        """DreamBooth: generate the class images the dataset lacks, once.
+
+        The dataset is built here, before the data loader, so that its rows
+        include the class images; they are drawn by the model before it
+        trains (the base model: a fresh LoRA changes nothing), and a later
+        run or a resume of the same work dir finds them.
+        """
+        loader = self._train_dataloader
+        dataset = loader.get("dataset") if isinstance(loader, dict) else None
+        if isinstance(dataset, dict):
+            kind = dataset.get("type")
+            dataset_class = kind if isinstance(kind, type) else DATASETS.get(
+                str(kind))
+            if not (isinstance(dataset_class, type)
+                    and issubclass(dataset_class, DreamBoothDataset)):
+                return
+            dataset = DATASETS.build(dataset)
+        if not isinstance(dataset, DreamBoothDataset):
+            return
+        start = time.perf_counter()
+        dataset.prepare_class_images(self.bare_model.infer, self.work_dir)
+        self._train_dataloader = dict(loader, dataset=dataset)
+        if dataset.class_prompt is not None:
+            self.logger.info(
+                f"class images ready in {time.perf_counter() - start:.1f} s")
+
     def prepare_latent_cache(self, dataloader) -> None:
         """Encode the training images once when the dataset caches latents.
 
@@ -225,7 +255,8 @@ class DiffEngineRunner(Runner):
         start = time.perf_counter()
         dataset.build_latent_cache(
             model.encode_images, model.latent_encoder_id(),
-            osp.join(self.work_dir, "latent_cache"), dataloader.batch_size)
+            osp.join(self.work_dir, "latent_cache"),
+            dataloader.batch_size or dataloader.batch_sampler.batch_size)
         self.logger.info(
             f"latent cache ready in {time.perf_counter() - start:.1f} s")
 
@@ -293,7 +324,7 @@ class DiffEngineRunner(Runner):
         else:
             meta.setdefault("epoch", self.epoch)
             meta.setdefault("iter", self.iter + 1)
-        sampler = getattr(self.train_dataloader, "sampler", None)
+        sampler = seeded_sampler(self.train_dataloader)
         meta.update(
             cfg=self.cfg.pretty_text,
             seed=self.seed,
@@ -363,6 +394,15 @@ class DiffEngineRunner(Runner):
         if isinstance(dataset_cfg.get("dataset"), str):
             metadata["dataset"] = dataset_cfg["dataset"]
         resolution = self.message_hub.get_info("train_resolution")
+        batch_sampler = self.train_dataloader.batch_sampler
+        if hasattr(batch_sampler, "bucket_counts"):
+            # the bucketing resolution, not the last batch's bucket
+            side = batch_sampler.sampler.dataset.bucketing.resolution
+            height, width = (side, side) if isinstance(side, int) else side
+            resolution = f"{width}x{height}"
+            metadata["buckets"] = json.dumps({
+                f"{w}x{h}": n
+                for (h, w), n in batch_sampler.bucket_counts().items()})
         if resolution is not None:
             metadata["resolution"] = resolution
         return {k: str(v) for k, v in metadata.items()}
@@ -443,7 +483,7 @@ class DiffEngineRunner(Runner):
         # they are restored last so that nothing after them reseeds.
         self._seed = meta["seed"]
         self._randomness_cfg.update(seed=meta["seed"])
-        sampler = getattr(self.train_dataloader, "sampler", None)
+        sampler = seeded_sampler(self.train_dataloader)
         if meta.get("sampler_seed") is not None and hasattr(sampler, "seed"):
             sampler.seed = meta["sampler_seed"]
         restore_rng_state(meta["rng_state"])

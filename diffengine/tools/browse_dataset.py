@@ -3,7 +3,9 @@
     mim run diffengine browse_dataset CONFIG --out browse/ --num 16
 
 Writes ``NNNN.png`` (the image after every transform: resize, crop, flip)
-and ``NNNN.txt`` (its caption) for the first samples, for checking crops.
+and ``NNNN.txt`` (its caption) for the first samples, for checking crops,
+and prints each sample's size (with aspect-ratio buckets, its bucket and
+the size of its image file).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import init_default_scope
 from PIL import Image
 
+from diffengine.datasets.image import image_size
 from diffengine.datasets.samplers import sample_seed
 from diffengine.registry import DATASETS
 
@@ -31,22 +34,29 @@ def browse_dataset(cfg: Config, out: str, num: int = 16,
     """Write the first ``num`` training samples of ``cfg`` to ``out``.
 
     Returns:
-        list[str]: The PNG files written.
+        list[str]: One line per sample: its file, size and caption (and
+        with buckets, the size of the image it was cut from).
     """
     init_default_scope(cfg.get("default_scope", "diffengine"))
     dataset = DATASETS.build(cfg.train_dataloader.dataset)
+    buckets = dataset.row_buckets() if hasattr(dataset, "row_buckets") else None
     os.makedirs(out, exist_ok=True)
-    written = []
+    lines = []
     for idx in range(min(num, len(dataset))):
         # the crops and flips of epoch 0 of a run with this seed
         inputs = dataset[(idx, sample_seed(seed, 0, idx))]["inputs"]
-        path = os.path.join(out, f"{idx:04d}.png")
-        Image.fromarray(to_uint8(inputs["img"])).save(path)
+        name = f"{idx:04d}.png"
+        Image.fromarray(to_uint8(inputs["img"])).save(os.path.join(out, name))
         with open(os.path.join(out, f"{idx:04d}.txt"), "w",
                   encoding="utf-8") as f:
             f.write(inputs["text"] + "\n")
-        written.append(path)
-    return written
+        height, width = inputs["img"].shape[-2:]
+        line = f"{name}  {width}×{height}"
+        if buckets is not None:
+            image_width, image_height = image_size(dataset.image_source(idx))
+            line += f" bucket, from a {image_width}×{image_height} image"
+        lines.append(f"{line}  {inputs['text']!r}")
+    return lines
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,9 +78,10 @@ def main(argv: list[str] | None = None) -> None:
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    written = browse_dataset(cfg, args.out, args.num, args.seed)
-    width, height = Image.open(written[0]).size
-    print(f"wrote {len(written)} samples of {width}×{height} (PNG + caption "
+    lines = browse_dataset(cfg, args.out, args.num, args.seed)
+    print("\n".join(lines))
+    sizes = sorted({line.split()[1] for line in lines})
+    print(f"wrote {len(lines)} samples of {', '.join(sizes)} (PNG + caption "
           f".txt) to {args.out}")
 
 

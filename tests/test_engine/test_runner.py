@@ -80,8 +80,8 @@ def run_until_checkpoint(command, work_dir, iteration, timeout=300):
     return process
 
 
-def assert_identical(work_dir, reference):
-    tensors, (header, data) = lora_weights(work_dir)
+def assert_identical(work_dir, reference, step=LAST_STEP):
+    tensors, (header, data) = lora_weights(work_dir, step)
     ref_tensors, (ref_header, ref_data) = reference
     assert tensors.keys() == ref_tensors.keys()
     for key, value in tensors.items():

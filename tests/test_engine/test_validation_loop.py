@@ -87,10 +87,13 @@ def test_a_checkpoint_validates_alike_with_1_and_2_processes(
     # every 3, then a checkpoint
     common = ["train_cfg.max_epochs=1", "train_cfg.val_interval=3",
               "train_dataloader.batch_size=2", "val_dataloader.batch_size=2"]
+    # one thread, as mmengine gives each of several processes: the same
+    # reductions, so the same bits (CPU kernels split sums by thread count)
     result = subprocess.run(
         [MIM, "train", "diffengine", str(config), "--cfg-options", *common,
          f"work_dir={tmp_path / 'trained'}"],
-        capture_output=True, text=True, timeout=600)
+        capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     trained = validation_rows(tmp_path / "trained")
     assert sorted(trained) == [3, 6, 9]

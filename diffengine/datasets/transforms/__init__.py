@@ -1,3 +1,7 @@
+from diffengine.datasets.transforms.buckets import (
+    BucketResizeCrop,
+    kohya_bucket_sizes,
+)
 from diffengine.datasets.transforms.conditioning import ComputeTimeIds
 from diffengine.datasets.transforms.formatting import (
     ImageToNormalizedTensor,
@@ -12,6 +16,7 @@ from diffengine.datasets.transforms.processing import (
 from diffengine.datasets.transforms.text import RandomTextDrop, ShuffleCaptionTags
 
 __all__ = [
+    "BucketResizeCrop",
     "CenterCrop",
     "ComputeTimeIds",
     "ImageToNormalizedTensor",
@@ -21,4 +26,5 @@ __all__ = [
     "RandomTextDrop",
     "ResizeShortestEdge",
     "ShuffleCaptionTags",
+    "kohya_bucket_sizes",
 ]

@@ -35,12 +35,16 @@ class PackInputs(BaseTransform):
         optional_keys (Sequence[str]): Keys packed when present; ``seed``
             (set by ``DeterministicSampler``) seeds the sample's noise;
             ``time_ids`` (set by ``ComputeTimeIds``) are SDXL's size and
-            crop conditioning. Defaults to ("seed", "time_ids").
+            crop conditioning; ``loss_weight`` (set by DreamBooth's class
+            images and the padding of ``AspectRatioBatchSampler``) weighs
+            the sample's loss. Defaults to ("seed", "time_ids",
+            "loss_weight").
     """
 
     def __init__(self,
                  keys: Sequence[str] = ("img", "text"),
-                 optional_keys: Sequence[str] = ("seed", "time_ids")) -> None:
+                 optional_keys: Sequence[str] = ("seed", "time_ids",
+                                                 "loss_weight")) -> None:
         self.keys = tuple(keys)
         self.optional_keys = tuple(optional_keys)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from mmengine.model import BaseDataPreprocessor
 
+from diffengine.errors import ConfigError
 from diffengine.registry import MODELS
 
 
@@ -29,6 +30,13 @@ class SDDataPreprocessor(BaseDataPreprocessor):
         for key, value in inputs.items():
             if isinstance(value, (list, tuple)) and value and all(
                     isinstance(v, torch.Tensor) for v in value):
+                shapes = sorted({tuple(v.shape) for v in value})
+                if len(shapes) > 1:
+                    raise ConfigError(
+                        f"the samples of one batch have {key} of shapes "
+                        f"{shapes}: with BucketResizeCrop in the pipeline, "
+                        "batch them with train_dataloader.batch_sampler="
+                        "dict(type='AspectRatioBatchSampler').")
                 value = torch.stack(value)
             if isinstance(value, torch.Tensor):
                 inputs[key] = value.to(self.device,

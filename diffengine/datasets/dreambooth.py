@@ -1,0 +1,190 @@
+"""DreamBooth: a few images of one subject, with prior preservation."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from mmengine.logging import print_log
+
+from diffengine.datasets.base import CaptionedImageDataset
+from diffengine.datasets.class_images import (
+    class_image_folder,
+    generate_class_images,
+    list_images,
+)
+from diffengine.datasets.hf_dataset import HFImageRows
+from diffengine.errors import ConfigError
+from diffengine.registry import DATASETS
+
+# What ``class_generation`` may set: options of ``infer`` and the number of
+# images generated together.
+GENERATION_OPTIONS = ("num_inference_steps", "guidance_scale",
+                      "negative_prompt", "height", "width", "batch_size")
+
+
+@DATASETS.register_module()
+class DreamBoothDataset(CaptionedImageDataset):
+    """Instance images captioned with one prompt, and class images.
+
+    DreamBooth (Ruiz et al., 2023) teaches a model a subject from a few
+    images captioned with a rare token ("a photo of sks dog"). With
+    ``class_prompt``, prior preservation trains on images of the subject's
+    class ("a photo of a dog") too, made by the base model itself, so that
+    the model keeps what the class looks like: each class sample's loss is
+    weighted ``prior_loss_weight`` (its ``loss_weight``), and the batch loss
+    is the mean over instance and class samples, as kohya-ss's scripts
+    compute it. An epoch holds every class image once and as many instance
+    samples, the instance images in turn (as diffusers'
+    ``train_dreambooth_lora.py`` pairs them); each row is its own sample
+    with its own seed, and the rows may go to different aspect-ratio
+    buckets.
+
+    Class images come from ``class_data_dir``; ``DiffEngineRunner``
+    generates the missing ones (up to ``num_class_images``) with the base
+    model before training, into ``work_dir/class_images/<class prompt>``
+    when ``class_data_dir`` is None, and later runs reuse them.
+
+    Args:
+        dataset (str): The instance images: a hub id (e.g.
+            ``"diffusers/dog-example"``), a folder of images, an imagefolder
+            or a data file, read as ``HFDataset`` reads them; captions in it
+            are ignored.
+        instance_prompt (str): The caption of every instance image.
+        class_prompt (str, optional): The caption of the class images; None
+            trains without prior preservation. Defaults to None.
+        class_data_dir (str, optional): The folder of class images. Defaults
+            to None (``work_dir/class_images/<class prompt>``).
+        num_class_images (int): Class images to train on. Defaults to 200.
+        prior_loss_weight (float): Weight of each class sample's loss.
+            Defaults to 1.
+        class_generation (dict, optional): How missing class images are
+            generated: ``num_inference_steps`` (50), ``guidance_scale``
+            (7.5), ``negative_prompt``, ``height``, ``width`` (the model's),
+            ``batch_size`` (4). Image k is drawn with seed k. Defaults to
+            None.
+        image_column (str): Column of the instance images. Defaults to
+            "image".
+        split (str): Defaults to "train".
+        cache_dir (str, optional): HF datasets cache. Defaults to None.
+        **kwargs: ``pipeline``, ``max_bad_fraction`` and ``cache_latents``
+            of :class:`CaptionedImageDataset`.
+    """
+
+    def __init__(self,
+                 dataset: str,
+                 instance_prompt: str,
+                 class_prompt: str | None = None,
+                 class_data_dir: str | None = None,
+                 num_class_images: int = 200,
+                 prior_loss_weight: float = 1.0,
+                 class_generation: dict | None = None,
+                 image_column: str = "image",
+                 split: str = "train",
+                 cache_dir: str | None = None,
+                 **kwargs: Any) -> None:
+        for key, prompt in (("instance_prompt", instance_prompt),
+                            ("class_prompt", class_prompt)):
+            if prompt is not None and (not isinstance(prompt, str)
+                                       or not prompt.strip()):
+                raise ConfigError(f"{key}={prompt!r} must be a non-empty "
+                                  "string.")
+        if class_prompt is not None and num_class_images < 1:
+            raise ConfigError(
+                f"num_class_images={num_class_images} must be >= 1 with a "
+                "class_prompt (or set class_prompt=None).")
+        unknown = sorted(set(class_generation or {}) - set(GENERATION_OPTIONS))
+        if unknown:
+            raise ConfigError(
+                f"class_generation options {unknown} are unknown; it takes "
+                f"{list(GENERATION_OPTIONS)}.")
+        self.instance_prompt = instance_prompt
+        self.class_prompt = class_prompt
+        self.class_data_dir = class_data_dir
+        self.num_class_images = num_class_images
+        self.prior_loss_weight = prior_loss_weight
+        self.class_generation = dict(class_generation or {})
+        self.image_column = image_column
+        self.instances = HFImageRows(dataset, dict(image_column=image_column),
+                                     split, cache_dir)
+        self.class_images: list[str] = []
+        self.rows: list[tuple[bool, int]] = []
+        self._find_class_images()
+        super().__init__(dataset, **kwargs)
+
+    @property
+    def needs_class_images(self) -> bool:
+        """Whether prior preservation lacks class images still."""
+        return (self.class_prompt is not None
+                and len(self.class_images) < self.num_class_images)
+
+    def prepare_class_images(self, infer: Callable[..., list[np.ndarray]],
+                             work_dir: str) -> None:
+        """Generate the missing class images with ``infer`` and train on them.
+
+        Args:
+            infer (Callable): ``LatentDiffusionModel.infer`` of the base
+                model (before training, its LoRA changes nothing).
+            work_dir (str): Where the default class folder lies.
+        """
+        if self.class_prompt is None:
+            return
+        if self.class_data_dir is None:
+            self.class_data_dir = class_image_folder(work_dir,
+                                                     self.class_prompt)
+        options = dict(self.class_generation)
+        batch_size = options.pop("batch_size", 4)
+
+        def generate(seeds: Sequence[int]) -> list[np.ndarray]:
+            return infer([self.class_prompt], seed=list(seeds), **options)
+
+        generate_class_images(self.class_data_dir, self.num_class_images,
+                              generate, batch_size)
+        self._find_class_images()
+        print_log(
+            f"DreamBooth: {len(self.instances)} instance images "
+            f"({self.instance_prompt!r}) and {len(self.class_images)} class "
+            f"images ({self.class_prompt!r}, loss weight "
+            f"{self.prior_loss_weight}): {len(self)} samples an epoch",
+            logger="current")
+
+    def _find_class_images(self) -> None:
+        """Read the class folder and lay out the rows: instance rows then
+        class rows, as many of each."""
+        if self.class_prompt is not None and self.class_data_dir is not None:
+            self.class_images = list_images(
+                self.class_data_dir)[:self.num_class_images]
+        if self.needs_class_images and self.class_data_dir is not None:
+            print_log(
+                f"DreamBoothDataset: {len(self.class_images)} of "
+                f"{self.num_class_images} class images in "
+                f"{self.class_data_dir}; DiffEngineRunner generates the rest "
+                "before training", logger="current")
+        num_instances = len(self.instances)
+        num_classes = len(self.class_images)
+        length = max(num_instances, num_classes)
+        self.rows = [(False, i % num_instances) for i in range(length)]
+        if num_classes:
+            self.rows += [(True, i % num_classes) for i in range(length)]
+        self._row_buckets = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def image_source(self, idx: int) -> dict | str:
+        """The instance or class image of row ``idx``, undecoded."""
+        is_class, number = self.rows[idx]
+        if is_class:
+            return self.class_images[number]
+        return self.instances.image_source(number)
+
+    def caption_at(self, idx: int) -> str:
+        """The class prompt for a class row, else the instance prompt."""
+        return self.class_prompt if self.rows[idx][0] else self.instance_prompt
+
+    def loss_weight_at(self, idx: int) -> float | None:
+        """``prior_loss_weight`` for a class row, 1 for an instance row; None
+        without prior preservation."""
+        if self.class_prompt is None:
+            return None
+        return self.prior_loss_weight if self.rows[idx][0] else 1.0

@@ -1,0 +1,61 @@
+"""DreamBooth end to end: `mim train` draws the class images once, a later
+run reuses them, and the step folder loads in diffusers."""
+import os
+
+import torch
+from diffusers import StableDiffusionPipeline
+
+from diffengine.datasets.class_images import list_images
+from tests.conftest import REPO
+from tests.test_datasets.test_dreambooth import instance_folder
+from tests.test_tools.test_train import mim_train, trained_model
+
+CONFIG = os.path.join(REPO, "configs", "stable_diffusion_dreambooth",
+                      "stable_diffusion_v15_dreambooth_lora_dog.py")
+
+
+def test_class_images_are_drawn_once_and_the_step_loads(tmp_path, tiny_sd,
+                                                        shapes_data):
+    work = tmp_path / "work"
+    model_options = [f"model.model={tiny_sd}"]
+    options = [
+        *model_options, f"work_dir={work}",
+        "train_dataloader.dataset.dataset="
+        + instance_folder(tmp_path / "sks", shapes_data),
+        "train_dataloader.dataset.num_class_images=4",
+        "train_dataloader.dataset.class_generation.num_inference_steps=2",
+        "train_dataloader.dataset.class_generation.guidance_scale=1.0",
+        "train_dataloader.dataset.prior_loss_weight=0.5",
+        "train_dataloader.dataset.pipeline.0.size=64",
+        "train_dataloader.dataset.pipeline.1.size=64",
+        "train_dataloader.batch_size=2", "train_dataloader.num_workers=0",
+        "train_cfg.max_epochs=1", "custom_hooks=[]", "randomness.seed=0"]
+    log = mim_train(CONFIG, tmp_path, *options)
+    folder = work / "class_images" / "a_photo_of_a_dog"
+    assert f"class images: generating 4 of 4 in {folder}" in log
+    drawn = {p: os.path.getmtime(p) for p in list_images(str(folder))}
+    assert len(drawn) == 4
+    # 4 class images and 4 instance samples (3 images), batch 2
+    assert (work / "step4").is_dir() and not (work / "step5").exists()
+
+    again = mim_train(CONFIG, tmp_path, *options,
+                      "train_cfg.max_epochs=2", "--resume")
+    assert "generating" not in again
+    assert f"class images: 4 found in {folder}, reused" in again
+    assert {p: os.path.getmtime(p) for p in list_images(str(folder))} == drawn
+    assert "resumed from" in again and (work / "step8").is_dir()
+
+    model = trained_model(CONFIG, work, "epoch_2.pth", *model_options)
+    kwargs = dict(num_inference_steps=3, output_type="np")
+    trained = model.infer(["a photo of sks dog"], seed=3, **kwargs)[0]
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd,
+                                                   safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    base = pipe("a photo of sks dog",
+                generator=torch.Generator().manual_seed(3), **kwargs).images[0]
+    pipe.load_lora_weights(str(work / "step8"))
+    loaded = pipe("a photo of sks dog",
+                  generator=torch.Generator().manual_seed(3),
+                  **kwargs).images[0]
+    assert abs(loaded - trained).max() <= 1e-5
+    assert abs(loaded - base).max() > 1e-4
