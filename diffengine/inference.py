@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 
-from diffengine.lora_file import weights_path
+from diffengine.architectures import architecture_of
+from diffengine.lora_file import LoRAFile, read_lora_file
 
 # Parts that training does without (SD 1.x's safety checker), switched off
 # where a pipeline has them, as training's own pipeline does.
@@ -110,29 +111,46 @@ def prompt_slug(prompts: Sequence[str], max_length: int = 80) -> str:
     return "+".join(slugs)[:max_length].rstrip("-+")
 
 
+def load_adapters(pipe: DiffusionPipeline, lora: str,
+                  lora_scale: float = 1.0) -> LoRAFile:
+    """Add the adapters of a step folder or file to ``pipe`` at
+    ``lora_scale``, with the loader of its kind: diffusers'
+    ``load_lora_weights`` for LoRA and DoRA (and kohya LoRA files), the
+    LyCORIS loader of :mod:`diffengine.adapters.formats` for LoHa and LoKr.
+
+    Returns:
+        LoRAFile: The file read, whose ``step_format.fuse`` merges it.
+    """
+    source = read_lora_file(lora)
+    source.step_format.load(pipe, source,
+                            architecture_of(source).kohya_prefixes,
+                            lora_scale)
+    return source
+
+
 def load_pipeline(base: str,
                   lora: str | None = None,
                   lora_scale: float = 1.0,
                   device: str | torch.device = "cpu",
                   torch_dtype: torch.dtype = torch.float32
                   ) -> DiffusionPipeline:
-    """The base pipeline with a diffengine LoRA loaded at ``lora_scale``.
+    """The base pipeline with a diffengine adapter loaded at ``lora_scale``.
 
     The scheduler is the base model's, as in ``StableDiffusion.pipeline``.
 
     Args:
         base (str): Hub id or diffusers folder of the base model.
         lora (str, optional): Step folder or ``.safetensors`` file (diffusers
-            or kohya format). Defaults to None (the base alone).
-        lora_scale (float): Strength of the LoRA; 1 is as trained.
+            or kohya LoRA, or a LyCORIS file diffengine wrote). Defaults to
+            None (the base alone).
+        lora_scale (float): Strength of the adapter; 1 is as trained.
             Defaults to 1.
         device (str | torch.device): Defaults to "cpu".
         torch_dtype (torch.dtype): Defaults to float32.
     """
     pipe = load_base_pipeline(base)
     if lora is not None:
-        pipe.load_lora_weights(weights_path(lora), adapter_name="lora")
-        pipe.set_adapters(["lora"], adapter_weights=[lora_scale])
+        load_adapters(pipe, lora, lora_scale)
     pipe.set_progress_bar_config(disable=True)
     if torch_dtype != torch.float32:
         pipe.to(dtype=torch_dtype)

@@ -1,41 +1,61 @@
-"""Reading the LoRA files diffengine writes (``step{N}/`` folders).
+"""Reading the adapter files diffengine writes (``step{N}/`` folders).
 
-A step folder holds ``pytorch_lora_weights.safetensors`` as written by
-diffusers' ``save_lora_weights``: keys ``unet.<module>.lora.{down,up}.weight``
-and ``text_encoder.text_model.<module>.lora_linear_layer.{down,up}.weight``,
-the peft adapter config of each part under ``lora_adapter_metadata``, and
+A step folder holds one file (see :mod:`diffengine.adapters.formats`):
+``pytorch_lora_weights.safetensors`` for LoRA and DoRA, as diffusers'
+``save_lora_weights`` writes it (keys ``unet.<module>.lora_A.weight``;
+folders from earlier versions have diffusers' ``lora.down.weight`` /
+``lora_linear_layer.down.weight``), or ``lycoris_weights.safetensors`` for
+LoHa and LoKr, LyCORIS' single file (``lora_unet_<module>.hada_w1_a``, ...).
+Both keep the peft config of each part under ``lora_adapter_metadata`` and
 the ``diffengine.*`` training metadata that ``LoRACheckpointHook`` adds.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-# Where diffusers keeps the adapter configs in the file's metadata.
-ADAPTER_METADATA_KEY = "lora_adapter_metadata"
-# Prefix of the training metadata (base model, step, dataset, config).
-TRAINING_METADATA_PREFIX = "diffengine."
+from diffengine.adapters import (
+    AdapterKind,
+    kind_of_config,
+    kind_of_kohya,
+    kind_of_tensors,
+)
+from diffengine.adapters.formats import (
+    ADAPTER_METADATA_KEY,
+    DIFFUSERS_FILE,
+    LYCORIS_FILE,
+    STEP_FORMATS,
+    TRAINING_METADATA_PREFIX,
+    StepFormat,
+    add_training_metadata,
+    unpack_adapter_configs,
+)
+from diffengine.adapters.kohya import kohya_modules
+
+__all__ = ["ADAPTER_METADATA_KEY", "DOWN_SUFFIXES", "TRAINING_METADATA_PREFIX",
+           "LoRAFile", "add_training_metadata", "base_model", "read_lora_file",
+           "weights_path"]
+
 # Ends of the down-projection keys, one per module: diffusers' own names
-# (``lora.down``, ``lora_linear_layer.down``), kohya's (``lora_down``) and,
-# where diffusers keeps them (CLIP's ``fc1``/``fc2``), peft's (``lora_A``).
+# (``lora.down``, ``lora_linear_layer.down``), kohya's (``lora_down``) and
+# peft's (``lora_A``).
 DOWN_SUFFIXES = ("down.weight", "lora_A.weight")
 
 
 def weights_path(lora: str) -> str:
     """The ``.safetensors`` file of a step folder, or ``lora`` if a file."""
     if os.path.isdir(lora):
-        path = os.path.join(lora, WEIGHT_NAME)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"{lora!r} holds no {WEIGHT_NAME}; give a step folder "
-                "(work_dirs/<config>/step<N>) or a .safetensors file.")
-        return path
+        for step_format in STEP_FORMATS:
+            path = os.path.join(lora, step_format.weight_name)
+            if os.path.isfile(path):
+                return path
+        names = " or ".join(f.weight_name for f in STEP_FORMATS)
+        raise FileNotFoundError(
+            f"{lora!r} holds no {names}; give a step folder "
+            "(work_dirs/<config>/step<N>) or a .safetensors file.")
     if not os.path.isfile(lora):
         raise FileNotFoundError(f"LoRA {lora!r} does not exist.")
     return lora
@@ -43,12 +63,12 @@ def weights_path(lora: str) -> str:
 
 @dataclass
 class LoRAFile:
-    """The weights and metadata of a diffusers-format LoRA file.
+    """The weights and metadata of an adapter file.
 
     Attributes:
         path (str): The ``.safetensors`` file.
-        state_dict (dict[str, Tensor]): Weights, keys as diffusers saves them.
-        adapter_configs (dict[str, dict]): peft ``LoraConfig`` fields per part
+        state_dict (dict[str, Tensor]): Weights, keys as saved.
+        adapter_configs (dict[str, dict]): peft config fields per part
             (``"unet"``, ``"text_encoder"``); empty when the file has none.
         training (dict[str, str]): ``diffengine.*`` metadata, prefix dropped
             (``base_model``, ``step``, ``resolution``, ``dataset``, ...).
@@ -60,9 +80,34 @@ class LoRAFile:
     training: dict[str, str] = field(default_factory=dict)
 
     @property
+    def is_kohya(self) -> bool:
+        """Whether keys are kohya names (``lora_unet_...``), not parts."""
+        return bool(self.state_dict) and all(
+            k.startswith("lora_") for k in self.state_dict)
+
+    @property
+    def step_format(self) -> StepFormat:
+        """The loader that reads the file: diffusers' (LoRA and DoRA
+        files, kohya LoRA files), or the LyCORIS one (LoHa, LoKr)."""
+        if self.is_kohya and any(
+                kind_of_kohya(tensors).step_format is LYCORIS_FILE
+                for tensors in kohya_modules(self.state_dict).values()):
+            return LYCORIS_FILE
+        return DIFFUSERS_FILE
+
+    @property
     def parts(self) -> list[str]:
         """The model parts with adapters, e.g. ``["unet", "text_encoder"]``."""
+        if self.is_kohya:
+            return list(self.adapter_configs)
         return list(dict.fromkeys(k.split(".", 1)[0] for k in self.state_dict))
+
+    def kind(self, part: str) -> AdapterKind:
+        """The adapter kind of ``part``: from its config, else its keys."""
+        if part in self.adapter_configs:
+            return kind_of_config(self.adapter_configs[part])
+        return kind_of_tensors(k for k in self.state_dict
+                               if k.startswith(f"{part}."))
 
     def rank(self, part: str) -> int:
         """The configured rank ``r`` of ``part`` (or the largest in the file)."""
@@ -72,14 +117,16 @@ class LoRAFile:
                    if k.startswith(f"{part}.") and k.endswith(DOWN_SUFFIXES))
 
     def alpha(self, part: str) -> float:
-        """``lora_alpha`` of ``part``; the rank (strength 1) if not saved."""
+        """The configured alpha of ``part``; the rank (strength 1) if not
+        saved."""
         if part in self.adapter_configs:
-            return float(self.adapter_configs[part]["lora_alpha"])
+            config = self.adapter_configs[part]
+            return float(config[self.kind(part).alpha_option])
         return float(self.rank(part))
 
 
 def read_lora_file(lora: str) -> LoRAFile:
-    """Read a step folder or a diffusers-format ``.safetensors`` LoRA."""
+    """Read a step folder or an adapter ``.safetensors`` file."""
     path = weights_path(lora)
     state_dict = {}
     with safe_open(path, framework="pt") as f:
@@ -88,28 +135,12 @@ def read_lora_file(lora: str) -> LoRAFile:
             state_dict[key] = f.get_tensor(key)
     adapter_configs: dict[str, dict] = {}
     if ADAPTER_METADATA_KEY in metadata:
-        for key, value in json.loads(metadata[ADAPTER_METADATA_KEY]).items():
-            part, option = key.split(".", 1)
-            adapter_configs.setdefault(part, {})[option] = value
+        adapter_configs = unpack_adapter_configs(metadata[ADAPTER_METADATA_KEY])
     training = {
         k[len(TRAINING_METADATA_PREFIX):]: v for k, v in metadata.items()
         if k.startswith(TRAINING_METADATA_PREFIX)
     }
     return LoRAFile(path, state_dict, adapter_configs, training)
-
-
-def add_training_metadata(path: str, training: dict[str, str]) -> None:
-    """Add ``diffengine.<key>`` entries to the metadata of a LoRA file.
-
-    The file is rewritten with the same tensors and its other metadata
-    (diffusers' ``lora_adapter_metadata`` among them) kept.
-    """
-    with safe_open(path, framework="pt") as f:
-        metadata = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    metadata.update({f"{TRAINING_METADATA_PREFIX}{k}": str(v)
-                     for k, v in training.items()})
-    save_file(tensors, path, metadata=metadata)
 
 
 def base_model(lora: str, base: str | None = None) -> str:

@@ -20,6 +20,22 @@ UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 NO_VALIDATION = ["train_dataloader.dataset.validation_fraction=0",
                  "val_dataloader=None", "val_cfg=None", "val_evaluator=None"]
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+# attention plus every convolution of the resnets, the transformers'
+# projections and the down/up samplers (LoCon)
+UNET_CONV_TARGETS = [*UNET_TARGETS, "conv1", "conv2", "conv_shortcut",
+                     "proj_in", "proj_out", "conv"]
+# Each adapter kind under test: its options besides r, alpha and targets.
+# "LoKr" at r=4 has full and decomposed factors side by side; "LoKr-small"
+# decomposes both factors and keeps Tucker cores on the 3x3 convolutions.
+KIND_OPTIONS = {
+    "LoRA": {},
+    "DoRA": dict(use_dora=True),
+    "LoHa": dict(type="LoHa"),
+    "LoHa-Tucker": dict(type="LoHa", use_effective_conv2d=True),
+    "LoKr": dict(type="LoKr"),
+    "LoKr-small": dict(type="LoKr", r=1, decompose_both=True,
+                       use_effective_conv2d=True),
+}
 
 
 # A small UNet laid out as SD 1.x's: three attending levels then a plain
@@ -56,8 +72,9 @@ def tiny_train_config(work_dir, tiny_sd: str, shapes_data: str, *,
     arguments are top-level keys.
     """
     return dict(
-        model=dict(type="StableDiffusion", model=tiny_sd,
-                   unet_lora_config=dict(r=2, target_modules=UNET_TARGETS),
+        model=dict(dict(type="StableDiffusion", model=tiny_sd,
+                        unet_lora_config=dict(r=2,
+                                              target_modules=UNET_TARGETS)),
                    **(model or {})),
         work_dir=str(work_dir),
         train_dataloader=dict(
@@ -116,6 +133,40 @@ def lora_step(tmp_path_factory, tiny_sd):
     reference = model.infer([SAMPLE["prompt"]], **settings)[0]
     return SimpleNamespace(step_dir=step_dir, reference=reference,
                            model=model)
+
+
+def kind_configs(kind: str) -> dict:
+    """``unet_lora_config`` (attention and convolutions, r=4, alpha 3) and
+    ``text_encoder_lora_config`` (r=2, alpha 5) of a kind of
+    :data:`KIND_OPTIONS`; strengths that are not powers of two, so that a
+    scale applied twice or not at all shows."""
+    options = dict(KIND_OPTIONS[kind])
+    return dict(
+        unet_lora_config=dict(dict(r=4, lora_alpha=3,
+                                   target_modules=UNET_CONV_TARGETS),
+                              **options),
+        text_encoder_lora_config=dict(dict(r=2, lora_alpha=5,
+                                           target_modules=TEXT_TARGETS),
+                                      **options))
+
+
+@pytest.fixture(scope="session")
+def kind_step(tmp_path_factory, tiny_sd):
+    """``kind_step(kind)``: a perturbed UNet + text-encoder model of a kind
+    of :data:`KIND_OPTIONS` and its step folder, built once a session."""
+    steps = {}
+
+    def make(kind: str) -> SimpleNamespace:
+        if kind not in steps:
+            model = StableDiffusion(tiny_sd, **kind_configs(kind))
+            perturb_lora(model)
+            model.eval()
+            step_dir = str(tmp_path_factory.mktemp(kind) / "step3")
+            model.save_lora_weights(step_dir, {"step": "3"})
+            steps[kind] = SimpleNamespace(model=model, step_dir=step_dir)
+        return steps[kind]
+
+    return make
 
 
 @pytest.fixture(scope="session")

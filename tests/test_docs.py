@@ -72,7 +72,7 @@ DOCS = os.path.join(REPO, "docs")
 # In the order of docs/README.md: later guides use what earlier ones train.
 GUIDES = ["lora.md", "text_encoder_lora.md", "techniques.md", "own_images.md",
           "dreambooth.md", "multi_gpu.md", "inference.md", "export.md",
-          "merging.md", "sdxl.md"]
+          "merging.md", "sdxl.md", "adapters.md"]
 # The tiny model that stands for each model family.
 TINY_MODELS = {"StableDiffusion": "data/demo/tiny-sd",
                "StableDiffusionXL": "data/demo/tiny-sdxl"}
@@ -300,6 +300,9 @@ PROMISED = [
     "yoda_xl_diffusers.png",
     "pokemon_sd15.safetensors",
     "merged_single_file.png",
+    "work_dirs/pokemon_loha/step*/lycoris_weights.safetensors",
+    "yoda_loha.png",
+    "pokemon_loha.safetensors",
 ]
 
 

@@ -1,40 +1,89 @@
-"""Write a step's LoRA as one ``.safetensors`` file for other tools."""
+"""Write a step's adapters as one ``.safetensors`` file for other tools."""
 from __future__ import annotations
 
-import json
 import os
 
 import torch
+from diffusers import DiffusionPipeline
 from safetensors.torch import save_file
 
+from diffengine.adapters import DORA
+from diffengine.adapters.formats import (
+    ADAPTER_METADATA_KEY,
+    DIFFUSERS_FILE,
+    LYCORIS_FILE,
+    pack_adapter_configs,
+)
+from diffengine.adapters.kohya import BaseWeights, module_path
 from diffengine.export.kohya import to_kohya
 from diffengine.export.metadata import export_metadata
-from diffengine.lora_file import ADAPTER_METADATA_KEY, read_lora_file
+from diffengine.lora_file import LoRAFile, read_lora_file
 from diffengine.models.utils.dtypes import DTYPES
 
 FORMATS = ("kohya", "diffusers")
+# Whose reading of DoRA's ``dora_scale`` the kohya file is written for
+# (see diffengine.adapters.dora).
+DORA_READERS = ("comfyui", "lycoris")
+
+
+def base_weights(base: str) -> BaseWeights:
+    """The frozen weights of ``base`` (hub id or diffusers folder), by part
+    and canonical module name."""
+    pipe = DiffusionPipeline.from_pretrained(base)
+
+    def weight(part: str, module: str) -> torch.Tensor:
+        component = getattr(pipe, part)
+        layer = component.get_submodule(module_path(component, module))
+        return layer.weight.detach().float()
+
+    return weight
+
+
+def dora_base_weights(source: LoRAFile, base: str | None,
+                      dora_reader: str) -> BaseWeights | None:
+    """The base weights a DoRA kohya export needs for ``dora_reader``."""
+    if dora_reader not in DORA_READERS:
+        raise ValueError(f"dora_reader={dora_reader!r}; choose one of "
+                         f"{list(DORA_READERS)}.")
+    if dora_reader != "comfyui" or not any(
+            source.kind(part) is DORA for part in source.parts):
+        return None
+    base = base or source.training.get("base_model")
+    if base is None:
+        raise ValueError(
+            f"{source.path} is DoRA and records no base model; its "
+            "dora_scale for ComfyUI depends on the base weights: pass --base "
+            "(or --dora-reader lycoris).")
+    return base_weights(base)
 
 
 def export_lora(lora: str,
                 out: str,
                 format: str = "kohya",
                 title: str | None = None,
-                dtype: str = "float32") -> dict[str, torch.Tensor]:
-    """Export a step folder (or diffusers LoRA file) to ``out``.
+                dtype: str = "float32",
+                base: str | None = None,
+                dora_reader: str = "comfyui") -> dict[str, torch.Tensor]:
+    """Export a step folder (or diffusers adapter file) to ``out``.
 
     Args:
-        lora (str): ``work_dirs/<config>/step<N>`` or its
-            ``pytorch_lora_weights.safetensors``.
+        lora (str): ``work_dirs/<config>/step<N>`` or its step file.
         out (str): The ``.safetensors`` file to write.
         format (str): ``"kohya"`` (``lora_unet_*`` / ``lora_te_*`` keys,
-            SDXL's ``lora_te1_*`` / ``lora_te2_*``, with ``.alpha``, for
-            A1111 and ComfyUI) or ``"diffusers"`` (the step
-            file's keys and adapter configs, for ``load_lora_weights``).
-            Defaults to "kohya".
-        title (str, optional): The LoRA's display name. Defaults to the file
-            name of ``out`` without extension.
+            SDXL's ``lora_te1_*`` / ``lora_te2_*``, each kind's tensors with
+            ``.alpha``, for A1111 and ComfyUI) or ``"diffusers"`` (the step
+            file's keys and adapter configs, for ``load_lora_weights``; LoRA
+            and DoRA only). Defaults to "kohya".
+        title (str, optional): The display name. Defaults to the file name
+            of ``out`` without extension.
         dtype (str): ``float32``, ``float16`` or ``bfloat16`` weights.
             Defaults to "float32".
+        base (str, optional): The base model, for DoRA's ``dora_scale``.
+            Defaults to the one the step file records.
+        dora_reader (str): ``"comfyui"`` writes ``dora_scale`` so that
+            ComfyUI (and Forge) rebuild the trained weights; ``"lycoris"``
+            writes peft's magnitudes, as LyCORIS reads them. Defaults to
+            "comfyui".
 
     Returns:
         dict[str, Tensor]: The tensors written.
@@ -47,18 +96,26 @@ def export_lora(lora: str,
         raise ValueError(f"out={out!r} must end with .safetensors.")
     source = read_lora_file(lora)
     title = title or os.path.splitext(os.path.basename(out))[0]
-    metadata = {"format": "pt", **export_metadata(source, title)}
     if format == "kohya":
-        tensors = to_kohya(source, DTYPES[dtype])
+        tensors = to_kohya(source, DTYPES[dtype],
+                           dora_base_weights(source, base, dora_reader))
+        metadata = {"format": "pt",
+                    **export_metadata(source, title, tensors)}
+        if source.step_format is LYCORIS_FILE:
+            # no other loader reads it; this project's loads with it
+            metadata[ADAPTER_METADATA_KEY] = pack_adapter_configs(
+                source.adapter_configs)
     else:
+        if source.step_format is not DIFFUSERS_FILE:
+            kinds = "/".join(source.kind(part).name for part in source.parts)
+            raise ValueError(f"{source.path} holds {kinds}, which diffusers "
+                             "does not read; use --format kohya.")
         tensors = {k: v.to(DTYPES[dtype]).contiguous()
                    for k, v in source.state_dict.items()}
+        metadata = {"format": "pt", **export_metadata(source, title)}
         if source.adapter_configs:
-            metadata[ADAPTER_METADATA_KEY] = json.dumps({
-                f"{part}.{option}": value
-                for part, config in source.adapter_configs.items()
-                for option, value in config.items()
-            })
+            metadata[ADAPTER_METADATA_KEY] = pack_adapter_configs(
+                source.adapter_configs)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     save_file(tensors, out, metadata=metadata)
     return tensors

@@ -10,7 +10,7 @@ from diffusers import DiffusionPipeline
 from diffengine.export.diffusers_folder import save_pipeline_folder
 from diffengine.export.single_file import save_single_file, to_single_file
 from diffengine.fileio import atomic_directory
-from diffengine.lora_file import weights_path
+from diffengine.inference import load_adapters
 from diffengine.models.utils.dtypes import DTYPES
 from diffengine.models.utils.model_folder import resolve_model
 from diffengine.version import __version__
@@ -60,7 +60,7 @@ def merge_lora(lora: str, base: str, out: str,
     whole or not at all.
 
     Args:
-        lora (str): Step folder or LoRA ``.safetensors`` file.
+        lora (str): Step folder or adapter ``.safetensors`` file.
         base (str): Hub id or diffusers folder the LoRA was trained on.
         out (str): Output folder, or ``.safetensors`` file for
             ``"single-file"``.
@@ -85,10 +85,7 @@ def merge_lora(lora: str, base: str, out: str,
             f"out={out!r}: --format single-file writes one .safetensors "
             "file, --format diffusers a folder; name the output to match.")
     pipe = DiffusionPipeline.from_pretrained(base)
-    pipe.load_lora_weights(weights_path(lora), adapter_name="lora")
-    pipe.fuse_lora(lora_scale=lora_scale, adapter_names=["lora"])
-    # Drop the adapter layers; the fused weights stay.
-    pipe.unload_lora_weights()
+    load_adapters(pipe, lora, lora_scale).step_format.fuse(pipe)
     if dtype != "float32":
         pipe.to(DTYPES[dtype])
     if single:

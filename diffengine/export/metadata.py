@@ -20,9 +20,14 @@ in ``diffengine.<part>.rank`` / ``.alpha``.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 
-from diffengine.export.architectures import architecture_of
+import torch
+
+from diffengine.adapters import kind_of_kohya
+from diffengine.adapters.kohya import kohya_modules
+from diffengine.architectures import architecture_of
 from diffengine.export.kohya import to_kohya
 from diffengine.lora_file import TRAINING_METADATA_PREFIX, LoRAFile
 from diffengine.version import __version__
@@ -48,32 +53,54 @@ PART_NAMES = {"unet": "UNet", "text_encoder": "text encoder",
 
 
 def module_ranks_and_alphas(
-        lora: LoRAFile) -> dict[str, list[tuple[int, float]]]:
+        lora: LoRAFile, kohya: dict[str, torch.Tensor] | None = None
+) -> dict[str, list[tuple[int, float]]]:
     """(rank, kohya alpha) of every module, by part.
 
-    The alpha is strength × rank (as the kohya export writes it), rounded
-    to 6 significant digits. A file that has no kohya form (DoRA, parts
-    no family has) gets each part's configured ``r`` and
-    ``lora_alpha``.
+    The alpha is the ``.alpha`` of the kohya file (strength × rank; the rank
+    of a LoKr module of two full factors, which loaders apply at strength 1),
+    rounded to 6 significant digits; the rank is the one loaders divide it
+    by, or the configured one where a module shows none. A file that has no
+    kohya form (parts no family has) gets each part's configured ``r`` and
+    alpha.
+
+    Args:
+        lora (LoRAFile): The step file.
+        kohya (dict, optional): Its kohya tensors; None if it has no kohya
+            form.
     """
-    try:
-        kohya = to_kohya(lora)
-    except ValueError:
+    if kohya is None:
         return {part: [(lora.rank(part), lora.alpha(part))]
                 for part in lora.parts}
     prefixes = {prefix: part for part, prefix in
                 architecture_of(lora).kohya_prefixes.items()}
     modules: dict[str, list[tuple[int, float]]] = {}
-    for key, value in kohya.items():
-        if not key.endswith(".alpha"):
-            continue
-        name = key[:-len(".alpha")]
+    for name, tensors in kohya_modules(kohya).items():
         part = next(p for prefix, p in prefixes.items()
                     if name.startswith(prefix))
-        rank = kohya[f"{name}.lora_down.weight"].shape[0]
+        rank = kind_of_kohya(tensors).kohya_rank(tensors) or lora.rank(part)
         modules.setdefault(part, []).append(
-            (rank, float(f"{value.item():.6g}")))
+            (rank, float(f"{tensors['alpha'].item():.6g}")))
     return modules
+
+
+def network_metadata(lora: LoRAFile,
+                     kohya: dict[str, torch.Tensor] | None
+                     ) -> dict[str, str]:
+    """``ss_network_module`` and ``ss_network_args`` as kohya's scripts
+    write them: ``networks.lora`` for LoRA (LoCon as ``conv_dim`` /
+    ``conv_alpha``), ``lycoris.kohya`` with LyCORIS' ``algo`` and options
+    for DoRA, LoHa and LoKr; the UNet's adapter names the network."""
+    part = "unet" if "unet" in lora.parts else lora.parts[0]
+    kind = lora.kind(part)
+    metadata = {"ss_network_module": kind.network_module}
+    config = lora.adapter_configs.get(part)
+    if config is not None:
+        has_conv = any(v.ndim == 4 for v in (kohya or {}).values())
+        args = kind.network_args(config, has_conv)
+        if args:
+            metadata["ss_network_args"] = json.dumps(args)
+    return metadata
 
 
 def _one_or_dynamic(values: set[float]) -> str:
@@ -95,21 +122,32 @@ def describe_parts(modules: dict[str, list[tuple[int, float]]]) -> str:
         for part, pairs in modules.items())
 
 
-def export_metadata(lora: LoRAFile, title: str) -> dict[str, str]:
-    """The metadata of an exported LoRA file.
+def export_metadata(lora: LoRAFile, title: str,
+                    kohya: dict[str, torch.Tensor] | None = None
+                    ) -> dict[str, str]:
+    """The metadata of an exported adapter file.
 
     Args:
-        lora (LoRAFile): The LoRA, with the training metadata of its step
-            file (missing entries are left out).
+        lora (LoRAFile): The step file, with its training metadata (missing
+            entries are left out).
         title (str): Shown as the LoRA's name (``modelspec.title``,
             ``ss_output_name``).
+        kohya (dict, optional): The kohya tensors written, if the export is
+            one; converted from ``lora`` (DoRA's magnitudes as peft's) when
+            None.
 
     Returns:
         dict[str, str]: ``modelspec.*``, ``ss_*`` and ``diffengine.*`` keys.
     """
     training = lora.training
     architecture = architecture_of(lora)
-    modules = module_ranks_and_alphas(lora)
+    if kohya is None:
+        try:
+            kohya = to_kohya(lora)
+        except ValueError:  # no kohya form: the configured numbers
+            kohya = None
+    modules = module_ranks_and_alphas(lora, kohya)
+    kinds = "/".join(dict.fromkeys(lora.kind(p).name for p in lora.parts))
     pairs = [pair for part in modules.values() for pair in part]
     resolution = training.get("resolution")  # "WxH"
     date = datetime.datetime.fromtimestamp(
@@ -123,11 +161,11 @@ def export_metadata(lora: LoRAFile, title: str) -> dict[str, str]:
         "modelspec.date": date,
         "modelspec.prediction_type": "v" if prediction == "v_prediction"
         else "epsilon",
-        "modelspec.description": f"LoRA trained with diffengine "
+        "modelspec.description": f"{kinds} trained with diffengine "
         f"{__version__}: {describe_parts(modules)}",
         "ss_base_model_version": architecture.base_model_version,
         "ss_v2": "False",
-        "ss_network_module": "networks.lora",
+        **network_metadata(lora, kohya),
         "ss_network_dim": _one_or_dynamic({r for r, _ in pairs}),
         "ss_network_alpha": _one_or_dynamic({a for _, a in pairs}),
         "ss_output_name": title,

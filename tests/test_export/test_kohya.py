@@ -9,14 +9,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from diffengine.adapters import LORA
+from diffengine.adapters.kohya import canonical_text_encoder_keys
 from diffengine.export import export_lora, to_kohya
-from diffengine.export.kohya import module_strength
 from diffengine.export.metadata import export_metadata
 from diffengine.inference import generate, load_pipeline
 from diffengine.lora_file import DOWN_SUFFIXES, LoRAFile, read_lora_file
-from diffengine.models.editors.base import (
-    canonical_text_encoder_keys,
-)
 from tests.comfyui_keys import comfyui_lora_key_map
 from tests.conftest import SAMPLE, SD1_LAYOUT_UNET, TEXT_TARGETS, UNET_TARGETS
 
@@ -194,7 +192,7 @@ def test_diffusers_export_keeps_keys_and_strength(lora_step, tmp_path):
     assert exported.state_dict.keys() == source.state_dict.keys()
     assert exported.adapter_configs == source.adapter_configs
     assert load_file(out)["unet.down_blocks.1.attentions.0.transformer_blocks."
-                          "0.attn1.to_q.lora.down.weight"].shape == (4, 64)
+                          "0.attn1.to_q.lora_A.weight"].shape == (4, 64)
 
 
 @pytest.mark.parametrize("unet_options, text_options, strengths", [
@@ -224,27 +222,30 @@ def test_alphas_give_peft_strength_of_every_module(unet_options, text_options,
     assert set(expected.values()) == strengths
 
 
-def test_module_strength_reads_patterns_and_defaults():
+def test_module_scale_reads_patterns_and_defaults():
     name = "down_blocks.1.attentions.0.transformer_blocks.0.attn{}.to_q"
+    rank = {"lora_A.weight": torch.zeros(4, 8)}
     config = dict(r=4, lora_alpha=8, alpha_pattern={"attn2.to_q": 2})
-    assert module_strength(config, name.format(1), 4) == 2.0
-    assert module_strength(config, name.format(2), 4) == 0.5
+    assert LORA.module_scale(config, name.format(1), rank) == 2.0
+    assert LORA.module_scale(config, name.format(2), rank) == 0.5
     # text-encoder patterns written against transformers 5.x names match too
     text = dict(r=2, lora_alpha=2,
                 alpha_pattern={"encoder.layers.0.self_attn.q_proj": 6})
-    assert module_strength(text, "text_model.encoder.layers.0.self_attn.q_proj",
-                           2) == 3.0
+    assert LORA.module_scale(
+        text, "text_model.encoder.layers.0.self_attn.q_proj", rank) == 3.0
     # no saved config: diffusers loads the file at strength 1
-    assert module_strength(None, name.format(1), 4) == 1.0
+    assert LORA.module_scale(None, name.format(1), rank) == 1.0
 
 
 def test_unsupported_lora_files_are_refused(tmp_path):
-    dora = LoRAFile("dora.safetensors", {
+    odd = LoRAFile("odd.safetensors", {
         "unet.a.to_q.lora.down.weight": torch.zeros(2, 4),
         "unet.a.to_q.lora.up.weight": torch.zeros(4, 2),
-        "unet.a.to_q.lora_magnitude_vector": torch.zeros(4)})
-    with pytest.raises(ValueError, match="only plain LoRA"):
-        to_kohya(dora)
+        "unet.a.to_q.lora_embedding_A": torch.zeros(4)})
+    with pytest.raises(ValueError, match=r"odd\.safetensors: 1 tensors are "
+                       r"not LoRA weights \(lora_A\.weight, lora_B\.weight\), "
+                       r"e\.g\. \['a\.to_q\.lora_embedding_A'\]"):
+        to_kohya(odd)
     prior = LoRAFile("prior.safetensors", {
         "prior.a.q_proj.lora_linear_layer.down.weight": torch.zeros(2)})
     with pytest.raises(ValueError, match=r"\['prior'\] are not "

@@ -11,12 +11,20 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from PIL import Image
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from diffengine.demo_base import ShapeScorer
 from diffengine.engine.checkpoint import load_checkpoint_file
-from diffengine.inference import generate, load_base_pipeline, prompt_slug
+from diffengine.export import export_lora
+from diffengine.inference import (
+    generate,
+    load_base_pipeline,
+    load_pipeline,
+    prompt_slug,
+)
 from diffengine.registry import MODELS
 from diffengine.tools.plot_loss import plot_loss, read_scalar_log
+from tests.comfyui_weights import rebuild_error
 from tests.conftest import REPO
 from tests.test_docs import FENCE, rewrite, run_command
 from tools.train import parse_args
@@ -50,6 +58,17 @@ def trained_model(config, work_dir, checkpoint, *cfg_options):
     return model
 
 
+def mixed_data_run(work_dir, mixed_data):
+    """--cfg-options of a seed config run on the mixed folder at 64 px,
+    writing to ``work_dir``."""
+    return [f"work_dir={work_dir}",
+            f"train_dataloader.dataset.dataset={mixed_data}",
+            "train_dataloader.dataset.caption_column=text",
+            "train_dataloader.dataset.pipeline.0.size=64",
+            "train_dataloader.dataset.pipeline.1.size=64",
+            "train_dataloader.num_workers=0"]
+
+
 @pytest.mark.parametrize("config, parts", [
     ("stable_diffusion_lora/stable_diffusion_v15_lora_pokemon_blip.py",
      {"unet"}),
@@ -75,12 +94,7 @@ def test_seed_config_trains_and_loads_in_diffusers(config, parts, tmp_path,
         model_options.append("model.text_encoder_lora_config.lora_alpha=16")
     log = mim_train(
         config, tmp_path, *model_options,
-        f"work_dir={tmp_path / 'work'}",
-        f"train_dataloader.dataset.dataset={mixed_data}",
-        "train_dataloader.dataset.caption_column=text",
-        "train_dataloader.dataset.pipeline.0.size=64",
-        "train_dataloader.dataset.pipeline.1.size=64",
-        "train_dataloader.num_workers=0",
+        *mixed_data_run(tmp_path / "work", mixed_data),
         "train_cfg.max_epochs=2",
         "custom_hooks=[]")
     # mim ran the script that the editable install put where it looks
@@ -99,7 +113,7 @@ def test_seed_config_trains_and_loads_in_diffusers(config, parts, tmp_path,
         shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}  # noqa: SIM118
     prefixes = {k.split(".")[0] for k in shapes}
     ranks = {shape[0] for k, shape in shapes.items()
-             if k.endswith("down.weight")}
+             if k.endswith("lora_A.weight")}
     assert prefixes == parts and ranks == {8}
 
     model = trained_model(config, work, "epoch_2.pth", *model_options)
@@ -115,6 +129,60 @@ def test_seed_config_trains_and_loads_in_diffusers(config, parts, tmp_path,
                   **kwargs).images[0]
     assert abs(loaded - trained).max() <= 1e-5
     assert abs(loaded - base).max() > 1e-4
+
+
+# --cfg-options that switch the seed config's UNet LoRA to each kind, on
+# attention and convolutions
+KIND_OPTIONS = {
+    "LoRA": [],
+    "DoRA": ["model.unet_lora_config.use_dora=True"],
+    "LoHa": ["model.unet_lora_config.type=LoHa"],
+    "LoKr": ["model.unet_lora_config.type=LoKr"],
+}
+CONV_TARGETS = ("model.unet_lora_config.target_modules=[to_q,to_k,to_v,"
+                "to_out.0,conv1,conv2,conv_shortcut,proj_in,proj_out,conv]")
+
+
+@pytest.mark.parametrize("kind", list(KIND_OPTIONS))
+def test_every_kind_trains_reloads_and_exports(kind, tmp_path, tiny_sd,
+                                               mixed_data):
+    config = os.path.join(LORA_DIR, "stable_diffusion_v15_lora_pokemon_blip.py")
+    model_options = [f"model.model={tiny_sd}",
+                     "model.unet_lora_config.lora_alpha=4", CONV_TARGETS,
+                     *KIND_OPTIONS[kind]]
+    log = mim_train(
+        config, tmp_path, *model_options,
+        *mixed_data_run(tmp_path / "work", mixed_data),
+        "train_cfg.max_epochs=1",
+        # two steps at which every kind's weights move measurably (at 1e-4
+        # DoRA's change is near float32's resolution of its magnitudes)
+        "optim_wrapper.optimizer.lr=1e-2",
+        "custom_hooks=[]")
+    model = trained_model(config, tmp_path / "work", "epoch_1.pth",
+                          *model_options)
+    model.eval()
+    count = model.trainable_parameter_counts()["unet"]
+    assert f"{kind}: {count:,} trainable parameters (unet {count:,})" in log
+    step = str(tmp_path / "work" / "step2")
+    kwargs = dict(num_inference_steps=3, output_type="np")
+    pipe = load_base_pipeline(tiny_sd)
+    pipe.set_progress_bar_config(disable=True)
+    base = generate(pipe, "photo 0", [3], **kwargs)[0]
+    if kind in ("LoRA", "DoRA"):
+        assert os.listdir(step) == ["pytorch_lora_weights.safetensors"]
+        pipe.load_lora_weights(step)  # what diffusers users do
+    else:
+        assert os.listdir(step) == ["lycoris_weights.safetensors"]
+        pipe = load_pipeline(tiny_sd, step)
+    trained = model.infer(["photo 0"], seed=3, **kwargs)[0]
+    assert abs(generate(pipe, "photo 0", [3], **kwargs)[0] - trained
+               ).max() <= 1e-5
+    assert abs(base - trained).max() > 1e-3
+
+    out = str(tmp_path / f"{kind}.safetensors")
+    export_lora(step, out)
+    worst, convs = rebuild_error(model, load_file(out))
+    assert worst <= 1e-5 and convs == 31
 
 
 # How far the demo's LoRA lifts the concept score of its sample prompts above

@@ -3,15 +3,14 @@
 A family (``StableDiffusion``, and siblings with other text encoders or
 UNet conditioning) subclasses :class:`LatentDiffusionModel` and gives its
 parts, its prompt encoding, the UNet's conditioning and its diffusers
-pipeline; everything else lives here once: LoRA injection, the objective
+pipeline; everything else lives here once: adapter injection, the objective
 (latents → noise → timesteps → noisy input → prediction → loss) built from
-registered components, the trainable-only ``state_dict``, LoRA files, the
+registered components, the trainable-only ``state_dict``, step files, the
 non-finite loss guard and ``infer()``.
 """
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
@@ -25,17 +24,23 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-from diffusers.utils import convert_state_dict_to_diffusers
 from mmengine.logging import print_log
 from mmengine.model import BaseModel
 from peft import PeftConfig, get_peft_model_state_dict
 from transformers import CLIPTokenizer, PreTrainedModel
 
+from diffengine.adapters import (
+    AdapterKind,
+    AdapterPart,
+    adapter_kind,
+    count_trainable_parameters,
+    step_format_of,
+)
+from diffengine.adapters.kohya import canonical_text_encoder_keys, is_text_encoder
+from diffengine.architectures import ARCHITECTURES
 from diffengine.errors import ConfigError, NonFiniteLossError
 from diffengine.inference import generate
-from diffengine.lora_file import WEIGHT_NAME, add_training_metadata
 from diffengine.models.losses import DiffusionLoss, LossContext
-from diffengine.models.utils import add_lora_adapter, count_trainable_parameters
 from diffengine.models.utils.components import build_component
 from diffengine.models.utils.dtypes import resolve_dtype
 from diffengine.models.utils.fingerprint import weights_fingerprint
@@ -49,19 +54,6 @@ from diffengine.registry import MODELS
 Conditioning = Any  # what a family's prompt encoding returns
 
 
-def canonical_text_encoder_keys(state_dict: dict) -> dict:
-    """Name text-encoder LoRA keys as ``text_model.encoder.layers.N...``.
-
-    transformers 5.x ``CLIPTextModel`` has no ``text_model`` submodule; every
-    other stack (transformers 4.x, A1111, ComfyUI) names the layers under it,
-    and diffusers loads that form on both.
-    """
-    return {
-        k if k.startswith("text_model.") else f"text_model.{k}": v
-        for k, v in state_dict.items()
-    }
-
-
 def first_parameter(module: torch.nn.Module) -> torch.Tensor:
     """The first parameter of ``module``: its device and (for the frozen
     base) its dtype.
@@ -73,7 +65,8 @@ def first_parameter(module: torch.nn.Module) -> torch.Tensor:
 
 
 class LatentDiffusionModel(BaseModel):
-    """A latent diffusion model trained through LoRA adapters.
+    """A latent diffusion model trained through adapters (LoRA, DoRA, LoHa,
+    LoKr: :mod:`diffengine.adapters`).
 
     The base (VAE, text encoders, UNet) is frozen; only the adapters train,
     in fp32 whatever the dtype of the base or of autocast, so that small
@@ -88,9 +81,13 @@ class LatentDiffusionModel(BaseModel):
 
     Args:
         model (str): Hub id or local diffusers folder of the base model.
-        unet_lora_config (dict, optional): ``type`` (``"LoRA"``) and keyword
-            arguments of peft's ``LoraConfig`` for the UNet. Defaults to None
-            (the UNet stays frozen).
+        unet_lora_config (dict, optional): ``type`` (``"LoRA"``, with
+            ``use_dora=True`` for DoRA; ``"LoHa"``; ``"LoKr"``) and keyword
+            arguments of peft's ``LoraConfig`` / ``LoHaConfig`` /
+            ``LoKrConfig`` for the UNet; ``target_modules`` may name its
+            convolutions (``conv1``, ``conv2``, ``conv_shortcut``,
+            ``proj_in``, ``proj_out``, ``conv``). Defaults to None (the UNet
+            stays frozen).
         text_encoder_lora_config (dict, optional): The same for the text
             encoder(s). Defaults to None.
         prediction_type (str, optional): ``"epsilon"`` or ``"v_prediction"``;
@@ -208,13 +205,19 @@ class LatentDiffusionModel(BaseModel):
         self.requires_grad_(False)
 
         self.lora_configs: dict[str, PeftConfig] = {}
+        self.adapter_kinds: dict[str, AdapterKind] = {}
         parts = [("unet", unet_lora_config, "unet_lora_config")] + [
             (name, text_encoder_lora_config, "text_encoder_lora_config")
             for name in self.text_encoder_names
         ]
         for part, cfg, key in parts:
             if cfg is not None:
-                self.lora_configs[part] = add_lora_adapter(
+                self.adapter_kinds[part] = adapter_kind(cfg, key)
+        # one step file holds every part: refuse a mix before any injection
+        self.step_format = step_format_of(self.adapter_kinds.values())
+        for part, cfg, key in parts:
+            if cfg is not None:
+                self.lora_configs[part] = self.adapter_kinds[part].inject(
                     getattr(self, part), cfg, key)
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
@@ -230,8 +233,10 @@ class LatentDiffusionModel(BaseModel):
         self.text_embeddings = TextEmbeddingCache(
             self.encode_text) if cache_text_embeddings else None
         counts = self.trainable_parameter_counts()
+        kinds = "/".join(dict.fromkeys(
+            kind.name for kind in self.adapter_kinds.values()))
         print_log(
-            f"LoRA: {sum(counts.values()):,} trainable parameters ("
+            f"{kinds}: {sum(counts.values()):,} trainable parameters ("
             + ", ".join(f"{part} {n:,}" for part, n in counts.items())
             + f"); frozen base in {str(dtype).removeprefix('torch.')}",
             logger="current")
@@ -320,7 +325,9 @@ class LatentDiffusionModel(BaseModel):
 
     def lora_state_dicts(self, state_dict: dict[str, torch.Tensor] | None = None
                          ) -> dict[str, dict[str, torch.Tensor]]:
-        """The adapters of each trained part, in diffusers' key format.
+        """The adapters of each trained part with peft's names
+        (``<module>.lora_A.weight``, ``<module>.hada_w1_a``, ...), text-encoder
+        modules named ``text_model.encoder.layers.N...``.
 
         Args:
             state_dict (dict, optional): Trainable weights as
@@ -334,10 +341,9 @@ class LatentDiffusionModel(BaseModel):
             prefix = f"{part}."
             part_state = {k[len(prefix):]: v for k, v in state_dict.items()
                           if k.startswith(prefix)}
-            peft_state = get_peft_model_state_dict(getattr(self, part),
-                                                   state_dict=part_state)
-            state = convert_state_dict_to_diffusers(peft_state)
-            if part in self.text_encoder_names:
+            state = get_peft_model_state_dict(getattr(self, part),
+                                              state_dict=part_state)
+            if is_text_encoder(part):
                 state = canonical_text_encoder_keys(state)
             state_dicts[part] = {
                 k: v.detach().float().cpu().contiguous()
@@ -357,14 +363,15 @@ class LatentDiffusionModel(BaseModel):
                           metadata: dict[str, str] | None = None,
                           state_dict: dict[str, torch.Tensor] | None = None
                           ) -> None:
-        """Write ``pytorch_lora_weights.safetensors`` for ``load_lora_weights``.
+        """Write the step file: ``pytorch_lora_weights.safetensors`` for
+        ``load_lora_weights`` (LoRA, DoRA) or the LyCORIS file
+        ``lycoris_weights.safetensors`` (LoHa, LoKr).
 
-        The adapter configs go into the file's metadata, so that
-        ``lora_alpha`` (and with it the strength) survives the round trip;
-        so do the base model, the architecture, the prediction type and
-        ``metadata``, under
-        ``diffengine.*`` keys that diffusers ignores and ``export_lora``
-        reads.
+        The adapter configs go into the file's metadata, so that the alpha
+        (and with it the strength) survives the round trip; so do the base
+        model, the architecture, the prediction type and ``metadata``,
+        under ``diffengine.*`` keys that the loaders ignore and
+        ``export_lora`` reads.
 
         Args:
             save_directory (str): The step folder.
@@ -373,19 +380,18 @@ class LatentDiffusionModel(BaseModel):
             state_dict (dict, optional): The trainable weights to write, as
                 :meth:`state_dict` gives them. Defaults to the model's own.
         """
-        kwargs: dict[str, Any] = {}
-        for part, state in self.lora_state_dicts(state_dict).items():
-            kwargs[f"{part}_lora_layers"] = state
-            kwargs[f"{part}_lora_adapter_metadata"] = self.adapter_metadata(
-                part)
-        self.pipeline_class.save_lora_weights(
-            save_directory, safe_serialization=True, **kwargs)
+        parts = {
+            part: AdapterPart(self.adapter_kinds[part],
+                              self.adapter_metadata(part), state)
+            for part, state in self.lora_state_dicts(state_dict).items()
+        }
         training = {"base_model": self.base_model,
                     "architecture": self.architecture,
                     "prediction_type": self.prediction_type,
                     **(metadata or {})}
-        add_training_metadata(os.path.join(save_directory, WEIGHT_NAME),
-                              training)
+        self.step_format.write(
+            save_directory, parts, self.pipeline_class,
+            ARCHITECTURES[self.architecture].kohya_prefixes, training)
 
     # ---- encoding ------------------------------------------------------
     def encode_prompt(self, text: list[str]) -> Conditioning:

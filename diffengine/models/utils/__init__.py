@@ -1,13 +1,2 @@
-from diffengine.models.utils.lora import (
-    add_lora_adapter,
-    build_lora_config,
-    check_target_modules,
-    count_trainable_parameters,
-)
-
-__all__ = [
-    "add_lora_adapter",
-    "build_lora_config",
-    "check_target_modules",
-    "count_trainable_parameters",
-]
+"""Small model pieces with one job each: component building, dtypes,
+model folders, noise, timesteps, the text-embedding cache, fingerprints."""

@@ -16,14 +16,15 @@ from diffengine.engine import DiffEngineRunner
 from diffengine.engine.checkpoint import load_checkpoint_file
 from diffengine.engine.hooks import VisualizationHook
 from diffengine.inference import generate, load_pipeline, prompt_slug
-from diffengine.lora_file import read_lora_file
-from tests.conftest import tiny_train_config
+from diffengine.lora_file import read_lora_file, weights_path
+from tests.conftest import UNET_CONV_TARGETS, tiny_train_config
 
 
-def make_runner(work_dir, tiny_sd, shapes_data, custom_hooks=(), **checkpoint):
+def make_runner(work_dir, tiny_sd, shapes_data, custom_hooks=(), model=None,
+                **checkpoint):
     # from a Config, as `mim train` builds it: the runner reads runner.cfg
     return DiffEngineRunner.from_cfg(Config(tiny_train_config(
-        work_dir, tiny_sd, shapes_data,
+        work_dir, tiny_sd, shapes_data, model=model,
         train_cfg=dict(by_epoch=False, max_iters=6),
         default_hooks=dict(checkpoint=dict(
             type="LoRACheckpointHook", by_epoch=False, **checkpoint)),
@@ -64,14 +65,17 @@ def test_lora_checkpoint_hook_writes_and_rotates_step_dirs(
     assert "optimizer" in checkpoint
 
 
+# LoRA samples and reloads through diffusers, LoKr through the LyCORIS file
+@pytest.mark.parametrize("model", [None, dict(unet_lora_config=dict(
+    type="LoKr", r=2, alpha=3, target_modules=UNET_CONV_TARGETS))])
 def test_visualization_hook_writes_a_grid_that_demo_reproduces(
-        tmp_path, tiny_sd, shapes_data):
+        tmp_path, tiny_sd, shapes_data, model):
     prompts = ["a red circle", "a square"]
     hook = dict(type="VisualizationHook", prompt=prompts, seed=[1, 2],
                 by_epoch=False, interval=3, height=32, width=32,
                 num_inference_steps=2)
     runner = make_runner(tmp_path, tiny_sd, shapes_data, custom_hooks=[hook],
-                         interval=3)
+                         model=model, interval=3)
     runner.train()
     pngs = sorted(glob.glob(str(tmp_path / "**" / "vis_image" / "*.png"),
                             recursive=True))
@@ -97,11 +101,14 @@ def test_visualization_hook_checks_its_arguments():
         VisualizationHook(prompt=["a cat"], seed=[])
 
 
-def test_iteration_based_resume_is_bit_exact(tmp_path, tiny_sd, shapes_data):
+@pytest.mark.parametrize("model", [None, dict(unet_lora_config=dict(
+    type="LoHa", r=2, alpha=3, target_modules=UNET_CONV_TARGETS))])
+def test_iteration_based_resume_is_bit_exact(tmp_path, tiny_sd, shapes_data,
+                                             model):
     """12 iterations straight, or 8 then a resume from iteration 8."""
     def run(work_dir, max_iters, **kwargs):
-        runner = make_runner(work_dir, tiny_sd, shapes_data, interval=4,
-                             max_keep_ckpts=-1)
+        runner = make_runner(work_dir, tiny_sd, shapes_data, model=model,
+                             interval=4, max_keep_ckpts=-1)
         runner._train_loop = dict(by_epoch=False, max_iters=max_iters)
         for key, value in kwargs.items():
             setattr(runner, key, value)
@@ -113,10 +120,8 @@ def test_iteration_based_resume_is_bit_exact(tmp_path, tiny_sd, shapes_data):
     resumed = run(tmp_path / "first", 12, _resume=True)
     # 24 images, batch 2: iteration 12 starts the second pass over the data
     assert resumed.iter == 12
-    straight = load_file(str(tmp_path / "straight" / "step12" /
-                             "pytorch_lora_weights.safetensors"))
-    again = load_file(str(tmp_path / "first" / "step12" /
-                          "pytorch_lora_weights.safetensors"))
+    straight = load_file(weights_path(str(tmp_path / "straight" / "step12")))
+    again = load_file(weights_path(str(tmp_path / "first" / "step12")))
     assert straight.keys() == again.keys()
     assert all(torch.equal(straight[k], again[k]) for k in straight)
 

@@ -7,10 +7,10 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from mmengine.logging import MMLogger
 from safetensors import safe_open
 
+from diffengine.adapters import add_adapter, count_trainable_parameters
 from diffengine.demo import SD15_UNET_CONFIG
 from diffengine.errors import ConfigError
 from diffengine.models import StableDiffusion
-from diffengine.models.utils import add_lora_adapter, count_trainable_parameters
 from tests.conftest import TEXT_TARGETS, UNET_TARGETS, perturb_lora
 
 
@@ -125,9 +125,11 @@ def test_saved_lora_reproduces_the_model_in_diffusers(tiny_sd, tmp_path):
     assert text_keys and all(
         k.startswith("text_encoder.text_model.encoder.layers.")
         for k in text_keys)
-    # the rank in the file is the configured rank
-    assert {shapes[k][0] for k in unet_keys if k.endswith("down.weight")} == {4}
-    assert {shapes[k][0] for k in text_keys if k.endswith("down.weight")} == {2}
+    # peft's names, the rank in the file the configured rank
+    assert {shapes[k][0] for k in unet_keys if k.endswith("lora_A.weight")
+            } == {4}
+    assert {shapes[k][0] for k in text_keys if k.endswith("lora_A.weight")
+            } == {2}
 
     kwargs = dict(num_inference_steps=3, output_type="np")
     trained = model.infer(["a red circle"], seed=7, **kwargs)[0]
@@ -159,8 +161,8 @@ def test_sd15_attention_lora_has_199296_parameters_per_rank(rank):
     with torch.device("meta"):
         unet = UNet2DConditionModel(**SD15_UNET_CONFIG)
     unet.requires_grad_(False)
-    add_lora_adapter(unet, dict(r=rank, target_modules=UNET_TARGETS),
-                     "unet_lora_config")
+    add_adapter(unet, dict(r=rank, target_modules=UNET_TARGETS),
+                "unet_lora_config")
     assert count_trainable_parameters(unet) == 199_296 * rank
 
 

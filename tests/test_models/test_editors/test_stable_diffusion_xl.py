@@ -6,10 +6,10 @@ import torch
 from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
 from safetensors import safe_open
 
+from diffengine.adapters import add_adapter, count_trainable_parameters
 from diffengine.demo import SDXL_UNET_CONFIG
 from diffengine.errors import ConfigError
 from diffengine.models import StableDiffusionXL
-from diffengine.models.utils import add_lora_adapter, count_trainable_parameters
 from tests.conftest import TEXT_TARGETS, UNET_TARGETS, perturb_lora
 
 
@@ -140,8 +140,8 @@ def test_sdxl_attention_lora_has_1451520_parameters_per_rank(rank):
         unet = UNet2DConditionModel(**SDXL_UNET_CONFIG)
     assert sum(p.numel() for p in unet.parameters()) == 2_567_463_684
     unet.requires_grad_(False)
-    add_lora_adapter(unet, dict(r=rank, target_modules=UNET_TARGETS),
-                     "unet_lora_config")
+    add_adapter(unet, dict(r=rank, target_modules=UNET_TARGETS),
+                "unet_lora_config")
     assert count_trainable_parameters(unet) == 1_451_520 * rank
 
 
