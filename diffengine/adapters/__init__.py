@@ -17,6 +17,7 @@ from torch import nn
 from diffengine.adapters.base import (
     AdapterKind,
     AdapterPart,
+    adapted_convolutions,
     check_target_modules,
     count_trainable_parameters,
 )
@@ -121,6 +122,7 @@ __all__ = [
     "STEP_FORMATS",
     "AdapterKind",
     "AdapterPart",
+    "adapted_convolutions",
     "adapter_kind",
     "add_adapter",
     "check_target_modules",

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from peft import PeftConfig, inject_adapter_in_model
+from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.other import get_pattern_key
 from torch import nn
 
@@ -296,29 +297,68 @@ def pattern_value(patterns: Mapping | None, module: str, default: Any) -> Any:
     return default
 
 
+# The layers peft's LoRA, LoHa and LoKr adapt; a target naming anything
+# else (a block, a ModuleList) would stop peft with a traceback.
+ADAPTABLE_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
+
+
 def check_target_modules(target_modules: str | Iterable[str],
                          module: nn.Module, name: str) -> None:
-    """Raise if ``target_modules`` (or one entry of it) matches no layer.
+    """Raise if ``target_modules`` (or one entry of it) matches no layer,
+    or matches a module that is not a layer peft adapts.
 
     peft matches a list entry against the end of a module name and a string
     as a regex against the whole name; an entry that matches nothing would
     otherwise be dropped silently.
     """
-    names = [n for n, _ in module.named_modules() if n]
+    modules = [(n, m) for n, m in module.named_modules() if n]
+    names = [n for n, _ in modules]
     if isinstance(target_modules, str):
-        if not any(re.fullmatch(target_modules, n) for n in names):
-            raise ConfigError(
-                f"{name}.target_modules={target_modules!r} matches no layer "
-                f"of {type(module).__name__}.")
-        return
-    for target in target_modules:
-        if not any(n == target or n.endswith("." + target) for n in names):
+        entries = [(target_modules,
+                    lambda n: re.fullmatch(target_modules, n) is not None)]
+        label = f"{name}.target_modules={target_modules!r}"
+    else:
+        entries = [(target, lambda n, t=target: n == t or n.endswith("." + t))
+                   for target in target_modules]
+        label = None
+    for target, matches in entries:
+        matched = [(n, m) for n, m in modules if matches(n)]
+        what = label or f"{name}.target_modules entry {target!r}"
+        if not matched:
             leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
-            hint = difflib.get_close_matches(target, leaves, n=3)
+            hint = ([] if label else
+                    difflib.get_close_matches(target, leaves, n=3))
             fix = f" Close names: {hint}." if hint else ""
             raise ConfigError(
-                f"{name}.target_modules entry {target!r} matches no layer "
-                f"of {type(module).__name__}.{fix}")
+                f"{what} matches no layer of {type(module).__name__}.{fix}")
+        other = next(((n, m) for n, m in matched
+                      if not isinstance(m, ADAPTABLE_LAYERS)), None)
+        if other is not None:
+            layers = sorted({n.rsplit(".", 1)[-1] for n, m in modules
+                             if n.startswith(other[0] + ".")
+                             and isinstance(m, ADAPTABLE_LAYERS)})
+            raise ConfigError(
+                f"{what} matches {other[0]}, a {type(other[1]).__name__}, "
+                "not a Linear or Conv layer; name the layers inside it "
+                f"instead, e.g. {layers[:4]}.")
+
+
+def has_convolutions(training: Mapping[str, Any],
+                     tensors: Mapping[str, torch.Tensor]) -> bool:
+    """Whether an adapter file adapts convolutions: as its training metadata
+    records (``adapted_convolutions``), else as its tensors show (4-D)."""
+    recorded = training.get("adapted_convolutions")
+    if recorded is not None:
+        return int(recorded) > 0
+    return any(v.ndim == 4 for v in tensors.values())
+
+
+def adapted_convolutions(module: nn.Module) -> int:
+    """How many convolutions of ``module`` carry an adapter; recorded in
+    step files, whose flattened LoHa/LoKr factors do not show it."""
+    return sum(isinstance(m, BaseTunerLayer)
+               and isinstance(m.get_base_layer(), nn.Conv2d)
+               for m in module.modules())
 
 
 def count_trainable_parameters(module: nn.Module) -> int:

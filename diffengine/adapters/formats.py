@@ -34,7 +34,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from diffengine.adapters.base import AdapterPart
+from diffengine.adapters.base import AdapterPart, has_convolutions
 from diffengine.adapters.kohya import (
     canonical_name,
     is_text_encoder,
@@ -174,7 +174,7 @@ class LycorisFile(StepFormat):
         tensors = kohya_state_dict(parts, prefixes)
         kinds = {adapter.kind for adapter in parts.values()}
         first = next(iter(parts.values()))
-        has_conv = any(v.ndim == 4 for v in tensors.values())
+        has_conv = has_convolutions(training, tensors)
         metadata = {
             "format": "pt",
             ADAPTER_METADATA_KEY: pack_adapter_configs(

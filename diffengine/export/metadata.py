@@ -26,6 +26,7 @@ import os
 import torch
 
 from diffengine.adapters import kind_of_kohya
+from diffengine.adapters.base import has_convolutions
 from diffengine.adapters.kohya import kohya_modules
 from diffengine.architectures import architecture_of
 from diffengine.export.kohya import to_kohya
@@ -96,7 +97,7 @@ def network_metadata(lora: LoRAFile,
     metadata = {"ss_network_module": kind.network_module}
     config = lora.adapter_configs.get(part)
     if config is not None:
-        has_conv = any(v.ndim == 4 for v in (kohya or {}).values())
+        has_conv = has_convolutions(lora.training, kohya or {})
         args = kind.network_args(config, has_conv)
         if args:
             metadata["ss_network_args"] = json.dumps(args)

@@ -102,6 +102,19 @@ def test_target_module_matching_nothing_is_an_error(kind):
         build(dict(type=kind, target_modules=".*k_proj"), "x")
 
 
+@pytest.mark.parametrize("kind", ["LoRA", "LoHa", "LoKr"])
+def test_target_module_naming_a_container_is_an_error(kind):
+    # peft would stop with "Target module ModuleList(...) is not supported"
+    with pytest.raises(ConfigError, match=r"entry 'to_out' matches to_out, "
+                       r"a ModuleList, not a Linear or Conv layer; name the "
+                       r"layers inside it instead, e.g. \['0'\]"):
+        build(dict(type=kind, target_modules=["to_q", "to_out"]))
+    with pytest.raises(ConfigError, match=r"target_modules='to_.\*' "
+                       r"matches to_out, a ModuleList"):
+        build(dict(type=kind, target_modules="to_.*"), "x")
+    assert build(dict(type=kind, target_modules=["to_q", "to_out.0"]))
+
+
 def test_target_modules_required():
     with pytest.raises(ConfigError, match="target_modules is required"):
         build(dict(r=4), "text_encoder_lora_config")

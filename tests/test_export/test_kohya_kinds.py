@@ -123,6 +123,9 @@ def test_dora_export_needs_the_base(kind_step, tmp_path):
     ("DoRA", "lycoris.kohya", {"algo": "lora", "conv_dim": "4",
                                "conv_alpha": "3", "dora_wd": "True",
                                "wd_on_output": "True"}),
+    # flattened convolution factors (2-D): the step file's record says so
+    ("LoHa", "lycoris.kohya", {"algo": "loha", "conv_dim": "4",
+                               "conv_alpha": "3", "use_tucker": "False"}),
     ("LoHa-Tucker", "lycoris.kohya", {"algo": "loha", "conv_dim": "4",
                                       "conv_alpha": "3", "use_tucker": "True"}),
     ("LoKr-small", "lycoris.kohya", {"algo": "lokr", "conv_dim": "1",

@@ -72,8 +72,9 @@ class BucketResizeCrop(BaseTransform):
     and its landscape twin are treated alike), is resized so that it covers
     the bucket, keeping its aspect, and is cropped to it. An image that
     would have to be enlarged to cover its bucket gets, unless ``upscale``,
-    a bucket of its own size instead, rounded down to ``bucket_reso_steps``
-    (as kohya's ``bucket_no_upscale``). Records ``crop_bbox``,
+    a bucket of its own size instead (as kohya's ``bucket_no_upscale``),
+    shrunk to the largest bucket's area where it is larger and rounded down
+    to ``bucket_reso_steps``. Records ``crop_bbox``,
     ``crop_source_shape`` and ``ori_img_shape`` as the crops do, so that
     ``RandomHorizontalFlip`` and ``ComputeTimeIds`` (SDXL) read them.
 
@@ -161,8 +162,17 @@ class BucketResizeCrop(BaseTransform):
                      key=lambda s: abs(math.log(s[1] / s[0]) - aspect))
         if self.upscale or (width >= bucket[1] and height >= bucket[0]):
             return bucket
+        # its own size, shrunk to the largest bucket's area where it is
+        # larger (as kohya's bucket_no_upscale), each side rounded down to
+        # the step but not below it
+        largest_area = max(h * w for h, w in self.buckets)
+        scale = min(1.0, math.sqrt(largest_area / (width * height)))
         step = self.bucket_reso_steps
-        own = (height - height % step, width - width % step)
+
+        def fit(side: int) -> int:
+            return max(int(side * scale) // step, min(side // step, 1)) * step
+
+        own = (fit(height), fit(width))
         if min(own) == 0:
             raise DataError(
                 f"image of {width}×{height} is smaller than "

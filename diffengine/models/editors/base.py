@@ -32,6 +32,7 @@ from transformers import CLIPTokenizer, PreTrainedModel
 from diffengine.adapters import (
     AdapterKind,
     AdapterPart,
+    adapted_convolutions,
     adapter_kind,
     count_trainable_parameters,
     step_format_of,
@@ -388,6 +389,9 @@ class LatentDiffusionModel(BaseModel):
         training = {"base_model": self.base_model,
                     "architecture": self.architecture,
                     "prediction_type": self.prediction_type,
+                    "adapted_convolutions": sum(
+                        adapted_convolutions(getattr(self, part))
+                        for part in parts),
                     **(metadata or {})}
         self.step_format.write(
             save_directory, parts, self.pipeline_class,

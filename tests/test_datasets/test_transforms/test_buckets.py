@@ -92,6 +92,13 @@ def test_small_images_are_not_enlarged_unless_asked():
     assert BucketResizeCrop(512, bucket_reso_steps=32).bucket_of(
         100, 70) == (64, 96)
     assert BucketResizeCrop(512, upscale=True).bucket_of(100, 70) == (448, 576)
+    # too narrow for its nearest bucket (1024×256) and larger than any:
+    # shrunk to the largest bucket's area (512²) first
+    assert transform.bucket_of(250, 2000) == (1408, 128)
+    assert transform.bucket_of(2000, 250) == (128, 1408)
+    assert transform.bucket_of(64, 8000) == (5696, 64)  # never below a step
+    results = run([transform], Image.new("RGB", (250, 2000)))
+    assert results["img"].size == (128, 1408)
     with pytest.raises(DataError, match=r"40×30 is smaller than "
                        r"bucket_reso_steps=64.*upscale=True"):
         transform.bucket_of(40, 30)
