@@ -117,6 +117,8 @@ def test_kill_at_a_random_step_then_resume_is_bit_exact(tmp_path, everything):
                             capture_output=True, text=True)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert "resumed from" in result.stdout + result.stderr
+    print(f"killed at the checkpoint of iteration {kill_at}, resumed: "
+          "comparing every step file with the uninterrupted run's")
     assert_identical(work, reference)
 
 

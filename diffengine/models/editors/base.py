@@ -11,6 +11,7 @@ non-finite loss guard and ``infer()``.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
@@ -450,6 +451,13 @@ class LatentDiffusionModel(BaseModel):
             return Randomness([generator] * batch_size, device)
         seeds = inputs.get("seed")
         if seeds is None:
+            if self.training:
+                warnings.warn(
+                    "a training batch came without per-sample seeds: noise "
+                    "and timesteps are drawn from the global RNG, so process "
+                    "count, batch split and resume change the results; use "
+                    "sampler=dict(type='DeterministicSampler') (the default).",
+                    stacklevel=2)
             seeds = torch.randint(2**63 - 1, (batch_size, )).tolist()
         return Randomness.from_seeds([int(s) for s in seeds], "model", device)
 
