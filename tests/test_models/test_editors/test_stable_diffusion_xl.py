@@ -1,6 +1,9 @@
 """StableDiffusionXL: two text encoders, added conditioning, LoRA files."""
 import json
+import os
+import shutil
 
+import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
@@ -115,10 +118,27 @@ def test_saved_lora_reproduces_the_model_in_diffusers(tiny_sdxl, tmp_path):
 
 
 def test_a_float16_base_keeps_an_upcast_vae_in_float32(tiny_sdxl, tmp_path):
-    model = build(tiny_sdxl, text_encoder=False, weight_dtype="float16")
+    # a VAE whose activations overflow float16, as SDXL's do
+    hot = str(tmp_path / "hot")
+    shutil.copytree(tiny_sdxl, hot)
+    vae = AutoencoderKL.from_pretrained(tiny_sdxl, subfolder="vae")
+    with torch.no_grad():
+        vae.encoder.conv_in.weight.mul_(1.5e5)
+        vae.encoder.conv_in.bias.mul_(1.5e5)
+    vae.save_pretrained(os.path.join(hot, "vae"))
+    img = batch()["img"]
+    with torch.no_grad():
+        assert not torch.isfinite(vae.half().encode(
+            img.half()).latent_dist.mean).all()
+    model = build(hot, text_encoder=False, weight_dtype="float16")
     assert model.unet.dtype == torch.float16
     assert model.vae.dtype == torch.float32  # force_upcast: no fp16 overflow
-    assert torch.isfinite(model.encode_images(batch()["img"])).all()
+    latents = model.encode_images(img)
+    assert torch.isfinite(latents).all()
+    # the pipeline hands the float32 VAE float16 latents to decode
+    image, = model.infer(["a red circle"], height=64, width=64,
+                         num_inference_steps=2, output_type="np")
+    assert image.shape == (64, 64, 3) and np.isfinite(image).all()
     # a VAE made for fp16 (force_upcast off) stays in the base's dtype
     fixed = AutoencoderKL.from_pretrained(tiny_sdxl, subfolder="vae")
     fixed.register_to_config(force_upcast=False)

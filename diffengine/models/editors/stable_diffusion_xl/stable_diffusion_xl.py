@@ -65,7 +65,13 @@ class StableDiffusionXL(LatentDiffusionModel):
         upcast = AutoencoderKL.load_config(**source).get("force_upcast", False)
         vae_dtype = torch.float32 if (
             dtype == torch.float16 and upcast) else dtype
-        return AutoencoderKL.from_pretrained(**source, torch_dtype=vae_dtype)
+        vae = AutoencoderKL.from_pretrained(**source, torch_dtype=vae_dtype)
+        if vae_dtype != dtype:
+            # diffusers' SDXL pipeline casts latents for a float16 VAE it
+            # upcasts itself, not for one that is float32 already
+            first = vae.post_quant_conv or vae.decoder
+            first.register_forward_pre_hook(_to_own_dtype)
+        return vae
 
     def encode_text(self, text: list[str]
                     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,3 +116,9 @@ class StableDiffusionXL(LatentDiffusionModel):
             tokenizer_2=self.tokenizer_2,
             unet=self.unet,
             add_watermarker=False)
+
+
+def _to_own_dtype(module: torch.nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: the tensor inputs in the module's own dtype."""
+    dtype = next(module.parameters()).dtype
+    return tuple(a.to(dtype) if torch.is_tensor(a) else a for a in args)
