@@ -20,6 +20,24 @@ def _fsync_dir(path: str) -> None:
             os.close(fd)
 
 
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _readable_by_all(path: str) -> None:
+    """Give the files at ``path`` (a file, or a folder's files) the mode a
+    plain ``open`` gives: safetensors' ``save_file`` makes them 0600, which
+    a UI running as another user cannot read."""
+    mode = _default_mode()
+    files = [path] if os.path.isfile(path) else [
+        os.path.join(root, name) for root, _, names in os.walk(path)
+        for name in names]
+    for file in files:
+        os.chmod(file, mode)
+
+
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
     """Call ``write(tmp)`` on a temporary name beside ``path``, then rename.
 
@@ -29,6 +47,7 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
     try:
         write(tmp)
+        _readable_by_all(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -59,6 +78,7 @@ def atomic_directory(path: str) -> Iterator[str]:
     os.makedirs(tmp)
     try:
         yield tmp
+        _readable_by_all(tmp)
         old = None
         if os.path.exists(path):
             old = f"{tmp}.old"

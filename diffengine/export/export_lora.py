@@ -17,6 +17,7 @@ from diffengine.adapters.formats import (
 from diffengine.adapters.kohya import BaseWeights, module_path
 from diffengine.export.kohya import to_kohya
 from diffengine.export.metadata import export_metadata
+from diffengine.fileio import atomic_write
 from diffengine.lora_file import LoRAFile, read_lora_file
 from diffengine.models.utils.dtypes import DTYPES
 
@@ -117,5 +118,5 @@ def export_lora(lora: str,
             metadata[ADAPTER_METADATA_KEY] = pack_adapter_configs(
                 source.adapter_configs)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    save_file(tensors, out, metadata=metadata)
+    atomic_write(out, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return tensors
