@@ -1,10 +1,12 @@
 """Model folders keep the text encoder's published key layout."""
 import os
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+from diffengine.demo_base import WEIGHTS
 from diffengine.export.diffusers_folder import (
     canonical_text_encoder_state_dict,
     save_text_encoder,
@@ -16,14 +18,16 @@ SMALL_CLIP = dict(vocab_size=100, hidden_size=32, intermediate_size=64,
                   bos_token_id=0, eos_token_id=1, pad_token_id=1)
 
 
-def test_demo_models_load_in_comfyui_and_transformers(tiny_sd):
-    folder = os.path.join(tiny_sd, "text_encoder")
+@pytest.mark.parametrize("model", ["tiny", "shipped demo base"])
+def test_demo_models_load_in_comfyui_and_transformers(model, tiny_sd):
+    base = tiny_sd if model == "tiny" else WEIGHTS
+    folder = os.path.join(base, "text_encoder")
     weights = load_file(os.path.join(folder, "model.safetensors"))
     assert sorted(os.listdir(folder)) == ["config.json", "model.safetensors"]
     config = CLIPTextConfig.from_pretrained(folder)
     missing, unexpected = comfyui_clip_load(weights, config)
     assert (missing, unexpected) == ([], [])
-    assert len(weights) == 16 * config.num_hidden_layers + 4 == 84
+    assert len(weights) == 16 * config.num_hidden_layers + 4
 
     loaded, info = CLIPTextModel.from_pretrained(folder,
                                                  output_loading_info=True)
