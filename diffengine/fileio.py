@@ -20,22 +20,27 @@ def _fsync_dir(path: str) -> None:
             os.close(fd)
 
 
-def _default_mode() -> int:
+def _umask() -> int:
+    # read once: os.umask can only be read by setting it, which would
+    # briefly change it for every thread of the process
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+# The mode a plain ``open`` gives a new file.
+_FILE_MODE = 0o666 & ~_umask()
 
 
 def _readable_by_all(path: str) -> None:
     """Give the files at ``path`` (a file, or a folder's files) the mode a
     plain ``open`` gives: safetensors' ``save_file`` makes them 0600, which
     a UI running as another user cannot read."""
-    mode = _default_mode()
     files = [path] if os.path.isfile(path) else [
         os.path.join(root, name) for root, _, names in os.walk(path)
         for name in names]
     for file in files:
-        os.chmod(file, mode)
+        os.chmod(file, _FILE_MODE)
 
 
 def atomic_write(path: str, write: Callable[[str], None]) -> None:

@@ -23,16 +23,15 @@ def test_atomic_directory_replaces_only_on_success(tmp_path):
 def test_written_files_are_readable_as_plain_files_are(tmp_path):
     # safetensors' save_file makes its files 0600: a UI running as another
     # user could not read a step folder, an export or a merged model
-    umask = os.umask(0o022)
-    try:
-        out = str(tmp_path / "lora.safetensors")
-        atomic_write(out, lambda tmp: save_file({"a": torch.zeros(1)}, tmp))
-        assert os.stat(out).st_mode & 0o777 == 0o644
-        with atomic_directory(str(tmp_path / "step2")) as tmp:
-            os.makedirs(os.path.join(tmp, "unet"))
-            save_file({"a": torch.zeros(1)},
-                      os.path.join(tmp, "unet", "weights.safetensors"))
-        assert os.stat(tmp_path / "step2" / "unet" /
-                       "weights.safetensors").st_mode & 0o777 == 0o644
-    finally:
-        os.umask(umask)
+    open(tmp_path / "plain", "w").close()
+    plain = os.stat(tmp_path / "plain").st_mode & 0o777
+    assert plain != 0o600  # the umask here lets others read (as 022 does)
+    out = str(tmp_path / "lora.safetensors")
+    atomic_write(out, lambda tmp: save_file({"a": torch.zeros(1)}, tmp))
+    assert os.stat(out).st_mode & 0o777 == plain
+    with atomic_directory(str(tmp_path / "step2")) as tmp:
+        os.makedirs(os.path.join(tmp, "unet"))
+        save_file({"a": torch.zeros(1)},
+                  os.path.join(tmp, "unet", "weights.safetensors"))
+    assert os.stat(tmp_path / "step2" / "unet" /
+                   "weights.safetensors").st_mode & 0o777 == plain
