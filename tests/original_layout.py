@@ -16,7 +16,24 @@ of diffengine's exporter:
   then loads it with ``strict=False`` into its own CLIP, whose weights are
   named as transformers 4.x's ``CLIPTextModel`` plus a ``text_projection``
   that SD 1.x files lack and ComfyUI sets itself. A file without the
-  ``text_model.`` level loads none of them.
+  ``text_model.`` level loads none of them;
+- an original SDXL checkpoint (Stability AI's ``sgm``, as
+  ``sd_xl_base.yaml`` builds it) is the same UNet with SDXL's added
+  conditioning as ``label_emb.0.{0,2}`` (an ``nn.Sequential`` of linear,
+  SiLU, linear) and linear ``proj_in``/``proj_out``, the same VAE, CLIP-L
+  (``FrozenCLIPEmbedder``) as ``conditioner.embedders.0.transformer.`` +
+  ``text_model.*``, and OpenCLIP ViT-bigG's text tower
+  (``FrozenOpenCLIPEmbedder2``, open_clip's ``CLIP`` without its visual
+  tower) as ``conditioner.embedders.1.model.`` + open_clip's names:
+  ``token_embedding``, ``positional_embedding`` (a bare tensor),
+  ``transformer.resblocks.<i>`` of ``ln_1``, ``attn`` (a
+  ``torch.nn.MultiheadAttention``: one ``in_proj_weight`` of 3 × width
+  rows, q then k then v, and ``out_proj``), ``ln_2``, ``mlp.c_fc``,
+  ``mlp.c_proj``, then ``ln_final`` and ``text_projection`` (a bare
+  width × projection matrix, applied as ``x @ text_projection``). The
+  published file also holds CLIP-L's ``position_ids`` buffer and
+  OpenCLIP's ``logit_scale``, which text-to-image never reads and which
+  the loaders do not require; they are left out here.
 """
 from __future__ import annotations
 
@@ -125,15 +142,65 @@ def _place(state_dict: dict, modules: dict[str, str], prefix: str,
     return placed
 
 
+def open_clip_text_weights(config) -> dict[str, tuple[int, ...]]:
+    """Name → shape of every weight of open_clip's text tower, from the
+    ``CLIPTextConfig`` of the same model."""
+    width, inner = config.hidden_size, config.intermediate_size
+    weights = {
+        "token_embedding.weight": (config.vocab_size, width),
+        "positional_embedding": (config.max_position_embeddings, width),
+        "ln_final.weight": (width, ),
+        "ln_final.bias": (width, ),
+        "text_projection": (width, config.projection_dim),
+    }
+    for i in range(config.num_hidden_layers):
+        block = f"transformer.resblocks.{i}"
+        for name, shape in (
+                ("ln_1.weight", (width, )), ("ln_1.bias", (width, )),
+                ("attn.in_proj_weight", (3 * width, width)),
+                ("attn.in_proj_bias", (3 * width, )),
+                ("attn.out_proj.weight", (width, width)),
+                ("attn.out_proj.bias", (width, )),
+                ("ln_2.weight", (width, )), ("ln_2.bias", (width, )),
+                ("mlp.c_fc.weight", (inner, width)),
+                ("mlp.c_fc.bias", (inner, )),
+                ("mlp.c_proj.weight", (width, inner)),
+                ("mlp.c_proj.bias", (width, ))):
+            weights[f"{block}.{name}"] = shape
+    return weights
+
+
+def original_sdxl_checkpoint(unet, vae, text_config, text_config_2
+                             ) -> dict[str, tuple[int, ...]]:
+    """Name → shape of every tensor of the original SDXL checkpoint of a
+    model with these parts (their weights' shapes, sgm's names)."""
+    unet_names = dict(unet_diffusers_to_ldm(unet.config))
+    unet_names.update({"add_embedding.linear_1": "label_emb.0.0",
+                       "add_embedding.linear_2": "label_emb.0.2"})
+    weights = _place(unet.state_dict(), unet_names, "model.diffusion_model.")
+    weights.update(_vae_weights(vae))
+    for name, shape in clip_text_weights(text_config).items():
+        weights["conditioner.embedders.0.transformer." + name] = shape
+    for name, shape in open_clip_text_weights(text_config_2).items():
+        weights["conditioner.embedders.1.model." + name] = shape
+    return weights
+
+
+def _vae_weights(vae) -> dict[str, tuple[int, ...]]:
+    """ldm name → shape of every weight of the VAE under
+    ``first_stage_model.``."""
+    return _place(
+        vae.state_dict(), vae_diffusers_to_ldm(vae.config),
+        "first_stage_model.",
+        conv_1x1=("attn_1.q", "attn_1.k", "attn_1.v", "attn_1.proj_out"))
+
+
 def original_checkpoint(unet, vae, text_config) -> dict[str, tuple[int, ...]]:
     """Name → shape of every tensor of the original SD 1.x checkpoint of a
     model with these parts (their weights' shapes, ldm's names)."""
     weights = _place(unet.state_dict(), unet_diffusers_to_ldm(unet.config),
                      "model.diffusion_model.")
-    weights.update(_place(
-        vae.state_dict(), vae_diffusers_to_ldm(vae.config),
-        "first_stage_model.",
-        conv_1x1=("attn_1.q", "attn_1.k", "attn_1.v", "attn_1.proj_out")))
+    weights.update(_vae_weights(vae))
     for name, shape in clip_text_weights(text_config).items():
         weights["cond_stage_model.transformer." + name] = shape
     return weights

@@ -7,8 +7,14 @@ import os
 
 from diffusers import DiffusionPipeline
 
+from diffengine.errors import ConfigError
 from diffengine.export.diffusers_folder import save_pipeline_folder
-from diffengine.export.single_file import save_single_file, to_single_file
+from diffengine.export.progress import progress
+from diffengine.export.single_file import (
+    save_single_file,
+    single_file_layout,
+    to_single_file,
+)
 from diffengine.fileio import atomic_directory
 from diffengine.inference import load_adapters
 from diffengine.models.utils.dtypes import DTYPES
@@ -16,20 +22,67 @@ from diffengine.models.utils.model_folder import resolve_model
 from diffengine.version import __version__
 
 FORMATS = ("diffusers", "single-file")
+# modelspec's architecture and implementation of each single-file layout.
+MODELSPEC = {
+    "sd1": ("stable-diffusion-v1",
+            "https://github.com/CompVis/stable-diffusion"),
+    "sdxl": ("stable-diffusion-xl-v1-base",
+             "https://github.com/Stability-AI/generative-models"),
+}
+# The stages of a merge, in the order its progress bar shows them.
+STAGES = ("load base", "fuse LoRA", "cast", "write")
+
+
+def text_encoders(pipe: DiffusionPipeline) -> tuple:
+    """The pipeline's text encoders: SDXL's two, or SD 1.x's one and
+    None."""
+    return pipe.text_encoder, getattr(pipe, "text_encoder_2", None)
+
+
+def loading_code(pipe: DiffusionPipeline, base: str, out: str, format: str,
+                 dtype: str = "float32") -> str:
+    """One line of Python that loads what :func:`merge_lora` wrote.
+
+    A single file holds weights only: ``from_single_file`` reads the
+    configs, tokenizers and scheduler from ``config=``, the base (which
+    diffusers would otherwise look up on the hub by the checkpoint's keys,
+    and not find for a base of another size). Weights not in float32 are
+    loaded in their own dtype, which diffusers would otherwise upcast.
+
+    Args:
+        pipe (DiffusionPipeline): The merged pipeline.
+        base (str): Hub id or diffusers folder it was merged from.
+        out (str): What was written, as the user named it.
+        format (str): ``"diffusers"`` or ``"single-file"``.
+        dtype (str): The dtype written. Defaults to "float32".
+    """
+    options = "" if dtype == "float32" else f", torch_dtype=torch.{dtype}"
+    imports = "" if dtype == "float32" else "import torch; "
+    if format == "diffusers":
+        return (f"{imports}from diffusers import DiffusionPipeline; "
+                f"pipe = DiffusionPipeline.from_pretrained({out!r}{options})")
+    layout = single_file_layout(pipe.unet, *text_encoders(pipe))
+    pipeline_class = ("StableDiffusionXLPipeline" if layout == "sdxl"
+                      else "StableDiffusionPipeline")
+    return (f"{imports}from diffusers import {pipeline_class}; "
+            f"pipe = {pipeline_class}.from_single_file("
+            f"{out!r}, config={resolve_model(base)!r}{options})")
 
 
 def single_file_metadata(pipe: DiffusionPipeline, base: str, lora: str,
                          lora_scale: float, title: str) -> dict[str, str]:
-    """``modelspec.*`` of a merged Stable Diffusion 1.x checkpoint."""
+    """``modelspec.*`` of a merged Stable Diffusion 1.x or SDXL
+    checkpoint."""
     scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     size = pipe.unet.config.sample_size * scale
     prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
     base = resolve_model(base)
+    architecture, implementation = MODELSPEC[single_file_layout(
+        pipe.unet, *text_encoders(pipe))]
     return {
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": "stable-diffusion-v1",
-        "modelspec.implementation":
-        "https://github.com/CompVis/stable-diffusion",
+        "modelspec.architecture": architecture,
+        "modelspec.implementation": implementation,
         "modelspec.title": title,
         "modelspec.resolution": f"{size}x{size}",
         "modelspec.prediction_type": "v" if prediction == "v_prediction"
@@ -53,11 +106,12 @@ def merge_lora(lora: str, base: str, out: str,
     with ``DiffusionPipeline.from_pretrained(out)`` (every component of
     ``base`` saved, the safety checker included if it has one, the text
     encoders in their published key layout); ``"single-file"`` writes one
-    ``.safetensors`` checkpoint in the original Stable Diffusion layout
-    (``model.diffusion_model.*``, ``first_stage_model.*``,
-    ``cond_stage_model.transformer.text_model.*``) for AUTOMATIC1111,
+    ``.safetensors`` checkpoint in the original layout of Stable Diffusion
+    1.x (``model.diffusion_model.*``, ``first_stage_model.*``,
+    ``cond_stage_model.transformer.text_model.*``) or SDXL (its text
+    encoders under ``conditioner.embedders.{0,1}``) for AUTOMATIC1111,
     ComfyUI's checkpoint loader and ``from_single_file``. Either is written
-    whole or not at all.
+    whole or not at all. A bar on stderr shows the stages on a terminal.
 
     Args:
         lora (str): Step folder or adapter ``.safetensors`` file.
@@ -74,27 +128,47 @@ def merge_lora(lora: str, base: str, out: str,
     Returns:
         DiffusionPipeline: The merged pipeline as written (on the
         CPU, in ``dtype``).
+
+    Raises:
+        ConfigError: If an option cannot work, or the base has no
+            single-file layout (before anything is fused or written).
     """
     if format not in FORMATS:
-        raise ValueError(f"format={format!r}; choose one of {list(FORMATS)}.")
+        raise ConfigError(
+            f"format={format!r}; choose one of {list(FORMATS)}.")
     if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r}; choose one of {list(DTYPES)}.")
+        raise ConfigError(f"dtype={dtype!r}; choose one of {list(DTYPES)}.")
     single = format == "single-file"
     if single != out.endswith(".safetensors"):
-        raise ValueError(
+        raise ConfigError(
             f"out={out!r}: --format single-file writes one .safetensors "
             "file, --format diffusers a folder; name the output to match.")
-    pipe = DiffusionPipeline.from_pretrained(base)
-    load_adapters(pipe, lora, lora_scale).step_format.fuse(pipe)
-    if dtype != "float32":
-        pipe.to(DTYPES[dtype])
-    if single:
-        title = os.path.splitext(os.path.basename(out))[0]
-        tensors = to_single_file(pipe.unet, pipe.vae, pipe.text_encoder)
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        save_single_file(tensors, out, single_file_metadata(
-            pipe, base, lora, lora_scale, title))
-        return pipe
-    with atomic_directory(out) as tmp:
-        save_pipeline_folder(pipe, tmp)
+    with progress(total=len(STAGES), desc="merge", unit="stage") as bar:
+        bar.set_postfix_str("load base")
+        pipe = DiffusionPipeline.from_pretrained(base)
+        if single:  # refused before the fuse, not after
+            single_file_layout(pipe.unet, *text_encoders(pipe))
+        next_stage(bar, "fuse LoRA")
+        load_adapters(pipe, lora, lora_scale).step_format.fuse(pipe)
+        next_stage(bar, "cast")
+        if dtype != "float32":
+            pipe.to(DTYPES[dtype])
+        next_stage(bar, "write")
+        if single:
+            title = os.path.splitext(os.path.basename(out))[0]
+            tensors = to_single_file(pipe.unet, pipe.vae,
+                                     *text_encoders(pipe))
+            os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+            save_single_file(tensors, out, single_file_metadata(
+                pipe, base, lora, lora_scale, title))
+        else:
+            with atomic_directory(out) as tmp:
+                save_pipeline_folder(pipe, tmp)
+        bar.update()
     return pipe
+
+
+def next_stage(bar, stage: str) -> None:
+    """Count a stage done and name the next one, ``stage``."""
+    bar.update()
+    bar.set_postfix_str(stage)

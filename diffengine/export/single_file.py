@@ -1,20 +1,25 @@
-"""A diffusers Stable Diffusion 1.x model as one original-layout checkpoint.
+"""A diffusers Stable Diffusion 1.x or SDXL model as one original-layout
+checkpoint.
 
-The original checkpoint (CompVis ``ldm``), which AUTOMATIC1111 and ComfyUI's
-checkpoint loader read and diffusers' ``from_single_file`` reads back, holds
+The original checkpoint (CompVis ``ldm`` for SD 1.x, Stability AI's
+``sgm`` for SDXL), which AUTOMATIC1111 and ComfyUI's checkpoint loader read
+and diffusers' ``from_single_file`` reads back, holds
 
 - ``model.diffusion_model.*``: the UNet, named as ldm's ``UNetModel``
-  (``input_blocks``, ``middle_block``, ``output_blocks``);
+  (``input_blocks``, ``middle_block``, ``output_blocks``; SDXL's added
+  conditioning as ``label_emb.0``);
 - ``first_stage_model.*``: the VAE, named as ldm's ``AutoencoderKL``
   (``encoder.down.N.block.M``, ``decoder.up.N``, ``mid.attn_1``);
-- ``cond_stage_model.transformer.text_model.*``: the CLIP text encoder in
-  transformers' published names.
+- SD 1.x: ``cond_stage_model.transformer.text_model.*``, the CLIP text
+  encoder in transformers' published names;
+- SDXL: ``conditioner.embedders.0.transformer.text_model.*``, CLIP-L as
+  above, and ``conditioner.embedders.1.model.*``, the OpenCLIP bigG encoder
+  in OpenCLIP's names (:mod:`diffengine.export.open_clip`).
 
 The renaming tables are built from the UNet and VAE configs (levels, layers
-per block, which levels attend), so any size converts; an SDXL variant adds
-``label_emb`` and its text encoders' prefixes to the same tables. Every
-weight must find its original name, so an unknown layer is an error, never a
-silently dropped tensor.
+per block, which levels attend), so any size converts. Every weight must
+find its original name, so an unknown layer is an error, never a silently
+dropped tensor.
 """
 from __future__ import annotations
 
@@ -26,12 +31,24 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save_file
 from transformers import PreTrainedModel
 
+from diffengine.errors import ConfigError
 from diffengine.export.diffusers_folder import canonical_text_encoder_state_dict
+from diffengine.export.open_clip import open_clip_state_dict
+from diffengine.export.progress import progress
 from diffengine.fileio import atomic_write
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
-TEXT_ENCODER_PREFIX = "cond_stage_model.transformer."
+# Where each layout keeps its text encoders, diffusers part → prefix.
+TEXT_ENCODER_PREFIXES = {
+    "sd1": {"text_encoder": "cond_stage_model.transformer."},
+    "sdxl": {"text_encoder": "conditioner.embedders.0.transformer.",
+             "text_encoder_2": "conditioner.embedders.1.model."},
+}
+# What each layout is called in messages and in ``modelspec.architecture``.
+LAYOUT_NAMES = {"sd1": "Stable Diffusion 1.x", "sdxl": "SDXL"}
+# Weight dtypes a checkpoint holds that the UIs and diffusers read.
+WRITABLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 # Layers of a UNet resnet, diffusers name → ldm ``ResBlock`` name.
 UNET_RESNET_LAYERS = {
@@ -101,6 +118,10 @@ def unet_renames(config: Mapping) -> list[Rename]:
         Rename("mid_block.attentions.0", "middle_block.1"),
         Rename("mid_block.resnets.1", "middle_block.2", UNET_RESNET_LAYERS),
     ]
+    if config.get("addition_embed_type") == "text_time":
+        # SDXL's pooled text and size embedding, ldm's ``label_emb``
+        renames += [Rename("add_embedding.linear_1", "label_emb.0.0"),
+                    Rename("add_embedding.linear_2", "label_emb.0.2")]
     block = 1
     for level, block_type in enumerate(config["down_block_types"]):
         for i in range(layers):
@@ -182,7 +203,7 @@ def rename_state_dict(state_dict: Mapping[str, torch.Tensor],
     """Name every weight of ``state_dict`` as ldm does, under ``prefix``.
 
     Raises:
-        ValueError: If a weight belongs to no module of ``renames`` (the
+        ConfigError: If a weight belongs to no module of ``renames`` (the
             message names ``part`` and the weights).
     """
     table = {r.source: r for r in renames}
@@ -203,62 +224,134 @@ def rename_state_dict(state_dict: Mapping[str, torch.Tensor],
             value = value[:, :, None, None]
         converted[prefix + ".".join([rename.target, *rest])] = value
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"{part}: {len(unknown)} weights have no name in the original "
-            f"Stable Diffusion 1.x layout, e.g. {unknown[:3]}; save this "
-            "model with --format diffusers.")
+            f"checkpoint layout, e.g. {unknown[:3]}; save this model with "
+            "--format diffusers.")
     return converted
 
 
-def check_sd1(unet: UNet2DConditionModel) -> None:
-    """Raise unless ``unet`` is laid out as Stable Diffusion 1.x's."""
+def single_file_layout(unet: UNet2DConditionModel,
+                       text_encoder: PreTrainedModel | None,
+                       text_encoder_2: PreTrainedModel | None = None) -> str:
+    """``"sd1"`` or ``"sdxl"``: the original layout these parts are written
+    in.
+
+    Raises:
+        ConfigError: If they are laid out as neither (SD 2.x, an SDXL
+            refiner, a UNet with other extra conditioning).
+    """
     config = unet.config
-    if config.get("addition_embed_type") or config.get("class_embed_type"):
-        raise ValueError(
+    extra = config.get("addition_embed_type") or config.get("class_embed_type")
+    if extra == "text_time" and config.get("class_embed_type") is None:
+        if text_encoder is None or text_encoder_2 is None:
+            raise ConfigError(
+                "the UNet takes SDXL's added conditioning but the model has "
+                f"text_encoder={type(text_encoder).__name__}, "
+                f"text_encoder_2={type(text_encoder_2).__name__} (an SDXL "
+                "refiner has only the second); the SDXL single-file layout "
+                "needs both. Use --format diffusers.")
+        return "sdxl"
+    if extra:
+        raise ConfigError(
             "the UNet takes extra conditioning "
             f"(addition_embed_type={config.get('addition_embed_type')!r}, "
-            f"class_embed_type={config.get('class_embed_type')!r}), as "
-            "SDXL's does; the single-file format here is Stable Diffusion "
-            "1.x's. Use --format diffusers.")
+            f"class_embed_type={config.get('class_embed_type')!r}) that "
+            "neither the Stable Diffusion 1.x nor the SDXL single-file "
+            "layout holds. Use --format diffusers.")
     if config.get("use_linear_projection"):
-        raise ValueError(
+        raise ConfigError(
             "the UNet has linear attention projections "
-            "(use_linear_projection=True), as Stable Diffusion 2.x's, whose "
-            "OpenCLIP text encoder has another original layout; the "
-            "single-file format here is Stable Diffusion 1.x's. Use "
-            "--format diffusers.")
+            "(use_linear_projection=True) without SDXL's added conditioning, "
+            "as Stable Diffusion 2.x's, whose OpenCLIP text encoder has "
+            "another original layout; the single-file formats here are "
+            "Stable Diffusion 1.x's and SDXL's. Use --format diffusers.")
+    if text_encoder_2 is not None:
+        raise ConfigError(
+            "the model has a second text encoder but a Stable Diffusion "
+            "1.x UNet; no single-file layout holds both. Use --format "
+            "diffusers.")
+    return "sd1"
+
+
+def check_writable(tensors: Mapping[str, torch.Tensor]) -> None:
+    """Raise unless every tensor is in a dtype that the UIs read."""
+    for name, tensor in tensors.items():
+        if tensor.dtype not in WRITABLE_DTYPES:
+            raise ConfigError(
+                f"{name} is {str(tensor.dtype).removeprefix('torch.')}; a "
+                "single-file checkpoint holds float32, float16 or bfloat16 "
+                "weights. Merge with --dtype float16 (or another of them) "
+                "from a base that is not quantized.")
+
+
+def text_encoder_states(layout: str, text_encoder: PreTrainedModel,
+                        text_encoder_2: PreTrainedModel | None
+                        ) -> dict[str, dict[str, torch.Tensor]]:
+    """The text encoders' weights in the layout's own names (no prefix),
+    by diffusers part."""
+    states = {"text_encoder": canonical_text_encoder_state_dict(text_encoder)}
+    if layout == "sdxl":
+        states["text_encoder_2"] = canonical_text_encoder_state_dict(
+            text_encoder_2)
+    return states
 
 
 def to_single_file(unet: UNet2DConditionModel, vae: AutoencoderKL,
-                   text_encoder: PreTrainedModel) -> dict[str, torch.Tensor]:
-    """The weights of a Stable Diffusion 1.x model in the original layout.
+                   text_encoder: PreTrainedModel,
+                   text_encoder_2: PreTrainedModel | None = None
+                   ) -> dict[str, torch.Tensor]:
+    """The weights of a Stable Diffusion 1.x or SDXL model in the original
+    layout.
 
     Args:
         unet (UNet2DConditionModel): Without adapters (fused and unloaded).
         vae (AutoencoderKL): The KL autoencoder.
-        text_encoder (PreTrainedModel): The CLIP text encoder.
+        text_encoder (PreTrainedModel): The CLIP text encoder (SDXL's
+            CLIP-L).
+        text_encoder_2 (PreTrainedModel, optional): SDXL's OpenCLIP bigG
+            encoder, with its projection. Defaults to None (SD 1.x).
 
     Returns:
         dict[str, Tensor]: ``model.diffusion_model.*``,
-        ``first_stage_model.*`` and ``cond_stage_model.transformer.*``.
+        ``first_stage_model.*`` and the text encoders under their layout's
+        prefixes (:data:`TEXT_ENCODER_PREFIXES`).
+
+    Raises:
+        ConfigError: If the model is in no layout written here, carries
+            unfused adapters or weights in a dtype a checkpoint does not
+            hold.
     """
-    check_sd1(unet)
+    layout = single_file_layout(unet, text_encoder, text_encoder_2)
     states = {"unet": unet.state_dict(), "vae": vae.state_dict(),
-              "text_encoder": canonical_text_encoder_state_dict(text_encoder)}
+              **text_encoder_states(layout, text_encoder, text_encoder_2)}
     for part, state in states.items():
         adapters = [n for n in state if "lora_" in n or ".base_layer." in n]
         if adapters:
-            raise ValueError(
+            raise ConfigError(
                 f"{part} still carries adapter layers ({adapters[0]!r}); "
                 "fuse and unload the LoRA first.")
-    return {
-        **rename_state_dict(states["unet"], unet_renames(unet.config),
-                            UNET_PREFIX, "unet"),
-        **rename_state_dict(states["vae"], vae_renames(vae.config),
-                            VAE_PREFIX, "vae"),
-        **{TEXT_ENCODER_PREFIX + k: v
-           for k, v in states["text_encoder"].items()},
-    }
+        check_writable(state)
+    prefixes = TEXT_ENCODER_PREFIXES[layout]
+    converted = {}
+    with progress(total=sum(map(len, states.values())),
+                  desc=f"{LAYOUT_NAMES[layout]} single file",
+                  unit="tensor") as bar:
+        for part, state in states.items():
+            if part == "unet":
+                state = rename_state_dict(state, unet_renames(unet.config),
+                                          UNET_PREFIX, part)
+            elif part == "vae":
+                state = rename_state_dict(state, vae_renames(vae.config),
+                                          VAE_PREFIX, part)
+            elif part == "text_encoder_2":
+                state = {prefixes[part] + k: v
+                         for k, v in open_clip_state_dict(state).items()}
+            else:
+                state = {prefixes[part] + k: v for k, v in state.items()}
+            converted.update(state)
+            bar.update(len(states[part]))
+    return converted
 
 
 def save_single_file(tensors: dict[str, torch.Tensor], out: str,
