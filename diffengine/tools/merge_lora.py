@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from diffengine.export.merge_lora import FORMATS, merge_lora
+from diffengine.export.merge_lora import FORMATS, loading_code, merge_lora
 from diffengine.lora_file import base_model
 from diffengine.models.utils.dtypes import DTYPES
 
@@ -29,8 +29,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--format", choices=FORMATS, default="diffusers",
         help="diffusers: a model folder for from_pretrained; single-file: "
-        "one checkpoint in the original Stable Diffusion layout "
-        "(default: diffusers)")
+        "one checkpoint in the original layout of Stable Diffusion 1.x or "
+        "SDXL (default: diffusers)")
     parser.add_argument(
         "--dtype", choices=list(DTYPES), default="float32",
         help="dtype of the saved weights (default: float32)")
@@ -43,15 +43,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     base = base_model(args.lora, args.base)
-    merge_lora(args.lora, base, args.out, args.lora_scale, args.format,
-               args.dtype)
-    if args.format == "single-file":
-        load = (f"StableDiffusionPipeline.from_single_file({args.out!r}), or "
-                "put it in the checkpoint folder of AUTOMATIC1111 or ComfyUI")
-    else:
-        load = f"DiffusionPipeline.from_pretrained({args.out!r})"
+    pipe = merge_lora(args.lora, base, args.out, args.lora_scale,
+                      args.format, args.dtype)
     print(f"wrote {args.out}: {base} with the LoRA fused at scale "
-          f"{args.lora_scale} ({args.dtype}); load it with {load}")
+          f"{args.lora_scale} ({args.dtype}); load it in Python with\n"
+          f"    {loading_code(pipe, base, args.out, args.format, args.dtype)}")
+    if args.format == "single-file":
+        print("or put it in the checkpoint folder of AUTOMATIC1111 or "
+              "ComfyUI")
 
 
 if __name__ == "__main__":

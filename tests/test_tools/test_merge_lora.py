@@ -2,9 +2,26 @@ import os
 
 import pytest
 import torch
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from safetensors import safe_open
 
 from diffengine.tools.merge_lora import main
+from tests.test_export.test_single_file_sdxl import (  # noqa: F401
+    assert_same_weights,
+    sdxl_base,
+    sdxl_step,
+)
+
+
+def run_printed_code(printed: str):
+    """Run the loading line that merge_lora printed, exactly, and return the
+    pipeline it makes."""
+    lines = [line.strip() for line in printed.splitlines()
+             if "from diffusers import" in line]
+    assert len(lines) == 1, printed
+    namespace: dict = {}
+    exec(lines[0], namespace)
+    return namespace["pipe"]
 
 
 def test_merge_lora_writes_a_diffusers_folder(lora_step, tmp_path, capsys):
@@ -25,6 +42,44 @@ def test_merge_lora_writes_a_single_file(lora_step, tmp_path, capsys):
             "weight" in f.keys()  # noqa: SIM118
     printed = capsys.readouterr().out
     assert "(float16)" in printed and "from_single_file" in printed
+    loaded = run_printed_code(printed)
+    assert type(loaded) is StableDiffusionPipeline
+    assert loaded.unet.dtype == torch.float16
+
+
+def test_printed_code_loads_the_sd1_single_file(lora_step, tiny_sd, tmp_path,
+                                                capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative --out, as users type it
+    main([lora_step.step_dir, "--format", "single-file", "--out",
+          "merged.safetensors"])
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[1:] == [
+        "    from diffusers import StableDiffusionPipeline; pipe = "
+        "StableDiffusionPipeline.from_single_file('merged.safetensors', "
+        f"config={tiny_sd!r})",
+        "or put it in the checkpoint folder of AUTOMATIC1111 or ComfyUI"]
+    loaded = run_printed_code(printed)
+    merged = StableDiffusionPipeline.from_single_file(
+        "merged.safetensors", config=tiny_sd)
+    for part in ("unet", "vae", "text_encoder"):
+        ours = getattr(merged, part).state_dict()
+        theirs = getattr(loaded, part).state_dict()
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), part
+
+
+def test_printed_code_loads_the_sdxl_single_file(
+        sdxl_step, sdxl_base, tmp_path, capsys):  # noqa: F811
+    out = str(tmp_path / "merged-xl.safetensors")
+    main([sdxl_step, "--format", "single-file", "--out", out])
+    loaded = run_printed_code(capsys.readouterr().out)
+    assert type(loaded) is StableDiffusionXLPipeline
+    folder = str(tmp_path / "merged-xl")
+    main([sdxl_step, "--out", folder])
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[1] == (
+        "    from diffusers import DiffusionPipeline; pipe = "
+        f"DiffusionPipeline.from_pretrained({folder!r})")
+    assert_same_weights(run_printed_code(printed), loaded)
 
 
 def test_merge_lora_refuses_a_mismatched_output(lora_step, tmp_path):
