@@ -30,6 +30,7 @@ from diffengine.adapters import AdapterPart
 from diffengine.adapters.formats import MAGNITUDE
 from diffengine.adapters.kohya import BaseWeights, kohya_state_dict
 from diffengine.architectures import architecture_of
+from diffengine.export.progress import progress
 from diffengine.lora_file import LoRAFile
 
 
@@ -112,5 +113,11 @@ def to_kohya(lora: LoRAFile,
                 parts, architecture_of(lora).kohya_prefixes, base_weights)
         except ValueError as error:
             raise ValueError(f"{lora.path}: {error}") from error
-    return {k: v.float() if k.endswith(".alpha") else v.to(dtype)
-            for k, v in tensors.items()}
+    converted = {}
+    with progress(total=len(tensors), desc="kohya file",
+                  unit="tensor") as bar:
+        for key, value in tensors.items():
+            converted[key] = (value.float() if key.endswith(".alpha")
+                              else value.to(dtype))
+            bar.update()
+    return converted
