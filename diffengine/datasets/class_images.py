@@ -6,14 +6,23 @@ looks like. Missing class images are generated with the model before
 training starts, one file each, written atomically: a run that is killed
 keeps the finished ones, and a later run (or a resume) generates only what
 is still missing.
+
+A folder that diffengine fills is keyed by everything that decides its
+images (:func:`class_images_key`): the base model and a fingerprint of its
+weights, the scheduler, the prompt, the size and the generation settings.
+Another base, size or setting draws a set of its own instead of reusing
+images that were drawn otherwise.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
+import torch
 from mmengine.dist import barrier, get_dist_info
 from mmengine.logging import print_log
 from PIL import Image
@@ -21,18 +30,97 @@ from tqdm import tqdm
 
 from diffengine.datasets.kohya_folder import IMAGE_EXTENSIONS
 from diffengine.errors import DataError
-from diffengine.fileio import atomic_write
+from diffengine.fileio import atomic_write, atomic_write_text
 
 # Image k of a folder that diffengine fills is generated with seed k.
 CLASS_IMAGE_NAME = "class_{:05d}.jpg"
+SEED_RULE = "image k is drawn with seed k"
+# What drew the images of a folder that diffengine fills.
+MANIFEST_NAME = "class_images.json"
+# Values sampled from each weight tensor for the fingerprint.
+FINGERPRINT_SAMPLES = 16
 
 
-def class_image_folder(work_dir: str, class_prompt: str) -> str:
-    """Where a run keeps the class images of ``class_prompt`` by default:
-    ``work_dir/class_images/<prompt as a file name>``, so that a new prompt
-    gets new images."""
-    name = re.sub(r"\W+", "_", class_prompt.lower()).strip("_")[:80]
-    return os.path.join(work_dir, "class_images", name or "class")
+def sampled_weights_digest(modules: Iterable[torch.nn.Module],
+                           samples: int = FINGERPRINT_SAMPLES) -> str:
+    """SHA-256 (hex) of the dtype, shape and ``samples`` evenly spaced
+    values of every frozen weight of ``modules``.
+
+    Milliseconds even for SDXL, where hashing every value would read
+    gigabytes before each run; a fine-tune or another dtype changes nearly
+    every tensor, so it changes the sampled values too. Trainable weights
+    (the fresh adapters, randomly initialised) and the names (which adapter
+    injection changes) are left out: the images depend on neither.
+    """
+    digest = hashlib.sha256()
+    for module in modules:
+        for weight in module.parameters():
+            if weight.requires_grad:
+                continue
+            flat = weight.detach().reshape(-1)
+            index = torch.linspace(0, flat.numel() - 1, samples,
+                                   device=flat.device).long()
+            values = flat[index].cpu().contiguous()
+            digest.update(json.dumps([str(weight.dtype),
+                                      list(weight.shape)]).encode())
+            # raw bytes: numpy has no bfloat16
+            digest.update(values.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def class_images_key(pipe, base_model: str, prompt: str,
+                     options: dict) -> dict:
+    """Everything that decides the class images drawn with ``pipe``.
+
+    Args:
+        pipe (DiffusionPipeline): The base model's pipeline, as ``infer``
+            draws with it.
+        base_model (str): Its hub id or folder.
+        prompt (str): The class prompt.
+        options (dict): ``num_inference_steps``, ``guidance_scale``,
+            ``negative_prompt``, ``height`` and ``width`` as given to
+            ``infer`` (missing ones take ``infer``'s defaults).
+
+    Returns:
+        dict: Plain JSON data, the same for the same images.
+    """
+    modules = [c for c in pipe.components.values()
+               if isinstance(c, torch.nn.Module)]
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    scheduler = {k: v for k, v in pipe.scheduler.config.items()
+                 if not k.startswith("_")}
+    return {
+        "base_model": base_model,
+        "weights": sampled_weights_digest(modules),
+        "dtype": str(pipe.unet.dtype).removeprefix("torch."),
+        "scheduler": {"class": type(pipe.scheduler).__name__, **scheduler},
+        "prompt": prompt,
+        "height": options.get("height") or size,
+        "width": options.get("width") or size,
+        "num_inference_steps": options.get("num_inference_steps", 50),
+        "guidance_scale": options.get("guidance_scale", 7.5),
+        "negative_prompt": options.get("negative_prompt"),
+        "seeds": SEED_RULE,
+    }
+
+
+def class_image_folder(work_dir: str, key: dict) -> str:
+    """Where a run keeps the class images drawn as ``key`` says:
+    ``work_dir/class_images/<prompt as a file name>-<digest of key>``, so
+    that another prompt, base, size or setting gets images of its own."""
+    name = re.sub(r"\W+", "_", key["prompt"].lower()).strip("_")[:80]
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode())
+    return os.path.join(work_dir, "class_images",
+                        f"{name or 'class'}-{digest.hexdigest()[:12]}")
+
+
+def write_manifest(folder: str, key: dict) -> None:
+    """Record in ``folder`` what draws its images, for whoever opens it."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, MANIFEST_NAME)
+    if not os.path.exists(path):
+        atomic_write_text(path, json.dumps(key, indent=2, sort_keys=True)
+                          + "\n")
 
 
 def list_images(folder: str) -> list[str]:

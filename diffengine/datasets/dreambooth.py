@@ -1,7 +1,7 @@
 """DreamBooth: a few images of one subject, with prior preservation."""
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -10,8 +10,10 @@ from mmengine.logging import print_log
 from diffengine.datasets.base import CaptionedImageDataset
 from diffengine.datasets.class_images import (
     class_image_folder,
+    class_images_key,
     generate_class_images,
     list_images,
+    write_manifest,
 )
 from diffengine.datasets.hf_dataset import HFImageRows
 from diffengine.errors import ConfigError
@@ -34,16 +36,22 @@ class DreamBoothDataset(CaptionedImageDataset):
     the model keeps what the class looks like: each class sample's loss is
     weighted ``prior_loss_weight`` (its ``loss_weight``), and the batch loss
     is the mean over instance and class samples, as kohya-ss's scripts
-    compute it. An epoch holds every class image once and as many instance
-    samples, the instance images in turn (as diffusers'
-    ``train_dreambooth_lora.py`` pairs them); each row is its own sample
-    with its own seed, and the rows may go to different aspect-ratio
-    buckets.
+    compute it. An epoch pairs every instance sample with a class sample,
+    as diffusers' ``train_dreambooth_lora.py`` does: it holds
+    max(instance images, class images) samples of each, the smaller set in
+    turn, so 12 instance and 8 class images make 12 + 12 = 24 samples (4
+    class images twice) and 5 and 200 make 200 + 200 (each instance image
+    40 times). Each row is its own sample with its own seed, and the rows
+    may go to different aspect-ratio buckets.
 
-    Class images come from ``class_data_dir``; ``DiffEngineRunner``
-    generates the missing ones (up to ``num_class_images``) with the base
-    model before training, into ``work_dir/class_images/<class prompt>``
-    when ``class_data_dir`` is None, and later runs reuse them.
+    Class images come from ``class_data_dir``, used as is;
+    ``DiffEngineRunner`` generates the missing ones (up to
+    ``num_class_images``) with the base model before training. When
+    ``class_data_dir`` is None they go to ``work_dir/class_images/<class
+    prompt>-<key>``, keyed by the base model, a fingerprint of its weights,
+    the scheduler, the size and the generation settings, so that later
+    runs that would draw the same images reuse them and others draw their
+    own.
 
     Args:
         dataset (str): The instance images: a hub id (e.g.
@@ -53,8 +61,9 @@ class DreamBoothDataset(CaptionedImageDataset):
         instance_prompt (str): The caption of every instance image.
         class_prompt (str, optional): The caption of the class images; None
             trains without prior preservation. Defaults to None.
-        class_data_dir (str, optional): The folder of class images. Defaults
-            to None (``work_dir/class_images/<class prompt>``).
+        class_data_dir (str, optional): The folder of class images (your
+            own photos, say), used as is. Defaults to None
+            (``work_dir/class_images/<class prompt>-<key>``).
         num_class_images (int): Class images to train on. Defaults to 200.
         prior_loss_weight (float): Weight of each class sample's loss.
             Defaults to 1.
@@ -118,35 +127,43 @@ class DreamBoothDataset(CaptionedImageDataset):
         return (self.class_prompt is not None
                 and len(self.class_images) < self.num_class_images)
 
-    def prepare_class_images(self, infer: Callable[..., list[np.ndarray]],
-                             work_dir: str) -> None:
-        """Generate the missing class images with ``infer`` and train on them.
+    def prepare_class_images(self, model: Any, work_dir: str) -> None:
+        """Generate the missing class images with ``model`` and train on
+        them.
 
         Args:
-            infer (Callable): ``LatentDiffusionModel.infer`` of the base
-                model (before training, its LoRA changes nothing).
+            model (LatentDiffusionModel): The base model (before training,
+                its LoRA changes nothing); its ``infer`` draws the images.
             work_dir (str): Where the default class folder lies.
         """
         if self.class_prompt is None:
             return
-        if self.class_data_dir is None:
-            self.class_data_dir = class_image_folder(work_dir,
-                                                     self.class_prompt)
         options = dict(self.class_generation)
         batch_size = options.pop("batch_size", 4)
+        if self.class_data_dir is None:
+            key = class_images_key(model.pipeline(), model.base_model,
+                                   self.class_prompt, options)
+            self.class_data_dir = class_image_folder(work_dir, key)
+            write_manifest(self.class_data_dir, key)
 
         def generate(seeds: Sequence[int]) -> list[np.ndarray]:
-            return infer([self.class_prompt], seed=list(seeds), **options)
+            return model.infer([self.class_prompt], seed=list(seeds),
+                               **options)
 
         generate_class_images(self.class_data_dir, self.num_class_images,
                               generate, batch_size)
         self._find_class_images()
-        print_log(
+        print_log(self.epoch_summary(), logger="current")
+
+    def epoch_summary(self) -> str:
+        """What an epoch holds, in words and numbers, for the log."""
+        each = len(self) // 2
+        return (
             f"DreamBooth: {len(self.instances)} instance images "
             f"({self.instance_prompt!r}) and {len(self.class_images)} class "
             f"images ({self.class_prompt!r}, loss weight "
-            f"{self.prior_loss_weight}): {len(self)} samples an epoch",
-            logger="current")
+            f"{self.prior_loss_weight}); an epoch pairs each of {each} "
+            f"instance samples with a class sample: {len(self)} samples")
 
     def _find_class_images(self) -> None:
         """Read the class folder and lay out the rows: instance rows then

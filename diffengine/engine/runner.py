@@ -235,7 +235,7 @@ class DiffEngineRunner(Runner):
         if not isinstance(dataset, DreamBoothDataset):
             return
         start = time.perf_counter()
-        dataset.prepare_class_images(self.bare_model.infer, self.work_dir)
+        dataset.prepare_class_images(self.bare_model, self.work_dir)
         self._train_dataloader = dict(loader, dataset=dataset)
         if dataset.class_prompt is not None:
             self.logger.info(

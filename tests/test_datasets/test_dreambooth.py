@@ -1,4 +1,5 @@
 """DreamBoothDataset and its class images: rows, weights, generation once."""
+import json
 import os
 import shutil
 
@@ -12,9 +13,11 @@ from diffengine.datasets import DreamBoothDataset
 from diffengine.datasets import class_images as class_images_module
 from diffengine.datasets.class_images import (
     class_image_folder,
+    class_images_key,
     generate_class_images,
     list_images,
 )
+from diffengine.demo import make_tiny_sd
 from diffengine.engine import DiffEngineRunner
 from diffengine.errors import ConfigError
 from diffengine.models import StableDiffusion
@@ -61,6 +64,21 @@ def test_rows_pair_every_class_image_with_an_instance_sample(tmp_path,
         "seed"]
 
 
+def test_an_epoch_pairs_each_instance_sample_with_a_class_sample(
+        tmp_path, shapes_data):
+    # more instance images than class images: the class images cycle
+    dataset = DreamBoothDataset(
+        instance_folder(tmp_path / "sks", shapes_data), INSTANCE,
+        class_prompt=CLASS, class_data_dir=class_folder(tmp_path / "dogs", 2),
+        num_class_images=2, pipeline=tiny_pipeline())
+    assert dataset.rows == [(False, 0), (False, 1), (False, 2),
+                            (True, 0), (True, 1), (True, 0)]
+    assert dataset.epoch_summary() == (
+        "DreamBooth: 3 instance images ('a photo of sks shape') and 2 class "
+        "images ('a photo of a shape', loss weight 1.0); an epoch pairs each "
+        "of 3 instance samples with a class sample: 6 samples")
+
+
 def test_without_class_prompt_only_the_instances_train(tmp_path, shapes_data):
     dataset = DreamBoothDataset(instance_folder(tmp_path / "sks", shapes_data),
                                 INSTANCE, pipeline=tiny_pipeline())
@@ -93,8 +111,7 @@ def test_class_images_are_generated_once_with_their_seeds(tmp_path, tiny_sd):
         return model.infer([CLASS], seed=list(seeds), num_inference_steps=2,
                            guidance_scale=1.0)
 
-    folder = class_image_folder(str(tmp_path), CLASS)
-    assert folder == str(tmp_path / "class_images" / "a_photo_of_a_shape")
+    folder = str(tmp_path / "shapes")
     assert generate_class_images(folder, 3, generate, batch_size=2) == 3
     assert calls == [[0, 1], [2]]
     names = [os.path.basename(p) for p in list_images(folder)]
@@ -112,6 +129,71 @@ def test_class_images_are_generated_once_with_their_seeds(tmp_path, tiny_sd):
     assert generate_class_images(folder, 4, generate, batch_size=4) == 2
     assert calls == [[1, 3]]
     assert len(list_images(folder)) == 4
+
+
+def sd_model(path: str, **options) -> StableDiffusion:
+    return StableDiffusion(path, unet_lora_config=dict(
+        r=2, target_modules=UNET_TARGETS), **options)
+
+
+def test_class_images_are_keyed_by_what_draws_them(tmp_path, tiny_sd):
+    options = dict(num_inference_steps=2, guidance_scale=1.0)
+    model = sd_model(tiny_sd)
+    key = class_images_key(model.pipeline(), model.base_model, CLASS, options)
+    assert {k: v for k, v in key.items()
+            if k not in ("weights", "scheduler")} == dict(
+        base_model=tiny_sd, dtype="float32", prompt=CLASS, height=64,
+        width=64, num_inference_steps=2, guidance_scale=1.0,
+        negative_prompt=None, seeds="image k is drawn with seed k")
+    assert key["scheduler"]["class"] == "PNDMScheduler"
+    folder = class_image_folder(str(tmp_path), key)
+    assert os.path.dirname(folder) == str(tmp_path / "class_images")
+    assert os.path.basename(folder).startswith("a_photo_of_a_shape-")
+
+    def folder_of(model, prompt=CLASS, **changes):
+        return class_image_folder(str(tmp_path), class_images_key(
+            model.pipeline(), model.base_model, prompt,
+            dict(options, **changes)))
+
+    # the same base with another (random) LoRA init draws the same images
+    torch.manual_seed(123)
+    assert folder_of(sd_model(tiny_sd)) == folder
+    other_base = make_tiny_sd(str(tmp_path / "other-sd"), seed=1)
+    others = [folder_of(model, prompt="a photo of a dog"),
+              folder_of(model, height=32, width=32),
+              folder_of(model, num_inference_steps=3),
+              folder_of(model, guidance_scale=7.5),
+              folder_of(model, negative_prompt="blurry"),
+              folder_of(sd_model(other_base)),
+              folder_of(sd_model(tiny_sd, weight_dtype="bfloat16"))]
+    assert len({folder, *others}) == 8
+
+
+def test_a_run_draws_into_its_keyed_folder_and_a_given_one_is_kept(
+        tmp_path, tiny_sd, shapes_data):
+    model = sd_model(tiny_sd)
+    options = dict(instance_prompt=INSTANCE, class_prompt=CLASS,
+                   num_class_images=2, class_generation=GENERATION,
+                   pipeline=tiny_pipeline())
+    sks = instance_folder(tmp_path / "sks", shapes_data)
+    dataset = DreamBoothDataset(sks, **options)
+    dataset.prepare_class_images(model, str(tmp_path / "work"))
+    folder = dataset.class_data_dir
+    assert os.path.dirname(folder) == str(tmp_path / "work" / "class_images")
+    with open(os.path.join(folder, "class_images.json")) as f:
+        manifest = json.load(f)
+    assert manifest == json.loads(json.dumps(class_images_key(
+        model.pipeline(), model.base_model, CLASS,
+        dict(num_inference_steps=2, guidance_scale=1.0))))
+    assert [os.path.basename(p) for p in dataset.class_images] == [
+        "class_00000.jpg", "class_00001.jpg"]
+    # the user's own folder: used as is, nothing drawn, no manifest
+    own = class_folder(tmp_path / "own", 2)
+    dataset = DreamBoothDataset(sks, class_data_dir=own, **options)
+    dataset.prepare_class_images(model, str(tmp_path / "work"))
+    assert sorted(os.listdir(own)) == ["dog0.png", "dog1.png"]
+    assert [os.path.basename(p) for p in dataset.class_images] == [
+        "dog0.png", "dog1.png"]
 
 
 def test_each_process_draws_its_share(tmp_path, monkeypatch):
@@ -146,8 +228,9 @@ def test_the_runner_draws_the_class_images_and_trains_on_both(
     cfg["train_dataloader"]["batch_size"] = 6
     runner = DiffEngineRunner.from_cfg(Config(cfg))
     loop = runner.build_train_loop(runner.cfg.train_cfg)
-    folder = tmp_path / "work" / "class_images" / "a_photo_of_a_shape"
-    assert len(list_images(str(folder))) == 3
+    folder = loop.dataloader.dataset.class_data_dir
+    assert os.path.basename(folder).startswith("a_photo_of_a_shape-")
+    assert len(list_images(folder)) == 3
     batch = runner.model.data_preprocessor(next(iter(loop.dataloader)))
     inputs = batch["inputs"]
     assert inputs["text"] == [INSTANCE] * 3 + [CLASS] * 3

@@ -31,8 +31,14 @@ def test_class_images_are_drawn_once_and_the_step_loads(tmp_path, tiny_sd,
         "train_dataloader.batch_size=2", "train_dataloader.num_workers=0",
         "train_cfg.max_epochs=1", "custom_hooks=[]", "randomness.seed=0"]
     log = mim_train(CONFIG, tmp_path, *options)
-    folder = work / "class_images" / "a_photo_of_a_dog"
+    # keyed by the base, its weights, the size and the settings
+    [folder] = (work / "class_images").glob("a_photo_of_a_dog-*")
     assert f"class images: generating 4 of 4 in {folder}" in log
+    assert (folder / "class_images.json").is_file()
+    assert ("DreamBooth: 3 instance images ('a photo of sks dog') and 4 "
+            "class images ('a photo of a dog', loss weight 0.5); an epoch "
+            "pairs each of 4 instance samples with a class sample: 8 "
+            "samples") in log
     drawn = {p: os.path.getmtime(p) for p in list_images(str(folder))}
     assert len(drawn) == 4
     # 4 class images and 4 instance samples (3 images), batch 2
