@@ -282,7 +282,7 @@ PROMISED = [
     "browse_buckets/0000.png",
     "work_dirs/my_buckets/step*/pytorch_lora_weights.safetensors",
     "work_dirs/stable_diffusion_v15_dreambooth_lora_dog/class_images/"
-    "a_photo_of_a_dog/class_00003.jpg",
+    "a_photo_of_a_dog-*/class_00003.jpg",
     "work_dirs/stable_diffusion_v15_dreambooth_lora_dog/step*/"
     "pytorch_lora_weights.safetensors",
     "sks_dog.png",

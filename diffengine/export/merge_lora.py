@@ -6,6 +6,7 @@ import datetime
 import os
 
 from diffusers import DiffusionPipeline
+from tqdm import tqdm
 
 from diffengine.errors import ConfigError
 from diffengine.export.diffusers_folder import save_pipeline_folder
@@ -168,7 +169,7 @@ def merge_lora(lora: str, base: str, out: str,
     return pipe
 
 
-def next_stage(bar, stage: str) -> None:
+def next_stage(bar: tqdm, stage: str) -> None:
     """Count a stage done and name the next one, ``stage``."""
     bar.update()
     bar.set_postfix_str(stage)
