@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from mmengine.logging import print_log
@@ -18,6 +18,9 @@ from diffengine.datasets.class_images import (
 from diffengine.datasets.hf_dataset import HFImageRows
 from diffengine.errors import ConfigError
 from diffengine.registry import DATASETS
+
+if TYPE_CHECKING:  # for the hint only: a dataset needs no model to import
+    from diffengine.models.editors.base import LatentDiffusionModel
 
 # What ``class_generation`` may set: options of ``infer`` and the number of
 # images generated together.
@@ -127,7 +130,8 @@ class DreamBoothDataset(CaptionedImageDataset):
         return (self.class_prompt is not None
                 and len(self.class_images) < self.num_class_images)
 
-    def prepare_class_images(self, model: Any, work_dir: str) -> None:
+    def prepare_class_images(self, model: LatentDiffusionModel,
+                             work_dir: str) -> None:
         """Generate the missing class images with ``model`` and train on
         them.
 
