@@ -45,7 +45,7 @@ TEXT_ENCODER_PREFIXES = {
     "sdxl": {"text_encoder": "conditioner.embedders.0.transformer.",
              "text_encoder_2": "conditioner.embedders.1.model."},
 }
-# What each layout is called in messages and in ``modelspec.architecture``.
+# What each layout is called on the progress bar.
 LAYOUT_NAMES = {"sd1": "Stable Diffusion 1.x", "sdxl": "SDXL"}
 # Weight dtypes a checkpoint holds that the UIs and diffusers read.
 WRITABLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
