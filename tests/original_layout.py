@@ -204,3 +204,14 @@ def original_checkpoint(unet, vae, text_config) -> dict[str, tuple[int, ...]]:
     for name, shape in clip_text_weights(text_config).items():
         weights["cond_stage_model.transformer." + name] = shape
     return weights
+
+
+def layout_difference(tensors: dict, expected: dict[str, tuple[int, ...]]
+                      ) -> tuple[list, list, list]:
+    """(missing, unexpected, wrong shape) names of ``tensors`` against an
+    expected name → shape map."""
+    missing = sorted(expected.keys() - tensors.keys())
+    unexpected = sorted(tensors.keys() - expected.keys())
+    shapes = sorted(k for k in expected.keys() & tensors.keys()
+                    if tuple(tensors[k].shape) != expected[k])
+    return missing, unexpected, shapes

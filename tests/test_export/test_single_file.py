@@ -27,7 +27,7 @@ from diffengine.export.single_file import (
 )
 from diffengine.inference import generate, load_pipeline
 from tests.conftest import SAMPLE, SD1_LAYOUT_UNET
-from tests.original_layout import original_checkpoint
+from tests.original_layout import layout_difference, original_checkpoint
 
 SETTINGS = {k: v for k, v in SAMPLE.items() if k not in ("prompt", "seed")}
 
@@ -37,15 +37,10 @@ def draw(pipe) -> np.ndarray:
     return generate(pipe, SAMPLE["prompt"], [SAMPLE["seed"]], **SETTINGS)[0]
 
 
-def layout_difference(tensors, pipe) -> tuple[list, list, list]:
-    """(missing, unexpected, wrong shape) against the derived layout."""
-    expected = original_checkpoint(pipe.unet, pipe.vae,
-                                   pipe.text_encoder.config)
-    missing = sorted(expected.keys() - tensors.keys())
-    unexpected = sorted(tensors.keys() - expected.keys())
-    shapes = [k for k in expected.keys() & tensors.keys()
-              if tuple(tensors[k].shape) != expected[k]]
-    return missing, unexpected, shapes
+def sd1_difference(tensors, pipe) -> tuple[list, list, list]:
+    """(missing, unexpected, wrong shape) against ldm's layout."""
+    return layout_difference(tensors, original_checkpoint(
+        pipe.unet, pipe.vae, pipe.text_encoder.config))
 
 
 def test_single_file_draws_what_the_lora_draws(lora_step, tiny_sd, tmp_path):
@@ -53,7 +48,7 @@ def test_single_file_draws_what_the_lora_draws(lora_step, tiny_sd, tmp_path):
     merged = merge_lora(lora_step.step_dir, tiny_sd, out,
                         format="single-file")
     tensors = load_file(out)
-    assert layout_difference(tensors, merged) == ([], [], [])
+    assert sd1_difference(tensors, merged) == ([], [], [])
     # tiny UNet 250, VAE 82, CLIP 84
     assert len(tensors) == 416
     assert tensors["first_stage_model.encoder.mid.attn_1.q.weight"].ndim == 4
@@ -113,7 +108,7 @@ def sd1_shaped_pipeline(path: str) -> StableDiffusionPipeline:
 def test_sd1_layout_round_trips_through_from_single_file(tmp_path):
     pipe = sd1_shaped_pipeline(str(tmp_path / "sd1"))
     tensors = to_single_file(pipe.unet, pipe.vae, pipe.text_encoder)
-    assert layout_difference(tensors, pipe) == ([], [], [])
+    assert sd1_difference(tensors, pipe) == ([], [], [])
     assert "model.diffusion_model.output_blocks.2.1.conv.weight" in tensors
     assert "model.diffusion_model.output_blocks.5.2.conv.weight" in tensors
     assert "first_stage_model.decoder.up.1.block.0.nin_shortcut.weight" in (

@@ -27,7 +27,10 @@ from diffengine.errors import ConfigError
 from diffengine.export import merge_lora, to_single_file
 from diffengine.models import StableDiffusionXL
 from tests.conftest import TEXT_TARGETS, UNET_TARGETS, perturb_lora
-from tests.original_layout import original_sdxl_checkpoint
+from tests.original_layout import (
+    layout_difference,
+    original_sdxl_checkpoint,
+)
 
 PARTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 SAMPLE = dict(num_inference_steps=3, output_type="np", height=64, width=64)
@@ -88,16 +91,11 @@ def sdxl_step(tmp_path_factory, sdxl_base) -> str:
     return step
 
 
-def layout_difference(tensors, pipe) -> tuple[list, list, list]:
+def sdxl_difference(tensors, pipe) -> tuple[list, list, list]:
     """(missing, unexpected, wrong shape) against sgm's layout."""
-    expected = original_sdxl_checkpoint(pipe.unet, pipe.vae,
-                                        pipe.text_encoder.config,
-                                        pipe.text_encoder_2.config)
-    missing = sorted(expected.keys() - tensors.keys())
-    unexpected = sorted(tensors.keys() - expected.keys())
-    shapes = [k for k in expected.keys() & tensors.keys()
-              if tuple(tensors[k].shape) != expected[k]]
-    return missing, unexpected, shapes
+    return layout_difference(tensors, original_sdxl_checkpoint(
+        pipe.unet, pipe.vae, pipe.text_encoder.config,
+        pipe.text_encoder_2.config))
 
 
 def assert_same_weights(ours, theirs) -> None:
@@ -113,7 +111,7 @@ def test_merged_sdxl_round_trips_through_from_single_file(
     out = str(tmp_path / "merged-xl.safetensors")
     merged = merge_lora(sdxl_step, sdxl_base, out, format="single-file")
     tensors = load_file(out)
-    assert layout_difference(tensors, merged) == ([], [], [])
+    assert sdxl_difference(tensors, merged) == ([], [], [])
     # OpenCLIP's fused attention and transposed projection, by value
     encoder = merged.text_encoder_2.text_model.encoder.layers[1].self_attn
     assert torch.equal(
