@@ -58,8 +58,10 @@ def sampled_weights_digest(modules: Iterable[torch.nn.Module],
             if weight.requires_grad:
                 continue
             flat = weight.detach().reshape(-1)
-            index = torch.linspace(0, flat.numel() - 1, samples,
-                                   device=flat.device).long()
+            # integer steps: float positions round past the end of tensors
+            # of more than 2**24 values
+            index = (torch.arange(samples, device=flat.device)
+                     * (flat.numel() - 1) // (samples - 1))
             values = flat[index].cpu().contiguous()
             digest.update(json.dumps([str(weight.dtype),
                                       list(weight.shape)]).encode())

@@ -16,6 +16,7 @@ from diffengine.datasets.class_images import (
     class_images_key,
     generate_class_images,
     list_images,
+    sampled_weights_digest,
 )
 from diffengine.demo import make_tiny_sd
 from diffengine.engine import DiffEngineRunner
@@ -167,6 +168,23 @@ def test_class_images_are_keyed_by_what_draws_them(tmp_path, tiny_sd):
               folder_of(sd_model(other_base)),
               folder_of(sd_model(tiny_sd, weight_dtype="bfloat16"))]
     assert len({folder, *others}) == 8
+
+
+def test_the_fingerprint_samples_every_tensor_to_its_last_value():
+    # more values than float32 counts exactly: the last one is sampled
+    size = 2**24 + 3
+    layer = torch.nn.Module()
+    layer.weight = torch.nn.Parameter(torch.zeros(size, dtype=torch.uint8),
+                                      requires_grad=False)
+    layer.adapter = torch.nn.Parameter(torch.zeros(4))  # trainable: left out
+    digest = sampled_weights_digest([layer])
+    with torch.no_grad():
+        layer.adapter += 1
+        assert sampled_weights_digest([layer]) == digest
+        layer.weight[size // 2 + 1] = 1  # between two samples: unseen
+        assert sampled_weights_digest([layer]) == digest
+        layer.weight[-1] = 1
+        assert sampled_weights_digest([layer]) != digest
 
 
 def test_a_run_draws_into_its_keyed_folder_and_a_given_one_is_kept(
