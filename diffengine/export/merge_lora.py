@@ -70,6 +70,26 @@ def loading_code(pipe: DiffusionPipeline, base: str, out: str, format: str,
             f"{out!r}, config={resolve_model(base)!r}{options})")
 
 
+def from_single_file_caveat(pipe: DiffusionPipeline) -> str | None:
+    """Why diffusers' ``from_single_file`` would misread this SDXL
+    checkpoint, or None.
+
+    diffusers tells SDXL's two text encoders apart by their width (768 and
+    1280 in SDXL); when both are as wide, it loads the first one's weights
+    into the second. AUTOMATIC1111 and ComfyUI read them by name.
+    """
+    text_encoder, text_encoder_2 = text_encoders(pipe)
+    if text_encoder_2 is None:
+        return None
+    width = text_encoder.config.hidden_size
+    if width != text_encoder_2.config.hidden_size:
+        return None
+    return (f"note: both text encoders of this base are {width} wide, and "
+            "diffusers' from_single_file tells SDXL's apart by width, so it "
+            "reads the second one wrongly; AUTOMATIC1111 and ComfyUI read "
+            "them by name, and --format diffusers loads in diffusers")
+
+
 def single_file_metadata(pipe: DiffusionPipeline, base: str, lora: str,
                          lora_scale: float, title: str) -> dict[str, str]:
     """``modelspec.*`` of a merged Stable Diffusion 1.x or SDXL

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import argparse
 
-from diffengine.export.merge_lora import FORMATS, loading_code, merge_lora
+from diffengine.export.merge_lora import (
+    FORMATS,
+    from_single_file_caveat,
+    loading_code,
+    merge_lora,
+)
 from diffengine.lora_file import base_model
 from diffengine.models.utils.dtypes import DTYPES
 
@@ -51,6 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.format == "single-file":
         print("or put it in the checkpoint folder of AUTOMATIC1111 or "
               "ComfyUI")
+        caveat = from_single_file_caveat(pipe)
+        if caveat:
+            print(caveat)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from safetensors import safe_open
 
+from diffengine.export.merge_lora import from_single_file_caveat
+from diffengine.export.single_file import save_single_file, to_single_file
 from diffengine.tools.merge_lora import main
 from tests.test_export.test_single_file_sdxl import (  # noqa: F401
     assert_same_weights,
@@ -71,7 +73,9 @@ def test_printed_code_loads_the_sdxl_single_file(
         sdxl_step, sdxl_base, tmp_path, capsys):  # noqa: F811
     out = str(tmp_path / "merged-xl.safetensors")
     main([sdxl_step, "--format", "single-file", "--out", out])
-    loaded = run_printed_code(capsys.readouterr().out)
+    printed = capsys.readouterr().out
+    assert "note:" not in printed
+    loaded = run_printed_code(printed)
     assert type(loaded) is StableDiffusionXLPipeline
     folder = str(tmp_path / "merged-xl")
     main([sdxl_step, "--out", folder])
@@ -87,3 +91,21 @@ def test_merge_lora_refuses_a_mismatched_output(lora_step, tmp_path):
         main([lora_step.step_dir, "--format", "ckpt", "--out", "x.ckpt"])
     with pytest.raises(ValueError, match="name the output to match"):
         main([lora_step.step_dir, "--out", str(tmp_path / "x.safetensors")])
+
+
+def test_equal_text_encoder_widths_are_called_out(tiny_sdxl, tmp_path, capsys):
+    # the demo's tiny SDXL: both text encoders 32 wide
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl)
+    out = str(tmp_path / "tiny-xl.safetensors")
+    save_single_file(to_single_file(pipe.unet, pipe.vae, pipe.text_encoder,
+                                    pipe.text_encoder_2), out)
+    loaded = StableDiffusionXLPipeline.from_single_file(
+        out, config=tiny_sdxl, local_files_only=True)
+    ours = pipe.text_encoder_2.state_dict()
+    theirs = loaded.text_encoder_2.state_dict()
+    assert not all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert from_single_file_caveat(pipe) == (
+        "note: both text encoders of this base are 32 wide, and diffusers' "
+        "from_single_file tells SDXL's apart by width, so it reads the "
+        "second one wrongly; AUTOMATIC1111 and ComfyUI read them by name, "
+        "and --format diffusers loads in diffusers")
