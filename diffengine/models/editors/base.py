@@ -619,7 +619,8 @@ class LatentDiffusionModel(BaseModel):
               num_inference_steps: int = 50,
               guidance_scale: float = 7.5,
               seed: int | Sequence[int] = 0,
-              output_type: str = "pil") -> list[np.ndarray]:
+              output_type: str = "pil",
+              progress=None) -> list[np.ndarray]:
         """Generate images with the model as trained so far.
 
         Images come from :func:`diffengine.inference.generate`, as the
@@ -639,6 +640,8 @@ class LatentDiffusionModel(BaseModel):
                 same image on any device. Defaults to 0.
             output_type (str): ``"pil"`` returns H×W×3 uint8 arrays, ``"np"``
                 float arrays in [0, 1]. Defaults to ``"pil"``.
+            progress (tqdm, optional): A bar advanced at every denoising
+                step (``inference.sampling_progress``). Defaults to None.
 
         Returns:
             list[np.ndarray]: The images of the first prompt (one per seed),
@@ -658,7 +661,8 @@ class LatentDiffusionModel(BaseModel):
                     width=width,
                     num_inference_steps=num_inference_steps,
                     guidance_scale=guidance_scale,
-                    output_type=output_type)
+                    output_type=output_type,
+                    progress=progress)
             ]
         finally:
             self.train(was_training)

@@ -1,0 +1,168 @@
+"""SIGTERM while sampling: a real training process stops within seconds."""
+import glob
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from diffengine import stop
+from diffengine.inference import generate, load_pipeline
+from tests.conftest import NO_VALIDATION, REPO
+
+DEMO = os.path.join(REPO, "configs", "stable_diffusion_lora",
+                    "tiny_sd_lora_demo.py")
+TRAIN = os.path.join(REPO, "tools", "train.py")
+# Three prompts at 999 denoising steps (PNDM's most on SD's 1000 timesteps):
+# minutes of sampling on a busy CPU, as SDXL at 1024 px on a GPU.
+SLOW_SAMPLES = [
+    "custom_hooks.0.prompt=[a red zorb,a blue zorb,a green zorb]",
+    "custom_hooks.0.seed=[0,1]",
+    "custom_hooks.0.num_inference_steps=999",
+    "custom_hooks.0.scorer=None",
+]
+# The same, but only after iterations, not at step 0.
+SLOW_LATER_SAMPLES = [*SLOW_SAMPLES, "custom_hooks.0.at_start=False"]
+# What a stop must take at most: a denoising step, a save and the exit.
+WITHIN_SECONDS = 15
+
+
+def train_command(tiny_sd, data, work_dir, *extra):
+    return [sys.executable, TRAIN, DEMO, "--cfg-options",
+            f"model.model={tiny_sd}",
+            f"train_dataloader.dataset.dataset={data}",
+            f"work_dir={work_dir}", "default_hooks.checkpoint.interval=100",
+            *NO_VALIDATION, *extra]
+
+
+def signal_when(command, marker, signals=(signal.SIGTERM,)):
+    """Run ``command``, send ``signals`` once a log line holds ``marker``.
+
+    Returns:
+        tuple: The exit status, the log, and the seconds from the first
+        signal to the exit.
+    """
+    process = subprocess.Popen(command, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    # A run that never logs the marker must not sample for an hour.
+    watchdog = threading.Timer(600, process.kill)
+    watchdog.start()
+    log, sent = "", None
+    for line in process.stdout:
+        log += line
+        if sent is None and marker in line:
+            # the work has begun: let it run a moment, then stop it
+            time.sleep(0.5)
+            sent = time.perf_counter()
+            for signum in signals:
+                process.send_signal(signum)
+    status = process.wait(timeout=120)
+    watchdog.cancel()
+    assert sent is not None, log[-3000:]
+    seconds = time.perf_counter() - sent
+    print(f"\nsignal to exit: {seconds:.2f} s")
+    return status, log, seconds
+
+
+def test_sigterm_while_sampling_saves_the_last_iteration_and_resumes(
+        tmp_path, tiny_sd, shapes_data):
+    # Samples at iteration 4 (by iterations), in after_train_iter.
+    samples = [*SLOW_LATER_SAMPLES, "custom_hooks.0.by_epoch=False",
+               "custom_hooks.0.interval=4"]
+    status, log, seconds = signal_when(
+        train_command(tiny_sd, shapes_data, tmp_path, *samples),
+        "at step 4, 999 denoising steps")
+    assert status == 128 + signal.SIGTERM, log[-3000:]
+    assert seconds < WITHIN_SECONDS, log[-3000:]
+    assert "sampling at step 4 stopped by SIGTERM" in log
+    saved = str(tmp_path / "iter_4.pth")
+    assert f"diffengine: stopped by SIGTERM after saving {saved}; continue " \
+        "with --resume" in log
+    assert (tmp_path / "last_checkpoint").read_text().strip() == saved
+    assert (tmp_path / "step4" / "pytorch_lora_weights.safetensors").is_file()
+    assert not glob.glob(str(tmp_path / ".*tmp*"))
+    result = subprocess.run(
+        train_command(tiny_sd, shapes_data, tmp_path, "custom_hooks=[]",
+                      "train_cfg.max_epochs=1", "--resume"),
+        capture_output=True, text=True)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert f"resumed from {saved}: epoch 0, iteration 4" in result.stdout
+    assert (tmp_path / "step6").is_dir()
+
+
+def test_sigterm_during_the_last_samples_saves_and_resumes_to_the_end(
+        tmp_path, tiny_sd, shapes_data):
+    # One epoch of 6 iterations; the samples after it end the run.
+    schedule = ["train_cfg.max_epochs=1", "custom_hooks.0.interval=1"]
+    status, log, seconds = signal_when(
+        train_command(tiny_sd, shapes_data, tmp_path, *SLOW_LATER_SAMPLES,
+                      *schedule),
+        "at step 6, 999 denoising steps")
+    assert status == 128 + signal.SIGTERM, log[-3000:]
+    assert seconds < WITHIN_SECONDS
+    assert "stopped by SIGTERM after saving" in log
+    assert (tmp_path / "step6").is_dir() and (tmp_path / "iter_6.pth").is_file()
+    assert not (tmp_path / "epoch_1.pth").exists()
+    # The resume finishes what the signal cut: the samples, the last save.
+    result = subprocess.run(
+        train_command(tiny_sd, shapes_data, tmp_path, *schedule,
+                      "custom_hooks.0.num_inference_steps=2", "--resume"),
+        capture_output=True, text=True)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "samples of step 6 in" in result.stdout
+    assert (tmp_path / "epoch_1.pth").is_file()
+
+
+def test_sigint_during_step_0_samples_exits_with_nothing_to_save(
+        tmp_path, tiny_sd, shapes_data):
+    status, log, seconds = signal_when(
+        train_command(tiny_sd, shapes_data, tmp_path, *SLOW_SAMPLES),
+        "at step 0, 999 denoising steps", signals=(signal.SIGINT,))
+    assert status == 128 + signal.SIGINT, log[-3000:]
+    assert seconds < WITHIN_SECONDS
+    assert ("diffengine: stopped by SIGINT before the first iteration "
+            "finished: nothing to save") in log
+    assert not glob.glob(str(tmp_path / "*.pth"))
+    assert not glob.glob(str(tmp_path / "step*"))
+
+
+def test_a_second_signal_exits_at_once_without_writing(
+        tmp_path, tiny_sd, shapes_data):
+    samples = [*SLOW_LATER_SAMPLES, "custom_hooks.0.by_epoch=False",
+               "custom_hooks.0.interval=4"]
+    status, log, seconds = signal_when(
+        train_command(tiny_sd, shapes_data, tmp_path, *samples),
+        "at step 4, 999 denoising steps",
+        signals=(signal.SIGTERM, signal.SIGTERM))
+    assert status == 128 + signal.SIGTERM, log[-3000:]
+    assert seconds < WITHIN_SECONDS
+    assert "diffengine: SIGTERM again: exiting at once, without saving" in log
+    assert "after saving" not in log
+    assert not os.listdir(tmp_path) or not glob.glob(str(tmp_path / "*.pth"))
+    assert not (tmp_path / "last_checkpoint").exists()
+
+
+def test_a_signal_ends_generation_at_the_next_denoising_step(tiny_sd):
+    pipe = load_pipeline(tiny_sd)
+    calls = []
+
+    def signal_during_the_third_step(module, args, output):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    pipe.unet.register_forward_hook(signal_during_the_third_step)
+    requests = []
+    with stop.catch_stop_signals(requests.append), pytest.raises(
+            stop.StopRequested) as raised:
+        generate(pipe, "a red circle", [0], num_inference_steps=20)
+    assert raised.value.signum == signal.SIGTERM and requests == [
+        signal.SIGTERM]
+    assert len(calls) == 3  # not one denoising step more
+    # outside the block, the request is gone and the handlers are restored
+    assert stop.stop_requested() == 0
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    generate(pipe, "a red circle", [0], num_inference_steps=2)
