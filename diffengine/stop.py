@@ -65,8 +65,8 @@ def exit_now(signum: int) -> None:
     """
     name = signal.Signals(signum).name
     with contextlib.suppress(OSError, ValueError):
-        sys.stderr.write(f"\ndiffengine: {name} again: exiting at once, "
-                         "without saving\n")
+        sys.stderr.write(f"\ndiffengine: {name} while stopping: exiting at "
+                         "once, without saving\n")
         sys.stderr.flush()
     os._exit(128 + signum)
 

@@ -133,16 +133,39 @@ def test_a_second_signal_exits_at_once_without_writing(
         tmp_path, tiny_sd, shapes_data):
     samples = [*SLOW_LATER_SAMPLES, "custom_hooks.0.by_epoch=False",
                "custom_hooks.0.interval=4"]
+    # Two different signals, as a same one sent twice before the process
+    # takes it counts once; SIGINT is handled first.
     status, log, seconds = signal_when(
         train_command(tiny_sd, shapes_data, tmp_path, *samples),
         "at step 4, 999 denoising steps",
-        signals=(signal.SIGTERM, signal.SIGTERM))
+        signals=(signal.SIGINT, signal.SIGTERM))
     assert status == 128 + signal.SIGTERM, log[-3000:]
     assert seconds < WITHIN_SECONDS
-    assert "diffengine: SIGTERM again: exiting at once, without saving" in log
-    assert "after saving" not in log
-    assert not os.listdir(tmp_path) or not glob.glob(str(tmp_path / "*.pth"))
+    assert ("diffengine: SIGTERM while stopping: exiting at once, without "
+            "saving") in log
+    assert "stopped by" not in log
+    assert not glob.glob(str(tmp_path / "*.pth"))
     assert not (tmp_path / "last_checkpoint").exists()
+
+
+def test_a_second_signal_leaves_finally_blocks_and_writes_unrun(tmp_path):
+    out = tmp_path / "written"
+    script = (
+        "import os, signal, time\n"
+        "from diffengine import stop\n"
+        "with stop.catch_stop_signals():\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "        time.sleep(30)\n"
+        f"    finally:\n        open({str(out)!r}, 'w').close()\n")
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", script],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 128 + signal.SIGINT, result.stderr
+    assert time.perf_counter() - start < WITHIN_SECONDS
+    assert "SIGINT while stopping: exiting at once" in result.stderr
+    assert not out.exists()
 
 
 def test_a_signal_ends_generation_at_the_next_denoising_step(tiny_sd):
