@@ -1,4 +1,4 @@
-"""SIGTERM while sampling: a real training process stops within seconds."""
+"""SIGTERM and SIGINT: long work stops within seconds, the run saves."""
 import glob
 import os
 import signal
@@ -7,11 +7,15 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from diffengine import stop
+from diffengine.datasets import HFDataset
+from diffengine.datasets.class_images import generate_class_images, list_images
 from diffengine.inference import generate, load_pipeline
-from tests.conftest import NO_VALIDATION, REPO
+from diffengine.models.editors import StableDiffusion
+from tests.conftest import NO_VALIDATION, REPO, UNET_TARGETS, tiny_pipeline
 
 DEMO = os.path.join(REPO, "configs", "stable_diffusion_lora",
                     "tiny_sd_lora_demo.py")
@@ -189,3 +193,42 @@ def test_a_signal_ends_generation_at_the_next_denoising_step(tiny_sd):
     assert stop.stop_requested() == 0
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     generate(pipe, "a red circle", [0], num_inference_steps=2)
+
+
+def test_a_signal_ends_latent_caching_after_the_batch_at_hand(
+        tmp_path, tiny_sd, shapes_data):
+    encoder = StableDiffusion(tiny_sd, unet_lora_config=dict(
+        r=2, target_modules=UNET_TARGETS))
+    batches = []
+
+    def encode(images):
+        batches.append(len(images))
+        if len(batches) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return encoder.encode_images(images)
+
+    dataset = HFDataset(shapes_data, pipeline=tiny_pipeline(),
+                        cache_latents=True)
+    with stop.catch_stop_signals(), pytest.raises(stop.StopRequested):
+        dataset.build_latent_cache(encode, encoder.latent_encoder_id(),
+                                   str(tmp_path), batch_size=2)
+    # 24 images in batches of 2: the first is encoded and kept, no other
+    assert batches == [2]
+    assert len(glob.glob(str(tmp_path / "*" / "*.safetensors"))) == 2
+    assert dataset.latent_cache is None
+
+
+def test_a_signal_ends_class_images_after_the_batch_at_hand(tmp_path):
+    drawn = []
+
+    def generate(seeds):
+        drawn.extend(seeds)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return [np.zeros((8, 8, 3), np.uint8) for _ in seeds]
+
+    folder = str(tmp_path / "dogs")
+    with stop.catch_stop_signals(), pytest.raises(stop.StopRequested):
+        generate_class_images(folder, 8, generate, batch_size=2)
+    assert drawn == [0, 1]
+    assert [os.path.basename(p) for p in list_images(folder)] == [
+        "class_00000.jpg", "class_00001.jpg"]
