@@ -77,6 +77,9 @@ class ValidationLossLoop(ValLoop):
         if not self._training:
             return super().run()
         start = time.perf_counter()
+        self.runner.logger.info(
+            f"validation at step {self.runner.iter}: {len(self.dataloader)} "
+            f"batches × {len(self.timesteps)} timesteps")
         try:
             with self.runner.bare_model.trainable_weights(
                     self.runner.exported_state_dict()):

@@ -133,6 +133,37 @@ def test_sigint_during_step_0_samples_exits_with_nothing_to_save(
     assert not glob.glob(str(tmp_path / "step*"))
 
 
+def test_sigterm_during_validation_saves_the_iteration_before_it(tmp_path):
+    # the demo's data and base, with its held-out quarter for validation
+    subprocess.run([sys.executable, os.path.join(REPO, "tools", "make_demo.py")],
+                   cwd=tmp_path, check=True, capture_output=True)
+    # 8 batches of a sample at 100 timesteps: a minute of validation on a
+    # busy CPU; validation stops at the next batch
+    timesteps = ",".join(map(str, range(0, 1000, 10)))
+    command = [sys.executable, TRAIN, DEMO, "--cfg-options", "work_dir=work",
+               "custom_hooks=[]", "train_cfg.val_interval=3",
+               "val_dataloader.batch_size=1",
+               f"val_cfg.timesteps=[{timesteps}]"]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    log, sent = "", None
+    for line in process.stdout:
+        log += line
+        if sent is None and "validation at step 3" in line:
+            time.sleep(0.5)
+            sent = time.perf_counter()
+            process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 128 + signal.SIGTERM, log[-3000:]
+    seconds = time.perf_counter() - sent
+    print(f"\nsignal to exit: {seconds:.2f} s")
+    assert seconds < WITHIN_SECONDS
+    assert "validation stopped by SIGTERM" in log
+    saved = tmp_path / "work" / "iter_3.pth"
+    assert f"stopped by SIGTERM after saving {saved.relative_to(tmp_path)}" \
+        in log or f"stopped by SIGTERM after saving {saved}" in log
+    assert saved.is_file() and (tmp_path / "work" / "step3").is_dir()
+
+
 def test_a_second_signal_exits_at_once_without_writing(
         tmp_path, tiny_sd, shapes_data):
     samples = [*SLOW_LATER_SAMPLES, "custom_hooks.0.by_epoch=False",
