@@ -6,6 +6,14 @@ validation, latent caching, class images) calls
 :func:`raise_if_stop_requested` at each denoising step or batch, so that it
 gives up within seconds and the runner can save the last finished iteration
 before a cluster's grace period runs out. A second signal exits at once.
+
+With several processes, the runner's checks agree on stopping through a
+collective, so all stop at the same iteration. Only the main process
+samples; the others wait in the next check, which it reaches within a
+denoising step of its signal. Schedulers and terminals signal every process
+(torchrun also passes a signal on to its workers). A signal that reaches
+only another process while the main one samples is taken up when the
+samples are done.
 """
 from __future__ import annotations
 
@@ -13,12 +21,17 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# The same signal again within this many seconds counts once.
+SAME_SIGNAL_SECONDS = 1.0
 
-# The signal number of the first stop signal, 0 while none came.
+# The signal number of the first stop signal, 0 while none came, and when
+# it was recorded.
 _requested = 0
+_requested_at = 0.0
 
 
 class StopRequested(BaseException):
@@ -37,9 +50,10 @@ class StopRequested(BaseException):
 
 
 def request_stop(signum: int) -> None:
-    """Record that ``signum`` asked this process to stop."""
-    global _requested
+    """Record that ``signum`` asked this process to stop (0 clears it)."""
+    global _requested, _requested_at
     _requested = signum
+    _requested_at = time.monotonic()
 
 
 def stop_requested() -> int:
@@ -76,6 +90,10 @@ def catch_stop_signals(on_request: Callable[[int], None] = lambda s: None
                        ) -> Iterator[None]:
     """SIGINT and SIGTERM request a stop inside the block; a second exits.
 
+    The same signal again within ``SAME_SIGNAL_SECONDS`` is not a second
+    one: under torchrun, a worker gets a terminal's or scheduler's signal
+    both directly and forwarded by torchrun.
+
     The request is cleared on entry and on exit, so that a process that
     trains twice (tests) starts each run without one.
 
@@ -85,6 +103,12 @@ def catch_stop_signals(on_request: Callable[[int], None] = lambda s: None
     """
     def handler(signum, frame):
         if _requested:
+            # torchrun passes on to its workers the signal that a terminal
+            # or a scheduler already sent to every process: the same signal
+            # within a second is that copy, not a second request.
+            if (signum == _requested and time.monotonic() - _requested_at
+                    < SAME_SIGNAL_SECONDS):
+                return
             exit_now(signum)
         request_stop(signum)
         on_request(signum)

@@ -315,7 +315,8 @@ class DiffEngineRunner(Runner):
         signum = self.agreed_stop_signal()
         if not signum:
             return
-        stop.request_stop(signum)  # a process that got none stops too
+        if not stop.stop_requested():  # a process that got none stops too
+            stop.request_stop(signum)
         loop = self.train_loop
         if loop.iter == 0:
             raise TrainingInterruptedError(signum, None)

@@ -133,6 +133,43 @@ def test_sigint_during_step_0_samples_exits_with_nothing_to_save(
     assert not glob.glob(str(tmp_path / "step*"))
 
 
+def test_two_processes_stop_together_while_the_main_one_samples(
+        tmp_path, tiny_sd, shapes_data):
+    # torchrun and both workers in a session of their own, signalled all at
+    # once as a scheduler or a terminal does (torchrun passes it on again)
+    command = [sys.executable, "-m", "torch.distributed.run",
+               "--nproc_per_node", "2", TRAIN, DEMO, "--launcher", "pytorch",
+               *train_command(tiny_sd, shapes_data, tmp_path,
+                              *SLOW_LATER_SAMPLES,
+                              "custom_hooks.0.by_epoch=False",
+                              "custom_hooks.0.interval=2")[3:]]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    watchdog = threading.Timer(600, process.kill)
+    watchdog.start()
+    log, sent = "", None
+    for line in process.stdout:
+        log += line
+        if sent is None and "at step 2, 999 denoising steps" in line:
+            time.sleep(0.5)
+            sent = time.perf_counter()
+            os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=120)
+    watchdog.cancel()
+    assert sent is not None, log[-3000:]
+    seconds = time.perf_counter() - sent
+    print(f"\nsignal to exit, 2 processes: {seconds:.2f} s")
+    assert seconds < WITHIN_SECONDS, log[-3000:]
+    saved = str(tmp_path / "iter_2.pth")
+    # both processes stopped after saving the same iteration, neither at once
+    assert log.count(f"diffengine: stopped by SIGTERM after saving {saved}"
+                     ) == 2, log[-3000:]
+    assert "while stopping" not in log
+    assert (tmp_path / "step2").is_dir()
+    assert (tmp_path / "last_checkpoint").read_text().strip() == saved
+
+
 def test_sigterm_during_validation_saves_the_iteration_before_it(tmp_path):
     # the demo's data and base, with its held-out quarter for validation
     subprocess.run([sys.executable, os.path.join(REPO, "tools", "make_demo.py")],
@@ -201,6 +238,26 @@ def test_a_second_signal_leaves_finally_blocks_and_writes_unrun(tmp_path):
     assert time.perf_counter() - start < WITHIN_SECONDS
     assert "SIGINT while stopping: exiting at once" in result.stderr
     assert not out.exists()
+
+
+def test_the_same_signal_within_a_second_counts_once(tmp_path):
+    # as a torchrun worker gets a terminal's SIGINT, then torchrun's copy
+    script = (
+        "import os, signal, time\n"
+        "from diffengine import stop\n"
+        "with stop.catch_stop_signals():\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(0.1)\n"
+        "    print(stop.stop_requested())\n"
+        "    time.sleep(stop.SAME_SIGNAL_SECONDS)\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(30)\n")
+    result = subprocess.run([sys.executable, "-c", script],
+                            capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == [str(int(signal.SIGINT))]
+    assert result.returncode == 128 + signal.SIGINT, result.stderr
+    assert "SIGINT while stopping: exiting at once" in result.stderr
 
 
 def test_a_signal_ends_generation_at_the_next_denoising_step(tiny_sd):
