@@ -57,8 +57,8 @@ class TrainingInterruptedError(DiffEngineError):
         super().__init__(
             f"stopped by {name} after saving {checkpoint}; continue with "
             "--resume" if checkpoint else
-            f"stopped by {name} before the first iteration finished: "
-            "nothing to save")
+            f"stopped by {name} before an iteration of this run finished: "
+            "nothing new to save")
         self.signum = signum
         self.checkpoint = checkpoint
 
