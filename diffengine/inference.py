@@ -6,15 +6,17 @@ that ``demo`` gives for the same prompt, seed and step folder.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import diffusers
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.utils import logging as diffusers_logging
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
@@ -47,6 +49,20 @@ def load_base_pipeline(base: str, **parts) -> DiffusionPipeline:
     accepted = inspect.signature(pipeline_class.__init__).parameters
     unused = {k: v for k, v in UNUSED_PARTS.items() if k in accepted}
     return pipeline_class.from_pretrained(base, **{**unused, **parts})
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Leave out diffusers' "Loading pipeline components" bar: sampling
+    during training loads a pipeline each time, and the log would hold a
+    bar line for each."""
+    enabled = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            diffusers_logging.enable_progress_bar()
 
 
 def sampling_progress(total_steps: int, desc: str = "sampling") -> tqdm:

@@ -41,7 +41,7 @@ from diffengine.adapters import (
 from diffengine.adapters.kohya import canonical_text_encoder_keys, is_text_encoder
 from diffengine.architectures import ARCHITECTURES
 from diffengine.errors import ConfigError, NonFiniteLossError
-from diffengine.inference import generate
+from diffengine.inference import generate, quiet_loading
 from diffengine.models.losses import DiffusionLoss, LossContext
 from diffengine.models.utils.components import build_component
 from diffengine.models.utils.dtypes import resolve_dtype
@@ -605,8 +605,9 @@ class LatentDiffusionModel(BaseModel):
         ``DiffusionPipeline.from_pretrained(base)`` loads it, so images match
         what users get after ``load_lora_weights``.
         """
-        pipe = self.pipeline_class.from_pretrained(self.base_model,
-                                                   **self.pipeline_parts())
+        with quiet_loading():
+            pipe = self.pipeline_class.from_pretrained(
+                self.base_model, **self.pipeline_parts())
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
