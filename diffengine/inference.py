@@ -6,17 +6,28 @@ that ``demo`` gives for the same prompt, seed and step folder.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
+import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import diffusers
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.utils import logging as diffusers_logging
+from PIL import Image, ImageDraw, ImageFont
+from tqdm import tqdm
 
 from diffengine.architectures import architecture_of
 from diffengine.lora_file import LoRAFile, read_lora_file
+from diffengine.stop import raise_if_stop_requested
+
+# The VisualizationHook settings that decide a sample, as ``generate`` names
+# them; ``demo`` reads them from a step file to draw the training's samples.
+SAMPLING_SETTINGS = ("num_inference_steps", "guidance_scale", "height",
+                     "width", "negative_prompt", "seed")
 
 # Parts that training does without (SD 1.x's safety checker), switched off
 # where a pipeline has them, as training's own pipeline does.
@@ -40,6 +51,48 @@ def load_base_pipeline(base: str, **parts) -> DiffusionPipeline:
     return pipeline_class.from_pretrained(base, **{**unused, **parts})
 
 
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Leave out diffusers' "Loading pipeline components" bar: sampling
+    during training loads a pipeline each time, and the log would hold a
+    bar line for each."""
+    enabled = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            diffusers_logging.enable_progress_bar()
+
+
+def sampling_progress(total_steps: int, desc: str = "sampling") -> tqdm:
+    """A bar of denoising steps on stderr, shown only where stderr is a
+    terminal (a log file gets no bar lines).
+
+    Args:
+        total_steps (int): Denoising steps of all the images to draw.
+        desc (str): The bar's label. Defaults to "sampling".
+    """
+    return tqdm(total=total_steps, desc=desc, unit="step", disable=None,
+                leave=False, dynamic_ncols=True)
+
+
+def step_callback(num_inference_steps: int, progress: tqdm | None = None
+                  ) -> Callable:
+    """A diffusers ``callback_on_step_end``: stops between denoising steps
+    on a stop request (:mod:`diffengine.stop`) and advances ``progress``."""
+    def on_step_end(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+        raise_if_stop_requested()
+        if progress is not None:
+            if step == 0:
+                # Some schedulers (PNDM) take a step more than asked.
+                progress.total += (len(pipe.scheduler.timesteps)
+                                   - num_inference_steps)
+            progress.update()
+        return callback_kwargs
+    return on_step_end
+
+
 def generate(pipe: DiffusionPipeline,
              prompt: str,
              seeds: Sequence[int],
@@ -48,12 +101,14 @@ def generate(pipe: DiffusionPipeline,
              width: int | None = None,
              num_inference_steps: int = 50,
              guidance_scale: float = 7.5,
-             output_type: str = "pil") -> list[np.ndarray]:
+             output_type: str = "pil",
+             progress: tqdm | None = None) -> list[np.ndarray]:
     """One image of ``prompt`` per seed, in one batch.
 
     Each image gets its own CPU generator seeded with its seed, so that an
     image depends on its seed only (not on the batch it is drawn in nor on
-    the device).
+    the device). A stop request (SIGINT or SIGTERM during training) ends it
+    at the next denoising step with :class:`diffengine.stop.StopRequested`.
 
     Args:
         pipe (DiffusionPipeline): The pipeline (SD 1.x or SDXL), LoRA
@@ -67,12 +122,15 @@ def generate(pipe: DiffusionPipeline,
         guidance_scale (float): Classifier-free guidance. Defaults to 7.5.
         output_type (str): ``"pil"`` gives H×W×3 uint8 arrays, ``"np"``
             float arrays in [0, 1]. Defaults to ``"pil"``.
+        progress (tqdm, optional): A bar advanced at every denoising step
+            (:func:`sampling_progress`). Defaults to None.
 
     Returns:
         list[np.ndarray]: One image per seed.
     """
     if not seeds:
         raise ValueError("seeds is empty: give at least one seed.")
+    raise_if_stop_requested()
     images = pipe(
         prompt,
         negative_prompt=negative_prompt,
@@ -82,26 +140,83 @@ def generate(pipe: DiffusionPipeline,
         guidance_scale=guidance_scale,
         num_images_per_prompt=len(seeds),
         generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
-        output_type=output_type).images
+        output_type=output_type,
+        callback_on_step_end=step_callback(num_inference_steps,
+                                           progress)).images
     if output_type == "pil":
         return [np.asarray(image) for image in images]
     return list(images)
 
 
-def make_grid(images: Sequence[np.ndarray], columns: int) -> np.ndarray:
-    """Tile equally sized H×W×C images row by row, ``columns`` per row."""
+def label_font(image_width: int) -> ImageFont.ImageFont:
+    """PIL's default font at a size readable beside an image this wide."""
+    return ImageFont.load_default(size=max(10, image_width // 20))
+
+
+def label_height(image_width: int) -> int:
+    """The height of a grid's label bands for images this wide."""
+    top, bottom = label_font(image_width).getbbox("Ag")[1::2]
+    return bottom - top + 6
+
+
+def panel_box(row: int, column: int, height: int, width: int,
+              labelled: bool = True) -> tuple[int, int]:
+    """The top-left corner (y, x) of image (``row``, ``column``) in a grid
+    of H×W images that :func:`make_grid` drew."""
+    band = label_height(width) if labelled else 0
+    return band + row * (band + height) + band, column * width
+
+
+def make_grid(images: Sequence[np.ndarray], columns: int,
+              row_labels: Sequence[str] | None = None,
+              column_labels: Sequence[str] | None = None) -> np.ndarray:
+    """Tile equally sized H×W×3 uint8 images row by row, ``columns`` per row.
+
+    With labels, a white band on top names each column (the seeds) and a
+    band above each row names it (its prompt), drawn in PIL's default font;
+    the images themselves stay untouched (see :func:`panel_box`).
+
+    Args:
+        images (Sequence[np.ndarray]): The images, row by row.
+        columns (int): Images per row.
+        row_labels (Sequence[str], optional): One per row. Defaults to None.
+        column_labels (Sequence[str], optional): One per column. Defaults
+            to None.
+    """
     if not images or columns < 1:
         raise ValueError(
             f"make_grid: {len(images)} images, columns={columns}.")
     height, width, channels = images[0].shape
     rows = -(-len(images) // columns)
-    grid = np.zeros((rows * height, columns * width, channels),
-                    dtype=images[0].dtype)
+    labelled = row_labels is not None or column_labels is not None
+    band = label_height(width) if labelled else 0
+    grid = np.full((band + rows * (band + height), columns * width, channels),
+                   255 if labelled else 0, dtype=images[0].dtype)
     for i, image in enumerate(images):
-        row, column = divmod(i, columns)
-        grid[row * height:(row + 1) * height,
-             column * width:(column + 1) * width] = image
-    return grid
+        top, left = panel_box(*divmod(i, columns), height, width, labelled)
+        grid[top:top + height, left:left + width] = image
+    if not labelled:
+        return grid
+    canvas = Image.fromarray(grid)
+    draw, font = ImageDraw.Draw(canvas), label_font(width)
+    for column, text in enumerate(column_labels or ()):
+        draw.text((column * width + 3, 3), fit_text(draw, text, font, width),
+                  fill="black", font=font)
+    for row, text in enumerate(row_labels or ()):
+        draw.text((3, band + row * (band + height) + 3),
+                  fit_text(draw, text, font, columns * width),
+                  fill="black", font=font)
+    return np.asarray(canvas)
+
+
+def fit_text(draw: ImageDraw.ImageDraw, text: str,
+             font: ImageFont.ImageFont, width: int) -> str:
+    """``text``, cut and ended with "…" where it is wider than ``width``."""
+    if draw.textlength(text, font=font) <= width - 6:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width - 6:
+        text = text[:-1]
+    return text + "…"
 
 
 def prompt_slug(prompts: Sequence[str], max_length: int = 80) -> str:
@@ -155,3 +270,31 @@ def load_pipeline(base: str,
     if torch_dtype != torch.float32:
         pipe.to(dtype=torch_dtype)
     return pipe.to(device)
+
+
+def sampling_settings(lora: str) -> dict:
+    """The settings a step's training drew its samples with.
+
+    Read from the ``training_config`` the step file records: the first
+    ``VisualizationHook`` of its ``custom_hooks``, as ``generate`` names
+    them (``num_inference_steps``, ``guidance_scale``, ``height``,
+    ``width``, ``negative_prompt``, plus ``seed`` as a list); empty for a
+    file without one.
+    """
+    recorded = read_lora_file(lora).training.get("training_config")
+    hooks = json.loads(recorded).get("custom_hooks") or [] if recorded else []
+    hook = next((h for h in hooks if isinstance(h, dict) and str(
+        h.get("type", "")).endswith("VisualizationHook")), None)
+    if hook is None:
+        return {}
+    # The hook's own defaults, for what the config left out.
+    from diffengine.engine.hooks.visualization_hook import VisualizationHook
+    defaults = {
+        name: parameter.default for name, parameter in inspect.signature(
+            VisualizationHook.__init__).parameters.items()
+        if parameter.default is not inspect.Parameter.empty}
+    settings = {name: hook.get(name, defaults.get(name))
+                for name in SAMPLING_SETTINGS}
+    seed = settings["seed"]
+    settings["seed"] = [seed] if isinstance(seed, int) else list(seed)
+    return settings

@@ -2,7 +2,14 @@
 import numpy as np
 import pytest
 
-from diffengine.inference import generate, load_pipeline, make_grid, prompt_slug
+from diffengine.inference import (
+    generate,
+    label_height,
+    load_pipeline,
+    make_grid,
+    panel_box,
+    prompt_slug,
+)
 from tests.conftest import SAMPLE
 
 SETTINGS = dict(num_inference_steps=2, output_type="np")
@@ -43,6 +50,22 @@ def test_make_grid_places_images_row_by_row():
     assert (grid[4:, 3:] == 0).all()  # the empty cell
     with pytest.raises(ValueError, match="columns=0"):
         make_grid(images, columns=0)
+
+
+def test_make_grid_labels_rows_and_columns_beside_untouched_images():
+    images = [np.full((40, 50, 3), 10 * (i + 1), dtype=np.uint8)
+              for i in range(4)]
+    grid = make_grid(images, columns=2, row_labels=["a red circle", "a " * 40],
+                     column_labels=["seed 0", "seed 1"])
+    band = label_height(50)
+    assert grid.shape == (band + 2 * (band + 40), 100, 3)
+    for i, image in enumerate(images):
+        y, x = panel_box(*divmod(i, 2), 40, 50)
+        assert np.array_equal(grid[y:y + 40, x:x + 50], image)
+    # dark text on white: the seeds' band, then each prompt's band
+    for top in (0, band, 2 * band + 40):
+        strip = grid[top:top + band]
+        assert (strip == 255).any() and (strip < 128).any(), top
 
 
 def test_prompt_slug_names_files_safely():

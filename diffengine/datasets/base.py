@@ -22,6 +22,7 @@ from diffengine.datasets.samplers import sample_seed
 from diffengine.errors import ConfigError, DataError
 from diffengine.randomness import Randomness
 from diffengine.registry import TRANSFORMS
+from diffengine.stop import raise_if_stop_requested
 
 
 class CaptionedImageDataset(BaseDataset):
@@ -198,6 +199,7 @@ class CaptionedImageDataset(BaseDataset):
         rank, world_size = get_dist_info()
         batch: list[tuple[str, dict[str, torch.Tensor]]] = []
         for idx in sorted(first_row.values())[rank::world_size]:
+            raise_if_stop_requested()  # a stop signal ends caching here
             try:
                 image = open_image(self.image_source(idx))
             except OSError as err:

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from diffengine.datasets.kohya_folder import IMAGE_EXTENSIONS
 from diffengine.errors import DataError
 from diffengine.fileio import atomic_write, atomic_write_text
+from diffengine.stop import raise_if_stop_requested
 
 # Image k of a folder that diffengine fills is generated with seed k.
 CLASS_IMAGE_NAME = "class_{:05d}.jpg"
@@ -195,6 +196,7 @@ def generate_class_images(folder: str,
         with tqdm(total=len(mine), desc="class images", unit="image",
                   disable=rank != 0) as progress:
             for start in range(0, len(mine), batch_size):
+                raise_if_stop_requested()  # a stop signal ends it here
                 numbers = mine[start:start + batch_size]
                 for number, image in zip(numbers, generate(numbers),
                                          strict=True):

@@ -1,12 +1,30 @@
 """Training log lines with throughput and peak memory."""
 from __future__ import annotations
 
+import re
 import resource
 import sys
 
-from mmengine.runner import LogProcessor
+import numpy as np
+from mmengine.runner import IterBasedTrainLoop, LogProcessor
 
 from diffengine.registry import LOG_PROCESSORS
+
+# Seconds spent on samples and validation between iterations so far, kept in
+# the message hub's runtime info (and so in checkpoints).
+TIME_BETWEEN_ITERATIONS = "time_between_iterations"
+# Iteration times the ETA's median is taken over: recent enough to follow a
+# change of speed, many enough to ignore an iteration that waited on others.
+ETA_WINDOW = 200
+VAL_HEADER = re.compile(r"^Epoch\(val\)\s*\[\d+\]")
+
+
+def add_time_between_iterations(runner, seconds: float) -> None:
+    """Count ``seconds`` of work between iterations (samples, validation)
+    into the ETA's share of such work per iteration."""
+    hub = runner.message_hub
+    hub.update_info(TIME_BETWEEN_ITERATIONS,
+                    hub.get_info(TIME_BETWEEN_ITERATIONS, 0.0) + seconds)
 
 
 def peak_ram_mb() -> int:
@@ -26,9 +44,17 @@ class SpeedLogProcessor(LogProcessor):
     peak host memory of the process, which shows CPU-only runs too. Both
     also go to the scalar log (``vis_data/scalars.json``) and TensorBoard.
 
+    The ETA is the median iteration time of the last ``ETA_WINDOW``
+    iterations plus the share per iteration of the time samples and
+    validation took so far, times the iterations left: mmengine's mean
+    counts a sampling pause into the next iteration's time, which swung the
+    ETA by minutes after every sample grid.
+
     Validation results are logged as evaluated: mmengine averages every
     value whose name holds "loss" over the log window, which would mix a
-    ``val/loss`` with those of earlier checkpoints.
+    ``val/loss`` with those of earlier checkpoints. A validation that runs
+    every few iterations (``val_by_epoch=False``, iteration-based loops) is
+    labelled by its iteration, ``Iter(val) [30/300]``, not by an epoch.
 
     Args:
         **kwargs: Arguments of mmengine's ``LogProcessor``.
@@ -36,9 +62,11 @@ class SpeedLogProcessor(LogProcessor):
 
     def get_log_after_iter(self, runner, batch_idx: int,
                            mode: str) -> tuple[dict, str]:
+        if mode == "train":
+            self._update_eta(runner)
         tag, log_str = super().get_log_after_iter(runner, batch_idx, mode)
         if mode != "train":
-            return tag, log_str
+            return tag, self._label_validation(runner, log_str)
         # ``time``: seconds per iteration, smoothed over the log window.
         seconds = tag.get("time", tag.get("train/time"))
         extra: dict[str, float] = {}
@@ -50,6 +78,34 @@ class SpeedLogProcessor(LogProcessor):
         log_str = log_str.rstrip() + "  " + "  ".join(
             f"{k}: {v}" for k, v in extra.items())
         return tag, log_str
+
+    def get_log_after_epoch(self, runner, batch_idx: int, mode: str,
+                            with_non_scalar: bool = False) -> tuple[dict, str]:
+        tag, log_str = super().get_log_after_epoch(runner, batch_idx, mode,
+                                                   with_non_scalar)
+        return tag, self._label_validation(runner, log_str)
+
+    def _update_eta(self, runner) -> None:
+        """Replace mmengine's ETA (see the class docstring)."""
+        hub = runner.message_hub
+        if "train/time" not in hub.log_scalars:
+            return
+        times = hub.get_scalar("train/time").data[0][-ETA_WINDOW:]
+        done = runner.iter + 1
+        between = hub.get_info(TIME_BETWEEN_ITERATIONS, 0.0) / done
+        hub.update_info("eta", (float(np.median(times)) + between)
+                        * max(runner.max_iters - done, 0))
+
+    @staticmethod
+    def _label_validation(runner, log_str: str) -> str:
+        """``Iter(val) [N/max]`` for a validation after iteration N."""
+        loop = runner._train_loop
+        if isinstance(loop, dict) or loop is None or not (
+                isinstance(loop, IterBasedTrainLoop)
+                or getattr(loop, "val_by_epoch", True) is False):
+            return log_str
+        return VAL_HEADER.sub(
+            f"Iter(val) [{runner.iter}/{runner.max_iters}]", log_str)
 
     def _collect_scalars(self, custom_cfg: list, runner, mode: str,
                          reserve_prefix: bool = False) -> dict:

@@ -10,7 +10,6 @@ import os.path as osp
 import shutil
 import signal
 import time
-from collections.abc import Iterator
 
 import mmengine
 import torch
@@ -22,6 +21,7 @@ from mmengine.runner import Runner
 from mmengine.utils import apply_to
 from torch.nn.parallel import DistributedDataParallel
 
+from diffengine import stop
 from diffengine.datasets.base import CaptionedImageDataset
 from diffengine.datasets.dreambooth import DreamBoothDataset
 from diffengine.datasets.samplers import seeded_sampler
@@ -42,12 +42,23 @@ STEP_DIR = "step{}"
 
 
 class TrainingInterruptedError(DiffEngineError):
-    """SIGINT or SIGTERM stopped training after a resumable checkpoint."""
+    """SIGINT or SIGTERM stopped training, after a resumable checkpoint
+    when an iteration of the run had finished.
 
-    def __init__(self, signum: int, checkpoint: str) -> None:
+    Args:
+        signum (int): The signal.
+        checkpoint (str, optional): The checkpoint saved; None when the stop
+            came before the first iteration (step-0 samples, latent cache,
+            class images), with nothing to save.
+    """
+
+    def __init__(self, signum: int, checkpoint: str | None) -> None:
+        name = signal.Signals(signum).name
         super().__init__(
-            f"stopped by {signal.Signals(signum).name} after saving "
-            f"{checkpoint}; continue with --resume")
+            f"stopped by {name} after saving {checkpoint}; continue with "
+            "--resume" if checkpoint else
+            f"stopped by {name} before an iteration of this run finished: "
+            "nothing new to save")
         self.signum = signum
         self.checkpoint = checkpoint
 
@@ -128,7 +139,9 @@ class DiffEngineRunner(Runner):
       (after any reseeding), and falls back to an older checkpoint with a
       warning when the newest cannot be read.
     - SIGINT and SIGTERM finish the current iteration, save a resumable
-      checkpoint and stop.
+      checkpoint and stop; sampling, validation, latent caching and class
+      images stop at their next denoising step or batch (see
+      :mod:`diffengine.stop`). A second signal exits at once.
     - A dataset with ``cache_latents`` gets its images encoded by the
       model's VAE when the train loop is built (see
       :meth:`prepare_latent_cache`).
@@ -143,7 +156,6 @@ class DiffEngineRunner(Runner):
         # mmengine's default names NCCL; without one the device decides.
         if kwargs.get("env_cfg") is None:
             kwargs["env_cfg"] = dict(dist_cfg=dict())
-        self._stop_signal = 0
         super().__init__(*args, **kwargs)
 
     # ---- distributed -------------------------------------------------
@@ -262,46 +274,56 @@ class DiffEngineRunner(Runner):
 
     # ---- signals -----------------------------------------------------
     def train(self) -> torch.nn.Module:
-        with self._catch_stop_signals():
-            return super().train()
+        with stop.catch_stop_signals(self._log_stop_request):
+            try:
+                return super().train()
+            except stop.StopRequested as request:
+                # Raised before the first iteration (latent cache, class
+                # images, step-0 samples): no weights to save yet.
+                raise TrainingInterruptedError(request.signum, None) from None
 
-    @contextlib.contextmanager
-    def _catch_stop_signals(self) -> Iterator[None]:
-        def request_stop(signum, frame):
-            if self._stop_signal:  # a second signal stops at once
-                raise KeyboardInterrupt
-            self._stop_signal = signum
-            self.logger.warning(
-                f"{signal.Signals(signum).name}: saving a checkpoint after "
-                "this iteration, then stopping")
+    def _log_stop_request(self, signum: int) -> None:
+        self.logger.warning(
+            f"{signal.Signals(signum).name}: stopping within seconds, after "
+            "saving the last finished iteration (a second signal exits at "
+            "once, without saving)")
 
-        previous = {s: signal.signal(s, request_stop)
-                    for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+    def agreed_stop_signal(self) -> int:
+        """The stop signal of any process (0 for none), agreed by all.
 
-    def stop_if_signalled(self) -> None:
-        """Called after each iteration: on a stop signal, save and stop.
-
-        Processes agree on the iteration, so all of them save and stop at
-        the same one.
+        A collective: every process must call it at the same point.
         """
-        signum = self._stop_signal
+        signum = stop.stop_requested()
         if is_distributed():
             flag = torch.tensor([signum], device=mmengine.device.get_device()
                                 if dist.get_backend() == "nccl" else "cpu")
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             signum = int(flag.item())
+        return signum
+
+    def stop_if_signalled(self) -> None:
+        """On a stop signal, save the last finished iteration and stop.
+
+        Called after each iteration, and by work between iterations that a
+        signal cut short (sampling, validation). Processes agree on the
+        iteration, so all of them save and stop at the same one. Before the
+        first iteration there is nothing to save.
+
+        Raises:
+            TrainingInterruptedError: If any process got a stop signal.
+        """
+        signum = self.agreed_stop_signal()
         if not signum:
             return
+        if not stop.stop_requested():  # a process that got none stops too
+            stop.request_stop(signum)
         loop = self.train_loop
+        if loop.iter == 0:
+            raise TrainingInterruptedError(signum, None)
         filename = f"iter_{loop.iter}.pth"
+        path = osp.join(self.work_dir, filename)
         self.save_checkpoint(self.work_dir, filename,
                              meta=dict(epoch=loop.epoch, iter=loop.iter))
-        path = osp.join(self.work_dir, filename)
         if is_main_process():
             write_last_checkpoint(self.work_dir, path)
         raise TrainingInterruptedError(signum, path)

@@ -1,14 +1,17 @@
 """Validation loss at fixed noise and timesteps, comparable across runs."""
 from __future__ import annotations
 
-import contextlib
+import signal
+import time
 from collections.abc import Sequence
 
 from mmengine.evaluator import BaseMetric
 from mmengine.runner import ValLoop
 
+from diffengine.engine.log_processor import add_time_between_iterations
 from diffengine.errors import ConfigError
 from diffengine.registry import LOOPS, METRICS
+from diffengine.stop import StopRequested
 
 # Every validation sample's noise comes from this sampler seed and its index,
 # never from the run's seed, so that runs with other seeds compare.
@@ -29,6 +32,10 @@ class ValidationLossLoop(ValLoop):
     (the averages, with ``LoRAEMAHook``). ``DenoisingLossMetric`` turns the
     losses into ``val/loss``; ``train_cfg.val_interval`` says how often it
     runs (iterations with ``val_by_epoch=False``).
+
+    During training, a stop signal ends validation at the next batch (all
+    processes agree on it there); the run then saves the last finished
+    iteration and stops.
 
     Args:
         runner (Runner): The runner.
@@ -67,13 +74,35 @@ class ValidationLossLoop(ValLoop):
     def run(self) -> dict:
         # While training, the weights a step folder would hold; a runner
         # that only validates evaluates the weights it loaded.
-        training = not isinstance(self.runner._train_loop, (dict, type(None)))
-        with (self.runner.bare_model.trainable_weights(
-                self.runner.exported_state_dict()) if training
-              else contextlib.nullcontext()):
+        if not self._training:
             return super().run()
+        start = time.perf_counter()
+        self.runner.logger.info(
+            f"validation at step {self.runner.iter}: {len(self.dataloader)} "
+            f"batches × {len(self.timesteps)} timesteps")
+        try:
+            with self.runner.bare_model.trainable_weights(
+                    self.runner.exported_state_dict()):
+                metrics = super().run()
+        except StopRequested as request:
+            self.runner.logger.warning(
+                "validation stopped by "
+                f"{signal.Signals(request.signum).name}")
+            # The iteration before it had finished: save it and stop.
+            self.runner.stop_if_signalled()
+            raise
+        add_time_between_iterations(self.runner, time.perf_counter() - start)
+        return metrics
+
+    @property
+    def _training(self) -> bool:
+        return not isinstance(self.runner._train_loop, (dict, type(None)))
 
     def run_iter(self, idx: int, data_batch: dict) -> None:
+        # Every process checks at the same batch, so that all stop there.
+        signum = self._training and self.runner.agreed_stop_signal()
+        if signum:
+            raise StopRequested(signum)
         self.runner.call_hook("before_val_iter", batch_idx=idx,
                               data_batch=data_batch)
         model = self.runner.bare_model

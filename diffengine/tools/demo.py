@@ -4,8 +4,10 @@
         --seed 0 1 2 3 --out demo.png
 
 Images are made as the training samples are (same scheduler, per-image CPU
-seeds, steps and guidance), so the samples a VisualizationHook saved at
-step N come back from ``demo`` on ``stepN`` with the same settings.
+seeds, steps and guidance). Steps, guidance, size, negative prompt and seeds
+default to those the step's training sampled with (its VisualizationHook,
+recorded in the step file), so ``demo`` on ``stepN`` redraws the samples
+saved at step N; flags override them.
 """
 from __future__ import annotations
 
@@ -15,8 +17,23 @@ import os
 import torch
 from PIL import Image
 
-from diffengine.inference import generate, load_pipeline, make_grid
+from diffengine.inference import (
+    generate,
+    load_pipeline,
+    make_grid,
+    sampling_progress,
+    sampling_settings,
+)
 from diffengine.lora_file import base_model
+
+# Where neither the flags nor the step's training say.
+FALLBACK_SETTINGS = dict(num_inference_steps=50, guidance_scale=7.5,
+                         height=None, width=None, negative_prompt=None,
+                         seed=[0])
+# The flag of each setting.
+FLAGS = dict(num_inference_steps="steps", guidance_scale="guidance_scale",
+             height="height", width="width", negative_prompt="negative",
+             seed="seed")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,18 +48,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(default: the one the step was trained on, from its metadata)")
     parser.add_argument("--out", default="demo.png",
                         help="PNG to write (default: demo.png)")
-    parser.add_argument("--steps", type=int, default=50,
-                        help="denoising steps (default: 50)")
-    parser.add_argument("--seed", type=int, nargs="+", default=[0],
-                        help="one image per seed, side by side (default: 0)")
+    parser.add_argument(
+        "--steps", type=int,
+        help="denoising steps (default: the training samples', else 50)")
+    parser.add_argument(
+        "--seed", type=int, nargs="+",
+        help="one image per seed, side by side (default: the training "
+        "samples' seeds, else 0)")
     parser.add_argument(
         "--scale", "--lora-scale", dest="lora_scale", type=float, default=1.0,
         help="LoRA strength: 1 as trained, 0 the base model (default: 1)")
-    parser.add_argument("--guidance-scale", type=float, default=7.5,
-                        help="classifier-free guidance (default: 7.5)")
-    parser.add_argument("--negative", help="negative prompt")
-    parser.add_argument("--height", type=int, help="default: the model's")
-    parser.add_argument("--width", type=int, help="default: the model's")
+    parser.add_argument(
+        "--guidance-scale", type=float,
+        help="classifier-free guidance (default: the training samples', "
+        "else 7.5)")
+    parser.add_argument(
+        "--negative", help="negative prompt (default: the training samples')")
+    parser.add_argument(
+        "--height", type=int,
+        help="default: the training samples', else the model's")
+    parser.add_argument(
+        "--width", type=int,
+        help="default: the training samples', else the model's")
     parser.add_argument(
         "--device", default="cuda" if torch.cuda.is_available() else "cpu",
         help="default: cuda when available, else cpu")
@@ -51,25 +78,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def settings_of(args: argparse.Namespace) -> dict:
+    """The sampling settings: the flags given, else those the step's
+    training sampled with, else ``FALLBACK_SETTINGS``."""
+    trained = sampling_settings(args.lora)
+    settings = {}
+    for name, fallback in FALLBACK_SETTINGS.items():
+        flag = getattr(args, FLAGS[name])
+        settings[name] = (flag if flag is not None
+                          else trained.get(name, fallback))
+    return settings
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    settings = settings_of(args)
+    seeds = settings.pop("seed")
     pipe = load_pipeline(
         base_model(args.lora, args.base), args.lora, args.lora_scale,
         device=args.device,
         torch_dtype=torch.float16 if args.fp16 else torch.float32)
-    images = generate(
-        pipe, args.prompt, args.seed,
-        negative_prompt=args.negative,
-        height=args.height,
-        width=args.width,
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance_scale)
+    with sampling_progress(settings["num_inference_steps"], "demo") as bar:
+        images = generate(pipe, args.prompt, seeds, progress=bar, **settings)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     grid = make_grid(images, columns=len(images))
     Image.fromarray(grid).save(args.out)
     height, width = images[0].shape[:2]
     print(f"wrote {args.out} ({len(images)} image(s) of {width}×{height}, "
-          f"seeds {args.seed}, LoRA scale {args.lora_scale})")
+          f"seeds {seeds}, {settings['num_inference_steps']} steps, "
+          f"guidance {settings['guidance_scale']}, LoRA scale "
+          f"{args.lora_scale})")
 
 
 if __name__ == "__main__":

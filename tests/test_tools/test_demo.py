@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -39,3 +41,27 @@ def test_demo_needs_a_base_for_files_without_one(tmp_path):
     save_file({"lora_unet_x.alpha": torch.tensor(1.0)}, str(path))
     with pytest.raises(ValueError, match="pass --base"):
         main(["a cat", str(path)])
+
+
+def test_demo_samples_as_the_steps_training_did_unless_told(lora_step,
+                                                            tiny_sd, tmp_path):
+    hook = dict(type="VisualizationHook", prompt=["x"], seed=[4, 5],
+                num_inference_steps=2, guidance_scale=3.0, height=32,
+                width=32, negative_prompt="blurry")
+    step_dir = str(tmp_path / "step6")
+    lora_step.model.save_lora_weights(step_dir, {"training_config": json.dumps(
+        dict(custom_hooks=[dict(type="EMAHook"), hook]))})
+    out = tmp_path / "demo.png"
+    main([SAMPLE["prompt"], step_dir, "--out", str(out)])
+    pipe = load_pipeline(tiny_sd, step_dir)
+    trained = generate(pipe, SAMPLE["prompt"], [4, 5], negative_prompt="blurry",
+                       height=32, width=32, num_inference_steps=2,
+                       guidance_scale=3.0)
+    assert np.array_equal(np.asarray(Image.open(out)), np.hstack(trained))
+    # a flag overrides the step's setting, the others stay
+    main([SAMPLE["prompt"], step_dir, "--out", str(out), "--guidance-scale",
+          "7.5", "--seed", "4"])
+    told = generate(pipe, SAMPLE["prompt"], [4], negative_prompt="blurry",
+                    height=32, width=32, num_inference_steps=2)
+    assert np.array_equal(np.asarray(Image.open(out)), told[0])
+    assert not np.array_equal(told[0], trained[0])

@@ -18,8 +18,10 @@ from diffengine.engine.checkpoint import load_checkpoint_file
 from diffengine.export import export_lora
 from diffengine.inference import (
     generate,
+    label_height,
     load_base_pipeline,
     load_pipeline,
+    panel_box,
     prompt_slug,
 )
 from diffengine.registry import MODELS
@@ -239,11 +241,19 @@ def test_readme_demo_learns_the_held_out_concept(tmp_path):
                   if b[0] == "bash" and "mim run diffengine" in b[1]]
     for command in block[1].strip().splitlines():
         run_command(rewrite(command, str(tmp_path)), str(tmp_path))
-    assert (tmp_path / "demo.png").is_file()
+    # demo with the step's own sample settings: the first row of the grid
+    grid = np.asarray(Image.open(next(p for p in samples
+                                      if p.endswith("_300.png"))))
+    panels = [grid[y:y + 64, x:x + 64]
+              for y, x in (panel_box(0, seed, 64, 64) for seed in range(4))]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "demo.png")),
+                          np.hstack(panels))
     assert (tmp_path / "tiny_lora.safetensors").is_file()
     # the README's picture: step 0 beside step 300, each 2 × 4 images of
-    # 64 px drawn twice as large, under a line for the step
-    assert Image.open(tmp_path / "before_after.png").size == (2 * 512 + 8,
-                                                              256 + 16)
+    # 64 px under their labels drawn twice as large, under a line for the
+    # step
+    band = label_height(64)
+    assert Image.open(tmp_path / "before_after.png").size == (
+        2 * 512 + 8, 2 * (band + 2 * (band + 64)) + 16)
     series = plot_loss(str(work), str(tmp_path / "loss.png"))
     assert list(series["val/loss/step"]) == list(range(30, 301, 30))

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import signal
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -9,8 +11,10 @@ from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
-from diffengine.inference import make_grid, prompt_slug
+from diffengine.engine.log_processor import add_time_between_iterations
+from diffengine.inference import make_grid, prompt_slug, sampling_progress
 from diffengine.registry import HOOKS, SCORERS
+from diffengine.stop import StopRequested
 
 
 @HOOKS.register_module()
@@ -22,8 +26,13 @@ class VisualizationHook(Hook):
     and the step, ``work_dir/<timestamp>/vis_data/vis_image/<prompts>_<step>.png``;
     TensorBoard when ``TensorboardVisBackend`` is configured. Images are made
     as the ``demo`` tool makes them (same scheduler, per-image CPU seeds,
-    steps, guidance), so ``demo`` on the step folder reproduces them. Only
-    the main process generates.
+    steps, guidance), so ``demo`` on the step folder reproduces them; the
+    grid is labelled with the prompts and seeds. Only the main process
+    generates, with a progress bar where stderr is a terminal.
+
+    A stop signal ends sampling at the next denoising step: the run then
+    saves the last finished iteration and stops (before the first
+    iteration, at step 0, it stops with nothing to save).
 
     Args:
         prompt (Sequence[str]): Prompts, one row each.
@@ -86,9 +95,12 @@ class VisualizationHook(Hook):
     def before_train(self, runner) -> None:
         if self.at_start and runner.iter == 0:
             self._visualize(runner, 0)
+            runner.stop_if_signalled()
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None,
                          outputs=None) -> None:
+        # A signal that cut the samples short is handled by the loop, after
+        # the other hooks finished this iteration (scheduler, checkpoint).
         if not self.by_epoch and self.every_n_train_iters(
                 runner, self.interval):
             self._visualize(runner, runner.iter + 1)
@@ -96,23 +108,46 @@ class VisualizationHook(Hook):
     def after_train_epoch(self, runner) -> None:
         if self.by_epoch and self.every_n_epochs(runner, self.interval):
             self._visualize(runner, runner.iter)
+            runner.stop_if_signalled()
 
     def _visualize(self, runner, step: int) -> None:
         if not is_main_process():
             return
+        start = time.perf_counter()
+        steps = self.infer_kwargs["num_inference_steps"]
+        runner.logger.info(
+            f"sampling {len(self.prompt)} prompt(s) × {len(self.seeds)} "
+            f"seed(s) at step {step}, {steps} denoising steps each")
+        try:
+            images = self._sample(runner, step)
+        except StopRequested as request:
+            runner.logger.warning(
+                f"sampling at step {step} stopped by "
+                f"{signal.Signals(request.signum).name}")
+            return
+        seconds = time.perf_counter() - start
+        runner.logger.info(f"samples of step {step} in {seconds:.1f} s")
+        if step:  # at_start samples once; it says nothing of what is left
+            add_time_between_iterations(runner, seconds)
+        grid = make_grid(images, columns=len(self.seeds),
+                         row_labels=self.prompt,
+                         column_labels=[f"seed {s}" for s in self.seeds])
+        runner.visualizer.add_image(prompt_slug(self.prompt), grid, step=step)
+        if self.scorer is not None:
+            self._log_scores(runner, images, step)
+
+    def _sample(self, runner, step: int) -> list[np.ndarray]:
         model = runner.model.module if is_model_wrapper(
             runner.model) else runner.model
         # The weights a step folder of this step holds (the averages, with
         # LoRAEMAHook), so that ``demo`` on it reproduces the samples.
         exported = getattr(runner, "exported_state_dict", None)
+        total = len(self.prompt) * self.infer_kwargs["num_inference_steps"]
         with (model.trainable_weights(exported()) if exported
-              else contextlib.nullcontext()):
-            images = model.infer(self.prompt, seed=self.seeds,
-                                 **self.infer_kwargs)
-        grid = make_grid(images, columns=len(self.seeds))
-        runner.visualizer.add_image(prompt_slug(self.prompt), grid, step=step)
-        if self.scorer is not None:
-            self._log_scores(runner, images, step)
+              else contextlib.nullcontext()), sampling_progress(
+                  total, f"samples of step {step}") as progress:
+            return model.infer(self.prompt, seed=self.seeds,
+                               progress=progress, **self.infer_kwargs)
 
     def _log_scores(self, runner, images, step: int) -> None:
         columns = len(self.seeds)

@@ -41,7 +41,7 @@ from diffengine.adapters import (
 from diffengine.adapters.kohya import canonical_text_encoder_keys, is_text_encoder
 from diffengine.architectures import ARCHITECTURES
 from diffengine.errors import ConfigError, NonFiniteLossError
-from diffengine.inference import generate
+from diffengine.inference import generate, quiet_loading
 from diffengine.models.losses import DiffusionLoss, LossContext
 from diffengine.models.utils.components import build_component
 from diffengine.models.utils.dtypes import resolve_dtype
@@ -605,8 +605,9 @@ class LatentDiffusionModel(BaseModel):
         ``DiffusionPipeline.from_pretrained(base)`` loads it, so images match
         what users get after ``load_lora_weights``.
         """
-        pipe = self.pipeline_class.from_pretrained(self.base_model,
-                                                   **self.pipeline_parts())
+        with quiet_loading():
+            pipe = self.pipeline_class.from_pretrained(
+                self.base_model, **self.pipeline_parts())
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -619,7 +620,8 @@ class LatentDiffusionModel(BaseModel):
               num_inference_steps: int = 50,
               guidance_scale: float = 7.5,
               seed: int | Sequence[int] = 0,
-              output_type: str = "pil") -> list[np.ndarray]:
+              output_type: str = "pil",
+              progress=None) -> list[np.ndarray]:
         """Generate images with the model as trained so far.
 
         Images come from :func:`diffengine.inference.generate`, as the
@@ -639,6 +641,8 @@ class LatentDiffusionModel(BaseModel):
                 same image on any device. Defaults to 0.
             output_type (str): ``"pil"`` returns H×W×3 uint8 arrays, ``"np"``
                 float arrays in [0, 1]. Defaults to ``"pil"``.
+            progress (tqdm, optional): A bar advanced at every denoising
+                step (``inference.sampling_progress``). Defaults to None.
 
         Returns:
             list[np.ndarray]: The images of the first prompt (one per seed),
@@ -658,7 +662,8 @@ class LatentDiffusionModel(BaseModel):
                     width=width,
                     num_inference_steps=num_inference_steps,
                     guidance_scale=guidance_scale,
-                    output_type=output_type)
+                    output_type=output_type,
+                    progress=progress)
             ]
         finally:
             self.train(was_training)

@@ -15,8 +15,9 @@ from diffengine.demo_base import ShapeScorer
 from diffengine.engine import DiffEngineRunner
 from diffengine.engine.checkpoint import load_checkpoint_file
 from diffengine.engine.hooks import VisualizationHook
-from diffengine.inference import generate, load_pipeline, prompt_slug
+from diffengine.inference import label_height, panel_box, prompt_slug
 from diffengine.lora_file import read_lora_file, weights_path
+from diffengine.tools.demo import main as demo
 from tests.conftest import UNET_CONV_TARGETS, tiny_train_config
 
 
@@ -73,7 +74,7 @@ def test_visualization_hook_writes_a_grid_that_demo_reproduces(
     prompts = ["a red circle", "a square"]
     hook = dict(type="VisualizationHook", prompt=prompts, seed=[1, 2],
                 by_epoch=False, interval=3, height=32, width=32,
-                num_inference_steps=2)
+                num_inference_steps=2, guidance_scale=3.0)
     runner = make_runner(tmp_path, tiny_sd, shapes_data, custom_hooks=[hook],
                          model=model, interval=3)
     runner.train()
@@ -82,14 +83,21 @@ def test_visualization_hook_writes_a_grid_that_demo_reproduces(
     assert [os.path.basename(p) for p in pngs] == [
         "a-red-circle+a-square_3.png", "a-red-circle+a-square_6.png"]
     grid = np.asarray(Image.open(pngs[1]))
-    assert grid.shape == (64, 64, 3)  # a row per prompt, a column per seed
+    # a row per prompt under its label, a column per seed under its label
+    band = label_height(32)
+    assert grid.shape == (band + 2 * (band + 32), 64, 3)
+    assert (grid[:band] < 128).any() and (grid[band + 32:2 * band + 32]
+                                          < 128).any()
 
-    # demo's generation on step6 gives the same pixels
-    pipe = load_pipeline(tiny_sd, str(tmp_path / "step6"))
+    # demo on step6, with no settings given, draws the same pixels: it
+    # samples as the step's training did (2 steps, guidance 3, 32 px,
+    # seeds 1 and 2)
     for row, prompt in enumerate(prompts):
-        images = generate(pipe, prompt, [1, 2], height=32, width=32,
-                          num_inference_steps=2)
-        assert np.array_equal(grid[row * 32:(row + 1) * 32], np.hstack(images))
+        out = tmp_path / f"demo{row}.png"
+        demo([prompt, str(tmp_path / "step6"), "--out", str(out)])
+        panels = [grid[y:y + 32, x:x + 32] for y, x in (
+            panel_box(row, column, 32, 32) for column in range(2))]
+        assert np.array_equal(np.asarray(Image.open(out)), np.hstack(panels))
 
 
 def test_visualization_hook_checks_its_arguments():
@@ -151,7 +159,7 @@ def test_visualization_hook_samples_step_0_and_logs_sample_scores(
     for step, path in pngs.items():
         grid = np.asarray(Image.open(path))
         for row, prompt in enumerate(prompts):
-            images = [grid[row * 32:(row + 1) * 32, col * 32:(col + 1) * 32]
-                      for col in range(2)]
+            images = [grid[y:y + 32, x:x + 32] for y, x in (
+                panel_box(row, col, 32, 32) for col in range(2))]
             assert scores[step][f"score/{prompt_slug([prompt])}"] == (
                 pytest.approx(np.mean([scorer(im, prompt) for im in images])))
