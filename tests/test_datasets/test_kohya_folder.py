@@ -13,6 +13,7 @@ from diffengine.datasets import (
     scan_kohya_folder,
     write_imagefolder_metadata,
 )
+from diffengine.errors import ConfigError, DataError
 from diffengine.models import StableDiffusion
 from diffengine.registry import DATASETS
 from tests.conftest import UNET_TARGETS, tiny_pipeline
@@ -74,9 +75,26 @@ def test_dataset_repeats_images_and_transforms_them(tmp_path, shapes_data):
 def test_missing_captions_and_empty_folders_are_named(tmp_path, shapes_data):
     write_kohya_folder(str(tmp_path), shapes_data)
     os.remove(tmp_path / "top.txt")
-    with pytest.raises(ValueError, match=r"top\.png has no caption: write "
-                       r"top\.txt"):
-        scan_kohya_folder(str(tmp_path))
+    (tmp_path / "misc" / "d.txt").write_text(" \n\t")
+    # an empty caption file in a class-named folder falls back to its name
+    (tmp_path / "2_sks shape" / "c.txt").write_text("\n")
+    images = {os.path.basename(i.path): i
+              for i in scan_kohya_folder(str(tmp_path))}
+    assert images["top.png"].problem == (
+        f"{tmp_path}/top.png: no caption file top.txt beside it; write one, "
+        "or put the image in a folder named N_<caption>.")
+    assert images["d.png"].problem == (
+        f"{tmp_path}/misc/d.png: its caption file d.txt is empty; write "
+        "a caption in it, or put the image in a folder named N_<caption>.")
+    assert images["c.png"].caption == "sks shape"
+    assert images["c.png"].problem is None
+    dataset = KohyaFolderDataset(str(tmp_path), pipeline=PIPELINE)
+    with pytest.raises(DataError, match=r"d\.txt is empty"):
+        dataset.caption_at(len(dataset) - 1)
+    with pytest.raises(DataError) as err:
+        write_imagefolder_metadata(str(tmp_path))
+    assert str(err.value).startswith("2 images have no caption: ")
+    assert not (tmp_path / "metadata.jsonl").exists()
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no"):
         scan_kohya_folder(str(tmp_path / "empty"))
@@ -98,7 +116,7 @@ def test_metadata_jsonl_makes_an_imagefolder(tmp_path, shapes_data):
     assert len(dataset) == 5
     assert sorted(dataset[i]["inputs"]["text"] for i in range(5)) == sorted(
         [rows[i]["text"] for i in (0, 1, 2, 4)] + ["sks shape"])
-    with pytest.raises(ValueError, match="not below it"):
+    with pytest.raises(ConfigError, match="not below it"):
         write_imagefolder_metadata(str(tmp_path),
                                    str(tmp_path / "misc" / "meta.jsonl"))
 

@@ -1,0 +1,97 @@
+"""The pre-flight scan: every image of a dataset decoded once, before the
+first training step, so that all the bad files are named in one report.
+
+Decoding is the expensive part (a 512² JPEG takes milliseconds); it runs in
+worker processes once there are enough images to repay their start
+(``benchmarks/preflight.py`` measures both ways).
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+
+from diffengine.datasets.image import check_image
+from diffengine.errors import DataError
+
+# Below this many images per worker, starting the workers costs more than
+# they save.
+MIN_IMAGES_PER_WORKER = 64
+# Most worker processes one scan starts.
+MAX_WORKERS = 16
+# Report lines that one message holds; the rest are logged one a line.
+REPORT_LIMIT = 50
+
+
+def scan_worker_count(num_images: int, world_size: int = 1) -> int:
+    """Worker processes for scanning ``num_images`` images on each of
+    ``world_size`` processes: the machine's cores shared among them, none
+    (a serial scan) for few images."""
+    cores = max(1, (os.cpu_count() or 1) // world_size)
+    return max(1, min(cores, MAX_WORKERS,
+                      num_images // MIN_IMAGES_PER_WORKER))
+
+
+def _check(source: dict | str | bytes) -> tuple[int, int] | str:
+    """The displayed size of an image, or why it cannot be read."""
+    try:
+        return check_image(source)
+    except OSError as err:
+        return str(err.__cause__ or err)
+
+
+def scan_images(sources: Sequence[dict | str | bytes],
+                workers: int = 1) -> list[tuple[int, int] | str]:
+    """Decode each image; its displayed (width, height), or why it cannot
+    be read.
+
+    Args:
+        sources: Images as :func:`~diffengine.datasets.image.open_image`
+            takes them.
+        workers (int): Processes that decode in parallel; 1 decodes here.
+            Defaults to 1.
+
+    Returns:
+        list: One (width, height) or message per source, in order.
+    """
+    if workers <= 1:
+        return [_check(source) for source in sources]
+    # fork where there is one: a spawned worker would import torch again
+    # before its first image.
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context(
+        "fork" if "fork" in methods else None)
+    chunksize = max(1, len(sources) // (workers * 4))
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        return list(pool.map(_check, sources, chunksize=chunksize))
+
+
+def pipeline_size_problem(transforms: Sequence, width: int,
+                          height: int) -> str | None:
+    """Why an image of ``width`` × ``height`` cannot go through the
+    pipeline's resizes, crops and buckets, or None when it can.
+
+    Each geometric transform says what size it makes of an image
+    (``output_size``), or refuses it with a ``DataError``: a crop larger
+    than the image, an image too thin for any bucket, an aspect ratio
+    beyond ``MAX_ASPECT_RATIO``.
+    """
+    for transform in transforms:
+        output_size = getattr(transform, "output_size", None)
+        if output_size is None:
+            continue
+        try:
+            width, height = output_size(width, height)
+        except DataError as err:
+            return str(err)
+    return None
+
+
+def format_report(lines: Sequence[str]) -> str:
+    """The report's lines joined into one, up to ``REPORT_LIMIT`` of them."""
+    shown = "; ".join(lines[:REPORT_LIMIT])
+    if len(lines) > REPORT_LIMIT:
+        shown += (f"; and {len(lines) - REPORT_LIMIT} more, each logged "
+                  "above")
+    return shown
