@@ -7,7 +7,6 @@ from collections.abc import Sequence
 import datasets
 
 from diffengine.datasets.base import CaptionedImageDataset
-from diffengine.datasets.image import path_and_bytes
 from diffengine.datasets.validation_split import split_rows
 from diffengine.errors import ConfigError, DataError
 from diffengine.registry import DATASETS
@@ -205,19 +204,10 @@ class HFDataset(CaptionedImageDataset):
             what = ("is empty" if isinstance(caption, str) or caption in (
                 None, []) else f"is not text: {caption!r}")
             raise DataError(
-                f"{self._image_name(idx)}: its caption ({self.caption_column!r}"
+                f"{self._image_key(idx)}: its caption ({self.caption_column!r}"
                 f" in {self.images.caption_source}) {what}; write one, or "
                 "remove the row.")
         return caption
-
-    def _image_name(self, idx: int) -> str:
-        """Row ``idx``'s image file, or the row for an image given as
-        bytes."""
-        path, data = path_and_bytes(self.image_source(idx))
-        if data is None and path is not None:
-            return path
-        return f"row {idx} of {self.dataset_name!r}" + (
-            f" ({os.path.basename(path)})" if path else "")
 
     def image_source(self, idx: int) -> dict | str:
         """The image of row ``idx`` undecoded: a path, or

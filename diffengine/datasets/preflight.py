@@ -89,8 +89,9 @@ def pipeline_size_problem(transforms: Sequence, width: int,
 
 
 def format_report(lines: Sequence[str]) -> str:
-    """The report's lines joined into one, up to ``REPORT_LIMIT`` of them."""
-    shown = "; ".join(lines[:REPORT_LIMIT])
+    """The report's lines joined into one, up to ``REPORT_LIMIT`` of them
+    (without their full stops, which would stand before the semicolons)."""
+    shown = "; ".join(line.rstrip(".") for line in lines[:REPORT_LIMIT])
     if len(lines) > REPORT_LIMIT:
         shown += (f"; and {len(lines) - REPORT_LIMIT} more, each logged "
                   "above")
