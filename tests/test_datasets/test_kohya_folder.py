@@ -6,6 +6,7 @@ import shutil
 import pytest
 import torch
 from mmengine.logging import MMLogger
+from PIL import Image, features
 
 from diffengine.datasets import (
     HFDataset,
@@ -149,3 +150,40 @@ def test_cached_latents_encode_a_repeated_image_once(tmp_path, shapes_data,
         assert sample["text"] == image["text"]
         torch.testing.assert_close(
             sample["latents"], model.encode_images(image["img"][None])[0])
+
+
+def test_every_photo_format_pillow_opens_is_read(tmp_path):
+    photo = Image.new("RGB", (40, 24), (200, 30, 30))
+    formats = {"a.tif": "TIFF", "b.tiff": "TIFF", "c.gif": "GIF",
+               "d.webp": "WEBP", "e.bmp": "BMP", "f.JPG": "JPEG"}
+    if features.check("avif"):
+        formats["g.avif"] = "AVIF"
+    for name, kind in formats.items():
+        photo.save(tmp_path / name, kind)
+        (tmp_path / name).with_suffix(".txt").write_text(f"photo {name}")
+    (tmp_path / "h.heic").write_bytes(b"not read")  # Pillow cannot open it
+    dataset = KohyaFolderDataset(str(tmp_path), pipeline=PIPELINE)
+    assert sorted(os.path.basename(i.path) for i in dataset.images) == sorted(
+        formats)
+    dataset.preflight()
+    assert dataset.bad_rows == set()
+    for index in range(len(dataset)):
+        assert dataset[index]["inputs"]["img"].shape == (3, 32, 32)
+    # a GIF gives its first frame
+    frames = [Image.new("P", (32, 32), i) for i in (1, 2)]
+    frames[0].save(tmp_path / "c.gif", save_all=True,
+                   append_images=frames[1:])
+    assert dataset.get_data_info(2)["img"].getpixel((0, 0)) == (
+        frames[0].convert("RGB").getpixel((0, 0)))
+
+
+def test_an_existing_metadata_file_is_not_overwritten(tmp_path, shapes_data):
+    write_kohya_folder(str(tmp_path), shapes_data)
+    (tmp_path / "metadata.jsonl").write_text("kept\n")
+    with pytest.raises(ConfigError) as err:
+        write_imagefolder_metadata(str(tmp_path))
+    assert str(err.value) == (
+        f"{tmp_path}/metadata.jsonl exists; pass --overwrite to replace it.")
+    assert (tmp_path / "metadata.jsonl").read_text() == "kept\n"
+    write_imagefolder_metadata(str(tmp_path), overwrite=True)
+    assert len((tmp_path / "metadata.jsonl").read_text().splitlines()) == 5
