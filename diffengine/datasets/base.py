@@ -258,7 +258,7 @@ class CaptionedImageDataset(BaseDataset):
                 "max_bad_images.")
         print_log(
             f"pre-flight: skipped {num_bad} of {total} images of "
-            f"{self.dataset_name!r} ({num_rows} rows): "
+            f"{self.dataset_name!r} ({num_rows} row{'s' * (num_rows != 1)}): "
             f"{format_report(lines)}", logger="current",
             level=logging.WARNING)
         for line in lines[REPORT_LIMIT:]:
