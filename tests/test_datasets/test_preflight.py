@@ -97,13 +97,6 @@ def open_size(path) -> tuple[int, int]:
     return image_module.open_image(str(path)).size
 
 
-def test_tiff_orientation_is_not_turned_twice(tmp_path):
-    save_photo(tmp_path / "scan.tif", 6)
-    assert image_module.image_size(str(tmp_path / "scan.tif")) == (72, 96)
-    assert open_size(tmp_path / "scan.tif") == (72, 96)
-    assert image_module.check_image(str(tmp_path / "scan.tif")) == (72, 96)
-
-
 def write_three_bad_files(folder) -> None:
     """Ten good photos, a truncated JPEG, a text file named .png and an
     image whose caption file is only whitespace."""
