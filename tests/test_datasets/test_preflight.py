@@ -351,3 +351,25 @@ def test_every_process_skips_the_same_rows(tmp_path):
     # each process decoded its half of the images
     assert len(ranks[0]["checked"]) == len(ranks[1]["checked"]) == 4
     assert not set(ranks[0]["checked"]) & set(ranks[1]["checked"])
+
+
+def test_a_cached_view_is_of_the_turned_photo(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for orientation in (1, 6):
+        save_photo(folder / f"{orientation}.jpg", orientation)
+        (folder / f"{orientation}.txt").write_text("a photo")
+
+    def encode(images):
+        # "latents" that keep the picture: its colours at 1/8 scale
+        pooled = torch.nn.functional.avg_pool2d(images, 8)
+        return torch.cat([pooled, pooled, pooled], 1)[:, :8]
+
+    dataset = KohyaFolderDataset(str(folder), pipeline=BUCKET_PIPELINE,
+                                 cache_latents=True)
+    dataset.preflight()
+    dataset.build_latent_cache(encode, "colours", str(tmp_path / "cache"))
+    landscape, portrait = (dataset[i]["inputs"]["latents"] for i in (0, 1))
+    assert landscape.shape == (8, 5, 7) and portrait.shape == (8, 7, 5)
+    assert red_corner(landscape[:3]) == ("top", "left")
+    assert red_corner(portrait[:3]) == ("top", "right")
