@@ -21,8 +21,9 @@ from diffengine.datasets.image import (
 from diffengine.datasets.latent_cache import LatentCache, LatentCachePlan
 from diffengine.datasets.preflight import (
     REPORT_LIMIT,
+    BadImageLimits,
+    find_problems,
     format_report,
-    pipeline_size_problem,
     scan_images,
     scan_worker_count,
 )
@@ -95,16 +96,8 @@ class CaptionedImageDataset(BaseDataset):
                  max_bad_fraction: float = 0.05,
                  cache_latents: bool = False,
                  max_bad_images: int = 2) -> None:
-        if not 0.0 <= max_bad_fraction <= 1.0:
-            raise ConfigError(
-                f"max_bad_fraction={max_bad_fraction} is not a share in "
-                "[0, 1].")
-        if not isinstance(max_bad_images, int) or max_bad_images < 0:
-            raise ConfigError(
-                f"max_bad_images={max_bad_images!r} must be an integer >= 0.")
         self.dataset_name = name
-        self.max_bad_fraction = max_bad_fraction
-        self.max_bad_images = max_bad_images
+        self.limits = BadImageLimits(max_bad_images, max_bad_fraction)
         self.cache_latents = cache_latents
         self.latent_cache: LatentCache | None = None
         self._latent_keys: list[str | None] = []
@@ -216,44 +209,30 @@ class CaptionedImageDataset(BaseDataset):
                     caption_problems: dict[int, str]) -> None:
         """Skip the rows the scan found bad, or refuse them all; keep each
         good row's bucket."""
-        image_problems = {}
-        for key, result in results.items():
-            problem = (f"{key}: unreadable ({result})"
-                       if isinstance(result, str) else
-                       pipeline_size_problem(self.pipeline.transforms,
-                                             *result))
-            if problem is not None:
-                image_problems[key] = (problem if isinstance(result, str)
-                                       else f"{key}: {problem}")
-        bad_rows = {idx for idx, key in enumerate(keys)
-                    if key in image_problems or idx in caption_problems}
-        bad_images = set(image_problems) | {
-            keys[idx] for idx in caption_problems}
-        # One line per problem, in row order (a repeated image's once).
-        lines = list(dict.fromkeys(
-            image_problems.get(keys[idx]) or caption_problems[idx]
-            for idx in sorted(bad_rows)))
-        lines = [self._shorten(line) for line in lines]
+        found = find_problems(keys, results, caption_problems,
+                              self.pipeline.transforms)
         self._num_images = len(results)
-        if lines:
-            self._report(lines, len(bad_images), len(bad_rows))
-        self.bad_rows |= bad_rows
-        self._bad_images |= bad_images
+        if found.lines:
+            self._report([self._shorten(line) for line in found.lines],
+                         len(found.bad_images), len(found.bad_rows))
+        self.bad_rows |= found.bad_rows
+        self._bad_images |= found.bad_images
         if self.bucketing is not None:
             self._row_buckets = [
-                None if idx in bad_rows else self.bucketing.bucket_of(
+                None if idx in self.bad_rows else self.bucketing.bucket_of(
                     *results[key]) for idx, key in enumerate(keys)]
         self._scanned = True
 
     def _report(self, lines: list[str], num_bad: int, num_rows: int) -> None:
         """Log the pre-flight report, or raise it when too many are bad."""
         total = self._num_images
-        if not self._within_limits(num_bad, total):
-            for line in lines[REPORT_LIMIT:]:
-                print_log(line, logger="current", level=logging.WARNING)
+        # Beyond what one line holds, each on its own line.
+        for line in lines[REPORT_LIMIT:]:
+            print_log(line, logger="current", level=logging.WARNING)
+        if not self.limits.allow(num_bad, total):
             raise DataError(
                 f"{num_bad} of {total} images of {self.dataset_name!r} "
-                f"cannot be used, {self._excess(num_bad, total)}: "
+                f"cannot be used, {self.limits.excess(num_bad, total)}: "
                 f"{format_report(lines)}. Fix or remove them, or raise "
                 "max_bad_images.")
         print_log(
@@ -261,25 +240,6 @@ class CaptionedImageDataset(BaseDataset):
             f"{self.dataset_name!r} ({num_rows} row{'s' * (num_rows != 1)}): "
             f"{format_report(lines)}", logger="current",
             level=logging.WARNING)
-        for line in lines[REPORT_LIMIT:]:
-            print_log(line, logger="current", level=logging.WARNING)
-
-    def _limit(self, total: int) -> int:
-        """How many of ``total`` images may be bad and skipped."""
-        return max(self.max_bad_images, int(self.max_bad_fraction * total))
-
-    def _within_limits(self, num_bad: int, total: int) -> bool:
-        """Whether ``num_bad`` of ``total`` images may be skipped: at most
-        the limit, and never all of them."""
-        return num_bad <= self._limit(total) and num_bad < total
-
-    def _excess(self, num_bad: int, total: int) -> str:
-        """Why ``num_bad`` of ``total`` bad images are too many."""
-        if num_bad >= total:
-            return "every one"
-        return (f"more than the {self._limit(total)} that max_bad_images="
-                f"{self.max_bad_images} and max_bad_fraction="
-                f"{self.max_bad_fraction} allow")
 
     def _image_key(self, idx: int) -> str:
         """Names row ``idx``'s image: its file, or for an image given as
@@ -452,11 +412,12 @@ class CaptionedImageDataset(BaseDataset):
         self.bad_rows.add(index)
         self._bad_images.add(self._image_key(index))
         total = self._num_images or len(self)
-        if not self._within_limits(len(self._bad_images), total):
+        if not self.limits.allow(len(self._bad_images), total):
             raise DataError(
                 f"{len(self._bad_images)} of {total} images of "
                 f"{self.dataset_name!r} are bad, "
-                f"{self._excess(len(self._bad_images), total)}; the latest: "
+                f"{self.limits.excess(len(self._bad_images), total)}; the "
+                "latest: "
                 f"{self._shorten(str(err))}. Fix or remove them, or raise "
                 "max_bad_images.") from err
         print_log(

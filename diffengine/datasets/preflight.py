@@ -11,9 +11,10 @@ import multiprocessing
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 
 from diffengine.datasets.image import check_image
-from diffengine.errors import DataError
+from diffengine.errors import ConfigError, DataError
 
 # Below this many images per worker, starting the workers costs more than
 # they save.
@@ -96,3 +97,88 @@ def format_report(lines: Sequence[str]) -> str:
         shown += (f"; and {len(lines) - REPORT_LIMIT} more, each logged "
                   "above")
     return shown
+
+
+@dataclass(frozen=True)
+class BadImageLimits:
+    """How many bad images a dataset skips before it refuses them.
+
+    Up to ``max(max_bad_images, max_bad_fraction × images)``, never all:
+    the count lets a folder of ten photos lose an odd file or two, the
+    share lets a hundred thousand lose a few thousand.
+
+    Raises:
+        ConfigError: If either is out of range.
+    """
+
+    max_bad_images: int
+    max_bad_fraction: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ConfigError(
+                f"max_bad_fraction={self.max_bad_fraction} is not a share in "
+                "[0, 1].")
+        if not isinstance(self.max_bad_images, int) or (
+                self.max_bad_images < 0):
+            raise ConfigError(f"max_bad_images={self.max_bad_images!r} must "
+                              "be an integer >= 0.")
+
+    def limit(self, total: int) -> int:
+        """How many of ``total`` images may be bad and skipped."""
+        return max(self.max_bad_images, int(self.max_bad_fraction * total))
+
+    def allow(self, num_bad: int, total: int) -> bool:
+        """Whether ``num_bad`` of ``total`` images may be skipped."""
+        return num_bad <= self.limit(total) and num_bad < total
+
+    def excess(self, num_bad: int, total: int) -> str:
+        """Why ``num_bad`` of ``total`` bad images are too many."""
+        if num_bad >= total:
+            return "every one"
+        return (f"more than the {self.limit(total)} that max_bad_images="
+                f"{self.max_bad_images} and max_bad_fraction="
+                f"{self.max_bad_fraction} allow")
+
+
+@dataclass
+class ScanFindings:
+    """What a scan found wrong.
+
+    Attributes:
+        lines (list[str]): One line per problem, naming the file, in row
+            order (a repeated image's once).
+        bad_rows (set[int]): The rows to skip.
+        bad_images (set[str]): The images (by key) with a problem.
+    """
+
+    lines: list[str] = field(default_factory=list)
+    bad_rows: set[int] = field(default_factory=set)
+    bad_images: set[str] = field(default_factory=set)
+
+
+def find_problems(keys: Sequence[str],
+                  results: dict[str, tuple[int, int] | str],
+                  caption_problems: dict[int, str],
+                  transforms: Sequence) -> ScanFindings:
+    """The problems of a scan's results.
+
+    Args:
+        keys: The image (its key) of each row.
+        results: Each image's displayed size, or why it cannot be read.
+        caption_problems: Each row with an unusable caption, and why.
+        transforms: The pipeline, which may refuse an image's size.
+    """
+    image_problems = {}
+    for key, result in results.items():
+        if isinstance(result, str):
+            image_problems[key] = f"{key}: unreadable ({result})"
+        elif problem := pipeline_size_problem(transforms, *result):
+            image_problems[key] = f"{key}: {problem}"
+    bad_rows = {idx for idx, key in enumerate(keys)
+                if key in image_problems or idx in caption_problems}
+    lines = list(dict.fromkeys(
+        image_problems.get(keys[idx]) or caption_problems[idx]
+        for idx in sorted(bad_rows)))
+    return ScanFindings(lines, bad_rows, set(image_problems) | {
+        keys[idx] for idx in caption_problems})

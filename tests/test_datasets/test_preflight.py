@@ -21,7 +21,7 @@ from diffengine.datasets import (
     KohyaFolderDataset,
 )
 from diffengine.datasets import image as image_module
-from diffengine.datasets.preflight import scan_images
+from diffengine.datasets.preflight import BadImageLimits, scan_images
 from diffengine.errors import ConfigError, DataError
 from tests.conftest import tiny_pipeline
 from tests.test_datasets.test_samplers import BUCKET_PIPELINE
@@ -272,7 +272,7 @@ def test_hub_style_rows_of_image_bytes(tmp_path):
     dataset = HFDataset(str(tmp_path / "rows.parquet"), pipeline=PIPELINE)
     dataset.preflight()
     assert dataset.bad_rows == {1, 2}
-    dataset.max_bad_images = 1
+    dataset.limits = BadImageLimits(max_bad_images=1, max_bad_fraction=0.05)
     dataset.forget_scan()
     with pytest.raises(DataError) as err:
         dataset.preflight()
@@ -302,7 +302,7 @@ def test_dreambooth_scans_instance_and_class_images(tmp_path):
     dataset.preflight()
     # rows: three instance rows, then three class rows
     assert dataset.bad_rows == {1, 4}
-    dataset.max_bad_images = 1
+    dataset.limits = BadImageLimits(max_bad_images=1, max_bad_fraction=0.05)
     dataset.forget_scan()
     with pytest.raises(DataError) as err:
         dataset.preflight()
