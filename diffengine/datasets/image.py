@@ -66,19 +66,26 @@ READ_ERRORS = (OSError, ValueError, TypeError, SyntaxError,
                Image.DecompressionBombError)
 
 
-def displayed_size(image: Image.Image) -> tuple[int, int]:
-    """(width, height) of ``image`` as viewers show it, from its header.
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1 to 8) of an opened image, from its header.
 
-    Pillow turns TIFFs by their orientation itself; other formats carry it
-    in their EXIF, read here without decoding the pixels (a PNG's only when
-    its eXIf chunk comes before the pixels, as writers put it).
+    1 for a TIFF, which Pillow turns itself, and for a PNG whose eXIf chunk
+    comes after the pixels (reading it would decode them; writers put it
+    before).
     """
-    width, height = image.size
     if image.format == "TIFF" or (image.format == "PNG"
                                   and "exif" not in image.info):
-        return width, height
-    orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
-    return (height, width) if orientation in QUARTER_TURNS else (width, height)
+        return 1
+    return image.getexif().get(ExifTags.Base.Orientation, 1)
+
+
+def displayed_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) of an opened image as viewers show it, from its
+    header."""
+    width, height = image.size
+    if exif_orientation(image) in QUARTER_TURNS:
+        return height, width
+    return width, height
 
 
 def open_image(source: dict | str | bytes) -> Image.Image:
@@ -94,11 +101,14 @@ def open_image(source: dict | str | bytes) -> Image.Image:
     """
     try:
         image = _open(source)
+        # Read from the header, as image_size reads it, so that both agree.
+        orientation = exif_orientation(image)
         # load() decodes every pixel: verify() lets truncated JPEGs through.
         image.load()
         # Before anything reads the size: a phone portrait is stored
         # landscape with orientation 6 or 8.
-        image = ImageOps.exif_transpose(image)
+        if orientation != 1:
+            image = ImageOps.exif_transpose(image)
     except READ_ERRORS as err:
         raise _read_error(source, err) from err
     return to_rgb(image)

@@ -72,7 +72,8 @@ def read_caption(image_path: str, extension: str,
         return None, (f"{image_path}: no caption file {caption_name} beside "
                       f"it; write one, {fix}.")
     try:
-        with open(caption_path, encoding="utf-8") as f:
+        # utf-8-sig: Windows editors start UTF-8 files with a byte-order mark
+        with open(caption_path, encoding="utf-8-sig") as f:
             caption = f.read().strip()
     except UnicodeDecodeError:
         return None, (f"{image_path}: its caption file {caption_name} is not "

@@ -187,3 +187,14 @@ def test_an_existing_metadata_file_is_not_overwritten(tmp_path, shapes_data):
     assert (tmp_path / "metadata.jsonl").read_text() == "kept\n"
     write_imagefolder_metadata(str(tmp_path), overwrite=True)
     assert len((tmp_path / "metadata.jsonl").read_text().splitlines()) == 5
+
+
+def test_caption_files_from_windows_editors(tmp_path):
+    Image.new("RGB", (32, 32)).save(tmp_path / "bom.png")
+    (tmp_path / "bom.txt").write_bytes("\ufeffa photo of sks dog".encode())
+    Image.new("RGB", (32, 32)).save(tmp_path / "latin.png")
+    (tmp_path / "latin.txt").write_bytes("caf\xe9".encode("latin-1"))
+    bom, latin = scan_kohya_folder(str(tmp_path))
+    assert bom.caption == "a photo of sks dog"
+    assert latin.problem == (f"{tmp_path}/latin.png: its caption file "
+                             "latin.txt is not UTF-8 text; save it as UTF-8.")
