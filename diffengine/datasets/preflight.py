@@ -29,7 +29,11 @@ def scan_worker_count(num_images: int, world_size: int = 1) -> int:
     """Worker processes for scanning ``num_images`` images on each of
     ``world_size`` processes: the machine's cores shared among them, none
     (a serial scan) for few images."""
-    cores = max(1, (os.cpu_count() or 1) // world_size)
+    # The cores this process may run on (a container's or a job's share),
+    # not the machine's.
+    usable = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+              else os.cpu_count() or 1)
+    cores = max(1, usable // world_size)
     return max(1, min(cores, MAX_WORKERS,
                       num_images // MIN_IMAGES_PER_WORKER))
 

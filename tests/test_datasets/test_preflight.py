@@ -21,7 +21,11 @@ from diffengine.datasets import (
     KohyaFolderDataset,
 )
 from diffengine.datasets import image as image_module
-from diffengine.datasets.preflight import BadImageLimits, scan_images
+from diffengine.datasets.preflight import (
+    BadImageLimits,
+    scan_images,
+    scan_worker_count,
+)
 from diffengine.errors import ConfigError, DataError
 from tests.conftest import tiny_pipeline
 from tests.test_datasets.test_samplers import BUCKET_PIPELINE
@@ -373,3 +377,10 @@ def test_a_cached_view_is_of_the_turned_photo(tmp_path):
     assert landscape.shape == (8, 5, 7) and portrait.shape == (8, 7, 5)
     assert red_corner(landscape[:3]) == ("top", "left")
     assert red_corner(portrait[:3]) == ("top", "right")
+
+
+def test_workers_only_for_enough_images():
+    cores = len(os.sched_getaffinity(0))
+    assert scan_worker_count(10) == 1
+    assert scan_worker_count(64 * 100) == min(cores, 16)
+    assert scan_worker_count(64 * 100, world_size=cores) == 1
