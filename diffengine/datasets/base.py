@@ -2,22 +2,31 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from mmengine.dataset import BaseDataset
-from mmengine.dist import barrier, get_dist_info
+from mmengine.dist import all_gather_object, barrier, get_dist_info
 from mmengine.logging import print_log
 
 from diffengine.datasets.image import (
     image_digest,
-    image_size,
     open_image,
     path_and_bytes,
 )
 from diffengine.datasets.latent_cache import LatentCache, LatentCachePlan
+from diffengine.datasets.preflight import (
+    REPORT_LIMIT,
+    BadImageLimits,
+    find_problems,
+    format_report,
+    scan_images,
+    scan_worker_count,
+)
 from diffengine.datasets.samplers import sample_seed
 from diffengine.errors import ConfigError, DataError
 from diffengine.randomness import Randomness
@@ -31,10 +40,24 @@ class CaptionedImageDataset(BaseDataset):
     Subclasses give ``__len__``, ``image_source(index)`` (a path, or an
     undecoded HF ``datasets`` image) and ``caption_at(index)`` (a caption,
     or a list of them of which each sample draws one), which raises
-    ``DataError`` for an unusable caption. A row whose image cannot be read
-    (``OSError``) or whose caption is unusable is skipped with a warning
-    naming it (the next row takes its place) and counted; more than
-    ``max_bad_fraction`` of the rows bad is an error.
+    ``DataError`` naming the image for an unusable caption.
+
+    Before training, :meth:`preflight` decodes every image once and reads
+    every caption, and reports in one message every image that cannot be
+    read, has a missing or empty caption, or that the pipeline cannot take
+    (smaller than its crop or too thin for any bucket, or longer than wide
+    by more than ``MAX_ASPECT_RATIO``, 8:1). Up to ``max(max_bad_images,
+    max_bad_fraction × images)`` bad images are skipped, with the report as
+    a warning: a fixed count lets a folder of ten photos lose an odd file
+    or two, a share lets a hundred thousand lose a few thousand. More is
+    one ``DataError`` with the report. A row that goes bad later (a file
+    changed during training) is skipped then, with a warning, and counted
+    against the same limits. A skipped row's place is taken by the next
+    row.
+
+    Images are read turned the way their EXIF orientation says, so their
+    size (for buckets, crops and SDXL's size conditioning) is the one
+    viewers show.
 
     Indexed with ``(index, seed)`` (as ``DeterministicSampler`` yields), the
     sample's random transforms draw from ``results["randomness"]``, a
@@ -61,22 +84,24 @@ class CaptionedImageDataset(BaseDataset):
     Args:
         name (str): Names the dataset in messages.
         pipeline (Sequence[dict]): Transforms applied to each sample.
-        max_bad_fraction (float): Largest share of bad rows that is skipped
-            rather than an error. Defaults to 0.05.
+        max_bad_fraction (float): Share of the images that may be bad and
+            skipped rather than an error. Defaults to 0.05.
         cache_latents (bool): Train on latents encoded once and kept on disk
             instead of decoding and encoding each image at every step.
             Defaults to False.
+        max_bad_images (int): Number of images that may be bad and skipped
+            rather than an error, whatever their share. Defaults to 2.
     """
 
     def __init__(self, name: str, pipeline: Sequence[dict] = (),
                  max_bad_fraction: float = 0.05,
-                 cache_latents: bool = False) -> None:
+                 cache_latents: bool = False,
+                 max_bad_images: int = 2) -> None:
         self.dataset_name = name
-        self.max_bad_fraction = max_bad_fraction
+        self.limits = BadImageLimits(max_bad_images, max_bad_fraction)
         self.cache_latents = cache_latents
         self.latent_cache: LatentCache | None = None
         self._latent_keys: list[str | None] = []
-        self.bad_rows: set[int] = set()
         # Built from diffengine's registry, so that a dataset made outside a
         # runner (no default scope) finds diffengine's transforms too.
         transforms = [
@@ -85,7 +110,7 @@ class CaptionedImageDataset(BaseDataset):
         # The transform that picks each image's bucket, if any.
         self.bucketing = next(
             (t for t in transforms if hasattr(t, "bucket_of")), None)
-        self._row_buckets: list[tuple[int, int] | None] | None = None
+        self.forget_scan()
         super().__init__(pipeline=transforms, serialize_data=False)
 
     def full_init(self) -> None:
@@ -112,9 +137,8 @@ class CaptionedImageDataset(BaseDataset):
     def row_buckets(self) -> list[tuple[int, int] | None] | None:
         """The aspect-ratio bucket (height, width) of each row.
 
-        Read once from the image headers (an image listed several times is
-        read once); a row whose image cannot be read, or is too small for
-        any bucket, is skipped and counted and gets None.
+        Found by :meth:`preflight` (run here if it has not run), from each
+        image's displayed size; a skipped row gets None.
 
         Returns:
             list | None: One bucket or None per row; None when the pipeline
@@ -122,24 +146,118 @@ class CaptionedImageDataset(BaseDataset):
         """
         if self.bucketing is None:
             return None
-        if self._row_buckets is None:
-            sizes: dict[str, tuple[int, int]] = {}
-            buckets: list[tuple[int, int] | None] = []
-            for idx in range(len(self)):
-                try:
-                    source = self.image_source(idx)
-                    path = path_and_bytes(source)[0]
-                    if path is None or path not in sizes:
-                        size = image_size(source)
-                        if path is not None:
-                            sizes[path] = size
-                    buckets.append(self.bucketing.bucket_of(
-                        *sizes.get(path, size)))
-                except (OSError, DataError) as err:
-                    self._skip_bad_row(idx, err)
-                    buckets.append(None)
-            self._row_buckets = buckets
+        self.preflight()
         return self._row_buckets
+
+    def forget_scan(self) -> None:
+        """Forget the pre-flight scan, its skipped rows and buckets, as when
+        the rows change (DreamBooth's class images arrive)."""
+        self.bad_rows: set[int] = set()
+        # Images (by _image_key) found bad, and how many there are in all
+        # (known after the pre-flight scan).
+        self._bad_images: set[str] = set()
+        self._num_images: int | None = None
+        self._row_buckets: list[tuple[int, int] | None] | None = None
+        self._scanned = False
+
+    def preflight(self) -> None:
+        """Check every image and caption once, before training.
+
+        Each image is decoded (an image listed several times once) and each
+        caption read; the bad ones are reported together and skipped, or
+        refused, as the class docstring says. Each process scans its share
+        and the results are gathered, so every process skips the same rows
+        (as training the same weights on any number of processes needs).
+        Runs once: the data loader's workers get the result with the
+        dataset.
+
+        Raises:
+            DataError: If more images are bad than ``max_bad_images`` and
+                ``max_bad_fraction`` allow; the message lists them all.
+        """
+        if self._scanned:
+            return
+        start = time.perf_counter()
+        keys = [self._image_key(idx) for idx in range(len(self))]
+        first_rows: dict[str, int] = {}
+        for idx, key in enumerate(keys):
+            first_rows.setdefault(key, idx)
+        rank, world_size = get_dist_info()
+        mine = list(first_rows)[rank::world_size]
+        workers = scan_worker_count(len(first_rows), world_size)
+        checked = scan_images(
+            [self.image_source(first_rows[key]) for key in mine], workers)
+        caption_problems = {}
+        for idx in range(rank, len(self), world_size):
+            try:
+                self.caption_at(idx)
+            except DataError as err:
+                caption_problems[idx] = str(err)
+        results: dict[str, tuple[int, int] | str] = {}
+        for part_results, part_captions in all_gather_object(
+                (dict(zip(mine, checked, strict=True)), caption_problems)):
+            results.update(part_results)
+            caption_problems.update(part_captions)
+        self._apply_scan(keys, results, caption_problems)
+        print_log(
+            f"pre-flight: {len(first_rows)} images and {len(self)} captions "
+            f"of {self.dataset_name!r} checked in "
+            f"{time.perf_counter() - start:.1f} s ({workers} process"
+            f"{'es' * (workers > 1)})", logger="current")
+
+    def _apply_scan(self, keys: list[str],
+                    results: dict[str, tuple[int, int] | str],
+                    caption_problems: dict[int, str]) -> None:
+        """Skip the rows the scan found bad, or refuse them all; keep each
+        good row's bucket."""
+        found = find_problems(keys, results, caption_problems,
+                              self.pipeline.transforms)
+        self._num_images = len(results)
+        if found.lines:
+            self._report([self._shorten(line) for line in found.lines],
+                         len(found.bad_images), len(found.bad_rows))
+        self.bad_rows |= found.bad_rows
+        self._bad_images |= found.bad_images
+        if self.bucketing is not None:
+            self._row_buckets = [
+                None if idx in self.bad_rows else self.bucketing.bucket_of(
+                    *results[key]) for idx, key in enumerate(keys)]
+        self._scanned = True
+
+    def _report(self, lines: list[str], num_bad: int, num_rows: int) -> None:
+        """Log the pre-flight report, or raise it when too many are bad."""
+        total = self._num_images
+        # Beyond what one line holds, each on its own line.
+        for line in lines[REPORT_LIMIT:]:
+            print_log(line, logger="current", level=logging.WARNING)
+        if not self.limits.allow(num_bad, total):
+            raise DataError(
+                f"{num_bad} of {total} images of {self.dataset_name!r} "
+                f"cannot be used, {self.limits.excess(num_bad, total)}: "
+                f"{format_report(lines)}. Fix or remove them, or raise "
+                "max_bad_images.")
+        print_log(
+            f"pre-flight: skipped {num_bad} of {total} images of "
+            f"{self.dataset_name!r} ({num_rows} row{'s' * (num_rows != 1)}): "
+            f"{format_report(lines)}", logger="current",
+            level=logging.WARNING)
+
+    def _image_key(self, idx: int) -> str:
+        """Names row ``idx``'s image: its file, or for an image given as
+        bytes its row (and the name it came with)."""
+        path, data = path_and_bytes(self.image_source(idx))
+        if data is None and path is not None:
+            return path
+        return f"row {idx}" + (f" ({os.path.basename(path)})" if path else "")
+
+    def _shorten(self, text: str) -> str:
+        """``text`` with the dataset's folder left out of the paths in it."""
+        folder = self.dataset_name
+        if not isinstance(folder, str) or not os.path.isdir(folder):
+            return text
+        for prefix in (os.path.abspath(folder), os.path.normpath(folder)):
+            text = text.replace(prefix + os.sep, "")
+        return text
 
     def get_data_info(self, idx: int) -> dict:
         """Row ``idx`` as ``{"img": PIL.Image (RGB), "text": str}``, or with
@@ -186,6 +304,9 @@ class CaptionedImageDataset(BaseDataset):
                                          encoder=encoder_id))
         keys: list[str | None] = []
         for idx in range(len(self)):
+            if idx in self.bad_rows:
+                keys.append(None)
+                continue
             try:
                 keys.append(cache.key(image_digest(self.image_source(idx))))
             except OSError as err:
@@ -243,6 +364,9 @@ class CaptionedImageDataset(BaseDataset):
         np.random.seed(seed % 2**32)
         randomness = Randomness.from_seeds([seed], "data")
         for _ in range(len(self)):
+            if index in self.bad_rows:  # skipped by the pre-flight scan
+                index = self._next_row(index)
+                continue
             try:
                 info = self.get_data_info(index)
                 break
@@ -285,17 +409,22 @@ class CaptionedImageDataset(BaseDataset):
         return self[idx]
 
     def _skip_bad_row(self, index: int, err: Exception) -> None:
+        """Skip a row found bad while training, counted against the same
+        limits as the pre-flight scan."""
         self.bad_rows.add(index)
-        limit = self.max_bad_fraction * len(self)
-        if len(self.bad_rows) > limit:
+        self._bad_images.add(self._image_key(index))
+        total = self._num_images or len(self)
+        if not self.limits.allow(len(self._bad_images), total):
             raise DataError(
-                f"{len(self.bad_rows)} bad rows in {self.dataset_name!r}, "
-                f"more than max_bad_fraction={self.max_bad_fraction} of "
-                f"{len(self)}; the latest: {err}. Fix or remove them, or "
-                "raise max_bad_fraction.") from err
+                f"{len(self._bad_images)} of {total} images of "
+                f"{self.dataset_name!r} are bad, "
+                f"{self.limits.excess(len(self._bad_images), total)}; the "
+                "latest: "
+                f"{self._shorten(str(err))}. Fix or remove them, or raise "
+                "max_bad_images.") from err
         print_log(
-            f"skipped row {index}: {err} ({len(self.bad_rows)} of "
-            f"{len(self)} rows skipped so far)",
+            f"skipped row {index}: {self._shorten(str(err))} "
+            f"({len(self.bad_rows)} of {len(self)} rows skipped so far)",
             logger="current",
             level=logging.WARNING)
 

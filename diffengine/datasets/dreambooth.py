@@ -79,8 +79,9 @@ class DreamBoothDataset(CaptionedImageDataset):
             "image".
         split (str): Defaults to "train".
         cache_dir (str, optional): HF datasets cache. Defaults to None.
-        **kwargs: ``pipeline``, ``max_bad_fraction`` and ``cache_latents``
-            of :class:`CaptionedImageDataset`.
+        **kwargs: ``pipeline``, ``max_bad_fraction``, ``max_bad_images``
+            and ``cache_latents`` of :class:`CaptionedImageDataset`; the
+            pre-flight scan checks instance and class images alike.
     """
 
     def __init__(self,
@@ -187,7 +188,7 @@ class DreamBoothDataset(CaptionedImageDataset):
         self.rows = [(False, i % num_instances) for i in range(length)]
         if num_classes:
             self.rows += [(True, i % num_classes) for i in range(length)]
-        self._row_buckets = None
+        self.forget_scan()
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -97,6 +97,12 @@ class HFImageRows:
         self.image_root = dataset if os.path.isdir(dataset) else (
             os.path.dirname(os.path.abspath(dataset))
             if os.path.isfile(dataset) else None)
+        # Where the captions come from, for messages: the metadata file of
+        # an imagefolder, else the dataset.
+        self.caption_source = next(
+            (os.path.join(dataset, name) for name in IMAGEFOLDER_METADATA
+             if os.path.isdir(dataset)
+             and os.path.isfile(os.path.join(dataset, name))), dataset)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -120,10 +126,11 @@ class HFDataset(CaptionedImageDataset):
     """Images with captions, from a hub id, an image folder or a data file.
 
     Images are read undecoded and opened here, so that a bad file can be
-    named and any mode (RGBA, palette, CMYK, 16-bit) converted to RGB. A row
-    whose image is missing, truncated or not an image, or whose caption is
-    empty or not a string, is skipped and counted (see
-    ``CaptionedImageDataset``).
+    named and any mode (RGBA, palette, CMYK, 16-bit) converted to RGB, and
+    turned by its EXIF orientation. A row whose image is missing, truncated
+    or not an image, or does not fit the pipeline, or whose caption is empty
+    or not a string, is reported by the pre-flight scan and skipped and
+    counted, or refused (see ``CaptionedImageDataset``).
 
     Args:
         dataset (str): Hub id, local imagefolder (images beside
@@ -135,8 +142,9 @@ class HFDataset(CaptionedImageDataset):
         split (str): Defaults to "train".
         cache_dir (str, optional): HF datasets cache. Defaults to None.
         pipeline (Sequence[dict]): Transforms applied to each sample.
-        max_bad_fraction (float): Largest share of bad rows that is skipped
-            rather than an error. Defaults to 0.05.
+        max_bad_fraction (float): Share of the images that may be bad
+            (unreadable, uncaptioned, or not fitting the pipeline) and
+            skipped rather than an error. Defaults to 0.05.
         cache_latents (bool): Train on latents encoded once and kept on disk
             (see ``CaptionedImageDataset``). Defaults to False.
         validation_fraction (float): Share of the rows held out for
@@ -146,6 +154,10 @@ class HFDataset(CaptionedImageDataset):
             "train".
         validation_seed (int): Seeds which rows are held out. Defaults
             to 0.
+        max_bad_images (int): Number of images that may be bad and skipped
+            rather than an error, whatever their share: up to
+            ``max(max_bad_images, max_bad_fraction × images)`` are skipped.
+            Defaults to 2.
     """
 
     def __init__(self,
@@ -159,7 +171,8 @@ class HFDataset(CaptionedImageDataset):
                  cache_latents: bool = False,
                  validation_fraction: float = 0.0,
                  subset: str = "train",
-                 validation_seed: int = 0) -> None:
+                 validation_seed: int = 0,
+                 max_bad_images: int = 2) -> None:
         self.image_column = image_column
         self.caption_column = caption_column
         self.images = HFImageRows(dataset, dict(image_column=image_column,
@@ -172,7 +185,8 @@ class HFDataset(CaptionedImageDataset):
         self.hf_dataset = self.images.rows
         # Captions alone, read without touching the image column.
         self._captions = self.hf_dataset.select_columns([caption_column])
-        super().__init__(dataset, pipeline, max_bad_fraction, cache_latents)
+        super().__init__(dataset, pipeline, max_bad_fraction, cache_latents,
+                         max_bad_images)
 
     def __len__(self) -> int:
         return len(self.hf_dataset)
@@ -187,9 +201,12 @@ class HFDataset(CaptionedImageDataset):
                 return captions
             caption = None
         if not isinstance(caption, str) or not caption.strip():
+            what = ("is empty" if isinstance(caption, str) or caption in (
+                None, []) else f"is not text: {caption!r}")
             raise DataError(
-                f"row {idx} of {self.dataset_name!r} has no usable caption "
-                f"in column {self.caption_column!r}: {caption!r}.")
+                f"{self._image_key(idx)}: its caption ({self.caption_column!r}"
+                f" in {self.images.caption_source}) {what}; write one, or "
+                "remove the row.")
         return caption
 
     def image_source(self, idx: int) -> dict | str:

@@ -19,11 +19,18 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from PIL import features
+
 from diffengine.datasets.base import CaptionedImageDataset
 from diffengine.datasets.validation_split import split_rows
+from diffengine.errors import ConfigError, DataError
 from diffengine.registry import DATASETS
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# The files that photos come in and Pillow opens (a GIF's first frame);
+# AVIF where this Pillow was built with it.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif",
+                    ".tiff", ".gif") + ((".avif", ) if features.check(
+                        "avif") else ())
 REPEAT_PREFIX = re.compile(r"^(\d+)_(.*)$")
 
 
@@ -33,22 +40,48 @@ class CaptionedImage:
 
     Attributes:
         path (str): The image file.
-        caption (str): Its caption.
+        caption (str | None): Its caption; None when it has none.
         repeats (int): Times it is seen per epoch.
+        problem (str | None): Why it has no caption, naming the image and
+            its caption file, and the fix. Defaults to None.
     """
 
     path: str
-    caption: str
+    caption: str | None
     repeats: int
+    problem: str | None = None
 
 
-def read_caption(image_path: str, extension: str) -> str | None:
-    """The stripped text of the caption file beside an image, if any."""
-    caption_path = os.path.splitext(image_path)[0] + extension
+def read_caption(image_path: str, extension: str,
+                 class_caption: str | None = None
+                 ) -> tuple[str | None, str | None]:
+    """The caption of an image: the stripped text of the caption file
+    beside it, else ``class_caption`` (its folder's name).
+
+    Returns:
+        tuple: ``(caption, None)``, or ``(None, problem)`` saying what is
+        wrong (the caption file missing, empty or not UTF-8) and the fix.
+    """
+    stem = os.path.splitext(image_path)[0]
+    caption_path = stem + extension
+    caption_name = os.path.basename(caption_path)
+    fix = "or put the image in a folder named N_<caption>"
     if not os.path.isfile(caption_path):
-        return None
-    with open(caption_path, encoding="utf-8") as f:
-        return f.read().strip() or None
+        if class_caption:
+            return class_caption, None
+        return None, (f"{image_path}: no caption file {caption_name} beside "
+                      f"it; write one, {fix}.")
+    try:
+        # utf-8-sig: Windows editors start UTF-8 files with a byte-order mark
+        with open(caption_path, encoding="utf-8-sig") as f:
+            caption = f.read().strip()
+    except UnicodeDecodeError:
+        return None, (f"{image_path}: its caption file {caption_name} is not "
+                      "UTF-8 text; save it as UTF-8.")
+    if caption or class_caption:
+        return caption or class_caption, None
+    return None, (f"{image_path}: its caption file {caption_name} is empty; "
+                  f"write a caption in it, {fix}.")
 
 
 def scan_kohya_folder(folder: str,
@@ -56,12 +89,12 @@ def scan_kohya_folder(folder: str,
                       ) -> list[CaptionedImage]:
     """List the captioned images of a kohya-style folder.
 
-    Top-level images come first, then each subfolder's, in name order.
+    Top-level images come first, then each subfolder's, in name order. An
+    image without a caption is listed with its ``problem`` (the dataset's
+    pre-flight scan reports every one).
 
     Raises:
         FileNotFoundError: If ``folder`` does not exist or holds no image.
-        ValueError: If an image has no caption and its folder no name to
-            use instead; the message names the image.
     """
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"dataset folder {folder!r} does not exist.")
@@ -79,14 +112,10 @@ def scan_kohya_folder(folder: str,
             if not name.lower().endswith(IMAGE_EXTENSIONS) or not (
                     os.path.isfile(path)):
                 continue
-            caption = read_caption(path, caption_extension) or class_caption
-            if caption is None:
-                raise ValueError(
-                    f"{path} has no caption: write "
-                    f"{os.path.splitext(name)[0]}{caption_extension} beside "
-                    "it, or put it in a folder named N_<caption>.")
+            caption, problem = read_caption(path, caption_extension,
+                                            class_caption)
             if repeats > 0:
-                images.append(CaptionedImage(path, caption, repeats))
+                images.append(CaptionedImage(path, caption, repeats, problem))
     if not images:
         raise FileNotFoundError(
             f"{folder!r} holds no {'/'.join(IMAGE_EXTENSIONS)} images at its "
@@ -96,7 +125,8 @@ def scan_kohya_folder(folder: str,
 
 def write_imagefolder_metadata(folder: str,
                                out: str | None = None,
-                               caption_extension: str = ".txt") -> str:
+                               caption_extension: str = ".txt",
+                               overwrite: bool = False) -> str:
     """Write ``metadata.jsonl`` so that ``folder`` loads as an imagefolder.
 
     Each row has ``file_name`` (relative to the metadata file), ``text``
@@ -108,25 +138,37 @@ def write_imagefolder_metadata(folder: str,
         out (str, optional): The ``.jsonl`` file; it must lie in ``folder``
             or above it. Defaults to ``<folder>/metadata.jsonl``.
         caption_extension (str): Defaults to ".txt".
+        overwrite (bool): Replace an existing ``out``. Defaults to False.
 
     Returns:
         str: The path written.
+
+    Raises:
+        ConfigError: If ``out`` exists and ``overwrite`` is False.
+        DataError: If images have no caption; the message lists them all.
     """
     out = out or os.path.join(folder, "metadata.jsonl")
+    if os.path.exists(out) and not overwrite:
+        raise ConfigError(
+            f"{out} exists; pass --overwrite to replace it.")
     root = os.path.dirname(os.path.abspath(out))
     images = scan_kohya_folder(folder, caption_extension)
+    problems = [image.problem for image in images if image.problem]
+    if problems:
+        raise DataError(f"{len(problems)} images have no caption: "
+                        + " ".join(problems))
+    rows = []
+    for image in images:
+        file_name = os.path.relpath(os.path.abspath(image.path), root)
+        if file_name.startswith(".."):
+            raise ConfigError(
+                f"out={out!r}: {image.path} is not below it; put the "
+                "metadata file in the dataset folder.")
+        rows.append({"file_name": file_name.replace(os.sep, "/"),
+                     "text": image.caption, "repeats": image.repeats})
     with open(out, "w", encoding="utf-8") as f:
-        for image in images:
-            file_name = os.path.relpath(os.path.abspath(image.path), root)
-            if file_name.startswith(".."):
-                raise ValueError(
-                    f"out={out!r}: {image.path} is not below it; put the "
-                    "metadata file in the dataset folder.")
-            f.write(json.dumps({
-                "file_name": file_name.replace(os.sep, "/"),
-                "text": image.caption,
-                "repeats": image.repeats,
-            }, ensure_ascii=False) + "\n")
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
     return out
 
 
@@ -135,17 +177,21 @@ class KohyaFolderDataset(CaptionedImageDataset):
     """Images with same-named ``.txt`` captions, in kohya-ss folders.
 
     An image in a subfolder named ``N_<name>`` appears N times per epoch;
-    without a caption file it is captioned ``<name>``. Unreadable images
-    are skipped and counted, and ``(index, seed)`` keys seed the sample, as
-    in every ``CaptionedImageDataset``.
+    without a caption file (or with an empty one) it is captioned
+    ``<name>``. Images may be PNG, JPEG, WebP, BMP, TIFF, GIF (the first
+    frame) and AVIF where Pillow reads it. An image that cannot be read, has
+    no caption or does not fit the pipeline is reported by the pre-flight
+    scan and skipped (or refused), and ``(index, seed)`` keys seed the
+    sample, as in every ``CaptionedImageDataset``.
 
     Args:
         dataset (str): The folder.
         caption_extension (str): Extension of the caption files. Defaults
             to ".txt".
         pipeline (Sequence[dict]): Transforms applied to each sample.
-        max_bad_fraction (float): Largest share of bad rows that is skipped
-            rather than an error. Defaults to 0.05.
+        max_bad_fraction (float): Share of the images that may be bad
+            (unreadable, uncaptioned, or not fitting the pipeline) and
+            skipped rather than an error. Defaults to 0.05.
         cache_latents (bool): Train on latents encoded once and kept on disk
             (see ``CaptionedImageDataset``); an image repeated N times is
             encoded once. Defaults to False.
@@ -157,6 +203,10 @@ class KohyaFolderDataset(CaptionedImageDataset):
             "train".
         validation_seed (int): Seeds which images are held out. Defaults
             to 0.
+        max_bad_images (int): Number of images that may be bad and skipped
+            rather than an error, whatever their share: up to
+            ``max(max_bad_images, max_bad_fraction × images)`` are skipped.
+            Defaults to 2.
     """
 
     def __init__(self,
@@ -167,14 +217,16 @@ class KohyaFolderDataset(CaptionedImageDataset):
                  cache_latents: bool = False,
                  validation_fraction: float = 0.0,
                  subset: str = "train",
-                 validation_seed: int = 0) -> None:
+                 validation_seed: int = 0,
+                 max_bad_images: int = 2) -> None:
         images = scan_kohya_folder(dataset, caption_extension)
         self.images = [images[i] for i in split_rows(
             len(images), validation_fraction, subset, validation_seed)]
         # Index → image, each image listed ``repeats`` times.
         self.index = [i for i, image in enumerate(self.images)
                       for _ in range(image.repeats)]
-        super().__init__(dataset, pipeline, max_bad_fraction, cache_latents)
+        super().__init__(dataset, pipeline, max_bad_fraction, cache_latents,
+                         max_bad_images)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -184,5 +236,12 @@ class KohyaFolderDataset(CaptionedImageDataset):
         return self.images[self.index[idx]].path
 
     def caption_at(self, idx: int) -> str:
-        """The caption of sample ``idx``."""
-        return self.images[self.index[idx]].caption
+        """The caption of sample ``idx``.
+
+        Raises:
+            DataError: If its image has no caption file or an empty one.
+        """
+        image = self.images[self.index[idx]]
+        if image.problem:
+            raise DataError(image.problem)
+        return image.caption

@@ -38,8 +38,9 @@ from diffengine.datasets.transforms.processing import (
 from diffengine.errors import ConfigError
 from diffengine.fileio import atomic_write
 
-# Bumped when the file layout or the meaning of a key changes.
-FORMAT_VERSION = 1
+# Bumped when the file layout or the meaning of a key changes; 2: views of
+# the image turned by its EXIF orientation.
+FORMAT_VERSION = 2
 
 
 class PickLatentView(BaseTransform):

@@ -200,6 +200,8 @@ class DiffEngineRunner(Runner):
                             if by_epoch else "ResumableIterTrainLoop")
         self.prepare_class_images()
         loop = super().build_train_loop(loop)
+        if isinstance(loop.dataloader.dataset, CaptionedImageDataset):
+            loop.dataloader.dataset.preflight()
         self.prepare_latent_cache(loop.dataloader)
         return loop
 

@@ -20,13 +20,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", help="default: <folder>/metadata.jsonl")
     parser.add_argument("--caption-extension", default=".txt",
                         help="extension of the caption files (default: .txt)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing metadata file")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     out = write_imagefolder_metadata(args.folder, args.out,
-                                     args.caption_extension)
+                                     args.caption_extension, args.overwrite)
     with open(out) as f:
         rows = sum(1 for _ in f)
     print(f"wrote {out} ({rows} images)")

@@ -30,14 +30,14 @@ def test_kohya_repeats_count_in_their_bucket(tmp_path, monkeypatch):
     dataset = KohyaFolderDataset(write_kohya_orientations(str(tmp_path)),
                                  pipeline=BUCKET_PIPELINE)
     opened = []
-    real_size = image_module.image_size
-    monkeypatch.setattr("diffengine.datasets.base.image_size",
-                        lambda source: opened.append(source) or real_size(
+    real_check = image_module.check_image
+    monkeypatch.setattr("diffengine.datasets.preflight.check_image",
+                        lambda source: opened.append(source) or real_check(
                             source))
     buckets = dataset.row_buckets()
     assert len(buckets) == 3 + 3 * 3
     assert buckets.count((80, 24)) == 9 and buckets.count((24, 80)) == 3
-    assert len(opened) == 6  # each file's header read once
+    assert len(opened) == 6  # each file decoded once by the pre-flight scan
     assert dataset.row_buckets() is buckets
     for index in range(len(dataset)):
         assert dataset[index]["inputs"]["img"].shape[1:] == buckets[index]

@@ -81,9 +81,14 @@ def test_empty_and_non_string_captions(tmp_path, shapes_data):
         f.write(json.dumps({"image": image, "text": None}) + "\n")
     dataset = HFDataset(str(data_file), pipeline=PIPELINE)
     for i in range(2):
-        with pytest.raises(DataError, match=f"row {i} of .* has no usable "
-                           "caption in column 'text'"):
-            dataset[i]
+        with pytest.raises(DataError) as err:
+            dataset.caption_at(i)
+        assert str(err.value) == (
+            f"{image}: its caption ('text' in {data_file}) is empty; write "
+            "one, or remove the row.")
+    # every image bad is an error, whatever max_bad_images allows
+    with pytest.raises(DataError, match=r"1 of 1 images of .* cannot be used"):
+        dataset.preflight()
 
 
 def test_missing_and_empty_datasets(tmp_path):

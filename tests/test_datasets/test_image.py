@@ -3,6 +3,7 @@ import pytest
 from PIL import Image
 
 from diffengine.datasets import open_image, to_rgb
+from diffengine.datasets.image import check_image, image_size
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "L", "1", "CMYK", "I", "F"])
@@ -36,3 +37,23 @@ def test_bad_files_are_named(tmp_path):
         open_image({"path": str(tmp_path / "cut.jpg"), "bytes": None})
     with pytest.raises(OSError, match=r"missing\.png"):
         open_image(str(tmp_path / "missing.png"))
+
+
+@pytest.mark.parametrize("fmt,suffix", [("JPEG", "jpg"), ("WEBP", "webp"),
+                                        ("PNG", "png"), ("TIFF", "tif")])
+def test_every_exif_orientation_gives_the_displayed_size(tmp_path, fmt,
+                                                         suffix, monkeypatch):
+    sizes = {}
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        path = tmp_path / f"{orientation}.{suffix}"
+        Image.new("RGB", (60, 40)).save(path, fmt, exif=exif.tobytes())
+        sizes[orientation] = open_image(str(path)).size
+        assert check_image(str(path)) == sizes[orientation]
+    # 5 to 8 turn the picture a quarter
+    assert sizes == {o: (40, 60) if o >= 5 else (60, 40) for o in sizes}
+    # the header alone says so: no pixel is decoded
+    monkeypatch.setattr("PIL.ImageFile.ImageFile.load", None)
+    assert {o: image_size(str(tmp_path / f"{o}.{suffix}"))
+            for o in sizes} == sizes

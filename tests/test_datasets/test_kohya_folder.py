@@ -6,6 +6,7 @@ import shutil
 import pytest
 import torch
 from mmengine.logging import MMLogger
+from PIL import Image, features
 
 from diffengine.datasets import (
     HFDataset,
@@ -13,6 +14,7 @@ from diffengine.datasets import (
     scan_kohya_folder,
     write_imagefolder_metadata,
 )
+from diffengine.errors import ConfigError, DataError
 from diffengine.models import StableDiffusion
 from diffengine.registry import DATASETS
 from tests.conftest import UNET_TARGETS, tiny_pipeline
@@ -74,9 +76,26 @@ def test_dataset_repeats_images_and_transforms_them(tmp_path, shapes_data):
 def test_missing_captions_and_empty_folders_are_named(tmp_path, shapes_data):
     write_kohya_folder(str(tmp_path), shapes_data)
     os.remove(tmp_path / "top.txt")
-    with pytest.raises(ValueError, match=r"top\.png has no caption: write "
-                       r"top\.txt"):
-        scan_kohya_folder(str(tmp_path))
+    (tmp_path / "misc" / "d.txt").write_text(" \n\t")
+    # an empty caption file in a class-named folder falls back to its name
+    (tmp_path / "2_sks shape" / "c.txt").write_text("\n")
+    images = {os.path.basename(i.path): i
+              for i in scan_kohya_folder(str(tmp_path))}
+    assert images["top.png"].problem == (
+        f"{tmp_path}/top.png: no caption file top.txt beside it; write one, "
+        "or put the image in a folder named N_<caption>.")
+    assert images["d.png"].problem == (
+        f"{tmp_path}/misc/d.png: its caption file d.txt is empty; write "
+        "a caption in it, or put the image in a folder named N_<caption>.")
+    assert images["c.png"].caption == "sks shape"
+    assert images["c.png"].problem is None
+    dataset = KohyaFolderDataset(str(tmp_path), pipeline=PIPELINE)
+    with pytest.raises(DataError, match=r"d\.txt is empty"):
+        dataset.caption_at(len(dataset) - 1)
+    with pytest.raises(DataError) as err:
+        write_imagefolder_metadata(str(tmp_path))
+    assert str(err.value).startswith("2 images have no caption: ")
+    assert not (tmp_path / "metadata.jsonl").exists()
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no"):
         scan_kohya_folder(str(tmp_path / "empty"))
@@ -98,7 +117,7 @@ def test_metadata_jsonl_makes_an_imagefolder(tmp_path, shapes_data):
     assert len(dataset) == 5
     assert sorted(dataset[i]["inputs"]["text"] for i in range(5)) == sorted(
         [rows[i]["text"] for i in (0, 1, 2, 4)] + ["sks shape"])
-    with pytest.raises(ValueError, match="not below it"):
+    with pytest.raises(ConfigError, match="not below it"):
         write_imagefolder_metadata(str(tmp_path),
                                    str(tmp_path / "misc" / "meta.jsonl"))
 
@@ -131,3 +150,51 @@ def test_cached_latents_encode_a_repeated_image_once(tmp_path, shapes_data,
         assert sample["text"] == image["text"]
         torch.testing.assert_close(
             sample["latents"], model.encode_images(image["img"][None])[0])
+
+
+def test_every_photo_format_pillow_opens_is_read(tmp_path):
+    photo = Image.new("RGB", (40, 24), (200, 30, 30))
+    formats = {"a.tif": "TIFF", "b.tiff": "TIFF", "c.gif": "GIF",
+               "d.webp": "WEBP", "e.bmp": "BMP", "f.JPG": "JPEG"}
+    if features.check("avif"):
+        formats["g.avif"] = "AVIF"
+    for name, kind in formats.items():
+        photo.save(tmp_path / name, kind)
+        (tmp_path / name).with_suffix(".txt").write_text(f"photo {name}")
+    (tmp_path / "h.heic").write_bytes(b"not read")  # Pillow cannot open it
+    dataset = KohyaFolderDataset(str(tmp_path), pipeline=PIPELINE)
+    assert sorted(os.path.basename(i.path) for i in dataset.images) == sorted(
+        formats)
+    dataset.preflight()
+    assert dataset.bad_rows == set()
+    for index in range(len(dataset)):
+        assert dataset[index]["inputs"]["img"].shape == (3, 32, 32)
+    # a GIF gives its first frame
+    frames = [Image.new("P", (32, 32), i) for i in (1, 2)]
+    frames[0].save(tmp_path / "c.gif", save_all=True,
+                   append_images=frames[1:])
+    assert dataset.get_data_info(2)["img"].getpixel((0, 0)) == (
+        frames[0].convert("RGB").getpixel((0, 0)))
+
+
+def test_an_existing_metadata_file_is_not_overwritten(tmp_path, shapes_data):
+    write_kohya_folder(str(tmp_path), shapes_data)
+    (tmp_path / "metadata.jsonl").write_text("kept\n")
+    with pytest.raises(ConfigError) as err:
+        write_imagefolder_metadata(str(tmp_path))
+    assert str(err.value) == (
+        f"{tmp_path}/metadata.jsonl exists; pass --overwrite to replace it.")
+    assert (tmp_path / "metadata.jsonl").read_text() == "kept\n"
+    write_imagefolder_metadata(str(tmp_path), overwrite=True)
+    assert len((tmp_path / "metadata.jsonl").read_text().splitlines()) == 5
+
+
+def test_caption_files_from_windows_editors(tmp_path):
+    Image.new("RGB", (32, 32)).save(tmp_path / "bom.png")
+    (tmp_path / "bom.txt").write_bytes("\ufeffa photo of sks dog".encode())
+    Image.new("RGB", (32, 32)).save(tmp_path / "latin.png")
+    (tmp_path / "latin.txt").write_bytes("caf\xe9".encode("latin-1"))
+    bom, latin = scan_kohya_folder(str(tmp_path))
+    assert bom.caption == "a photo of sks dog"
+    assert latin.problem == (f"{tmp_path}/latin.png: its caption file "
+                             "latin.txt is not UTF-8 text; save it as UTF-8.")

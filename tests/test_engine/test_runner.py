@@ -249,16 +249,39 @@ def test_bad_image_is_skipped_and_counted(tmp_path, tiny_sd, corrupt_data):
         capture_output=True, text=True)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-3000:]
-    assert "broken.png" in log and "(1 of 25 rows skipped so far)" in log
+    assert (f"pre-flight: skipped 1 of 25 images of '{corrupt_data}' (1 row): "
+            "broken.png: unreadable (") in log
 
 
 def test_too_many_bad_images_is_an_error(tmp_path, capsys, tiny_sd,
                                          corrupt_data):
     code, err = train_error(capsys, tiny_sd, corrupt_data, tmp_path / "work",
-                            "train_dataloader.dataset.max_bad_fraction=0.01")
+                            "train_dataloader.dataset.max_bad_fraction=0.01",
+                            "train_dataloader.dataset.max_bad_images=0")
     assert code == 1
-    assert "1 bad rows" in err[-1] and "broken.png" in err[-1]
-    assert "max_bad_fraction=0.01" in err[-1]
+    assert (f"1 of 25 images of '{corrupt_data}' cannot be used, more than "
+            "the 0 that max_bad_images=0 and max_bad_fraction=0.01 allow: "
+            "broken.png: unreadable (") in err[-1]
+
+
+def test_every_bad_file_is_named_before_the_first_step(tmp_path, capsys,
+                                                       tiny_sd, corrupt_data):
+    (corrupt_data / "notes.png").write_text("not an image")
+    with open(corrupt_data / "metadata.jsonl", "a") as f:
+        f.write('{"file_name": "notes.png", "text": "notes"}\n')
+        f.write('{"file_name": "0001.png", "text": "  "}\n')
+    code, err = train_error(capsys, tiny_sd, corrupt_data, tmp_path / "work")
+    assert code == 1
+    assert err[-1].startswith(
+        f"diffengine: error: 3 of 26 images of '{corrupt_data}' cannot be "
+        "used, more than the 2 that max_bad_images=2 and max_bad_fraction="
+        "0.05 allow: broken.png: unreadable (")
+    assert err[-1].endswith(
+        "; notes.png: unreadable (cannot identify image file 'notes.png'); "
+        "0001.png: its caption ('text' in metadata.jsonl) is empty; write "
+        "one, or remove the row. Fix or remove them, or raise "
+        "max_bad_images.")
+    assert not glob.glob(str(tmp_path / "work" / "*.pth"))
 
 
 def test_nan_loss_stops_before_any_nan_weight(tmp_path, capsys, tiny_sd,

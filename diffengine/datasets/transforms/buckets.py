@@ -18,6 +18,8 @@ from PIL import Image
 from diffengine.datasets.transforms.processing import (
     FIXED,
     INTERPOLATIONS,
+    check_aspect_ratio,
+    check_vae_multiple,
     sample_randomness,
 )
 from diffengine.errors import ConfigError, DataError
@@ -74,7 +76,9 @@ class BucketResizeCrop(BaseTransform):
     would have to be enlarged to cover its bucket gets, unless ``upscale``,
     a bucket of its own size instead (as kohya's ``bucket_no_upscale``),
     shrunk to the largest bucket's area where it is larger and rounded down
-    to ``bucket_reso_steps``. Records ``crop_bbox``,
+    to ``bucket_reso_steps``. An image more than ``MAX_ASPECT_RATIO`` (8)
+    times longer than wide is refused (``DataError``): the dataset's
+    pre-flight scan skips it. Records ``crop_bbox``,
     ``crop_source_shape`` and ``ori_img_shape`` as the crops do, so that
     ``RandomHorizontalFlip`` and ``ComputeTimeIds`` (SDXL) read them.
 
@@ -88,10 +92,12 @@ class BucketResizeCrop(BaseTransform):
             Defaults to 256.
         max_bucket_reso (int): Longest side of a generated bucket. Defaults
             to 1024.
-        bucket_reso_steps (int): Bucket sides are multiples of it; 64 fits
-            every SD UNet (8× the VAE's factor). Defaults to 64.
+        bucket_reso_steps (int): Bucket sides are multiples of it, itself a
+            multiple of 8 (the VAE's factor); 64 fits every SD UNet.
+            Defaults to 64.
         sizes (Sequence[tuple[int, int]], optional): The buckets as
-            (height, width), instead of generated ones. Defaults to None.
+            (height, width), multiples of 8, instead of generated ones.
+            Defaults to None.
         random_crop (bool): Crop at a random place (drawn from the sample's
             seed) instead of the centre; a latent cache crops at the centre.
             Defaults to False.
@@ -120,6 +126,8 @@ class BucketResizeCrop(BaseTransform):
         if bucket_reso_steps <= 0:
             raise ConfigError(
                 f"bucket_reso_steps={bucket_reso_steps} must be > 0.")
+        check_vae_multiple("BucketResizeCrop", "bucket_reso_steps",
+                           bucket_reso_steps)
         if sizes is None:
             for name, value in (("min_bucket_reso", min_bucket_reso),
                                 ("max_bucket_reso", max_bucket_reso)):
@@ -140,6 +148,8 @@ class BucketResizeCrop(BaseTransform):
                 raise ConfigError(
                     f"sizes={sizes!r}: give a list of (height, width) pairs "
                     "of positive sizes.")
+            for size in buckets:
+                check_vae_multiple("BucketResizeCrop", "sizes", size)
         self.resolution = resolution
         self.min_bucket_reso = min_bucket_reso
         self.max_bucket_reso = max_bucket_reso
@@ -154,9 +164,11 @@ class BucketResizeCrop(BaseTransform):
         """The bucket (height, width) of an image of ``width`` × ``height``.
 
         Raises:
-            DataError: If the image is smaller than ``bucket_reso_steps``
-                and may not be enlarged.
+            DataError: If the image's aspect ratio is beyond
+                ``MAX_ASPECT_RATIO``, or a side of it is smaller than
+                ``bucket_reso_steps`` and may not be enlarged.
         """
+        check_aspect_ratio("BucketResizeCrop", width, height)
         aspect = math.log(width / height)
         bucket = min(self.buckets,
                      key=lambda s: abs(math.log(s[1] / s[0]) - aspect))
@@ -174,11 +186,23 @@ class BucketResizeCrop(BaseTransform):
 
         own = (fit(height), fit(width))
         if min(own) == 0:
+            side, length = (("height", height) if own[0] == 0
+                            else ("width", width))
             raise DataError(
-                f"image of {width}×{height} is smaller than "
-                f"bucket_reso_steps={step}: enlarge it, drop it, or set "
+                f"{width}×{height}: its {side} {length} is below "
+                f"bucket_reso_steps={step}; enlarge it, drop it, or set "
                 "BucketResizeCrop upscale=True.")
         return own
+
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) of the bucket of an image of ``width`` ×
+        ``height``.
+
+        Raises:
+            DataError: As :meth:`bucket_of`.
+        """
+        bucket_h, bucket_w = self.bucket_of(width, height)
+        return bucket_w, bucket_h
 
     def transform(self, results: dict) -> dict:
         image: Image.Image = results["img"]

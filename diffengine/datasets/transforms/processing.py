@@ -8,17 +8,60 @@ samples too.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 from mmcv.transforms import BaseTransform
 from PIL import Image
 
+from diffengine.errors import ConfigError, DataError
 from diffengine.randomness import Randomness
 from diffengine.registry import TRANSFORMS
 
 # What the latent cache does with a transform (its ``latent_cache``).
 FIXED = "fixed"
 TEXT = "text"
+# The VAE of every supported family downsamples by 8: a training size must
+# be a multiple of it, or the latents' edge is cut silently.
+VAE_FACTOR = 8
+# Longest side over shortest side that a resize or a bucket takes: beyond
+# it a square crop keeps under an eighth of the picture, and resizing the
+# short side up makes the long one enormous (20000×20 → 512000×512).
+MAX_ASPECT_RATIO = 8
+
+
+def check_vae_multiple(transform: str, key: str,
+                       values: int | Sequence[int]) -> None:
+    """Refuse a training size that the VAE cannot downsample evenly.
+
+    Raises:
+        ConfigError: Naming ``transform``, the value and the nearest
+            multiples of :data:`VAE_FACTOR`.
+    """
+    for value in (values, ) if isinstance(values, int) else values:
+        if value <= 0 or value % VAE_FACTOR:
+            lower = max(VAE_FACTOR, value // VAE_FACTOR * VAE_FACTOR)
+            upper = (max(value, 0) // VAE_FACTOR + 1) * VAE_FACTOR
+            nearest = (f"{lower} or {upper}" if lower != upper
+                       else str(lower))
+            raise ConfigError(
+                f"{transform} {key}={values!r}: {value} is not a positive "
+                f"multiple of {VAE_FACTOR} (the VAE downsamples by "
+                f"{VAE_FACTOR}); use {nearest}.")
+
+
+def check_aspect_ratio(transform: str, width: int, height: int) -> None:
+    """Refuse an image more than :data:`MAX_ASPECT_RATIO` times longer
+    than wide (or wider than long).
+
+    Raises:
+        DataError: Naming the size, its ratio and the limit.
+    """
+    ratio = max(width, height) / max(1, min(width, height))
+    if ratio > MAX_ASPECT_RATIO:
+        raise DataError(
+            f"{width}×{height} has an aspect ratio of {ratio:.1f}:1, beyond "
+            f"the {MAX_ASPECT_RATIO}:1 that {transform} takes; crop it.")
 
 
 def sample_randomness(results: dict) -> Randomness:
@@ -56,8 +99,11 @@ INTERPOLATIONS = {
 class ResizeShortestEdge(BaseTransform):
     """Resize so that the shorter side equals ``size``, keeping the aspect.
 
+    An image more than ``MAX_ASPECT_RATIO`` (8) times longer than wide is
+    refused (``DataError``): the dataset's pre-flight scan skips it.
+
     Args:
-        size (int): Target length of the shorter side.
+        size (int): Target length of the shorter side, a multiple of 8.
         interpolation (str): One of ``nearest``, ``bilinear``, ``bicubic``,
             ``lanczos``. Defaults to "bilinear", as diffusers' scripts.
     """
@@ -69,15 +115,26 @@ class ResizeShortestEdge(BaseTransform):
             raise ValueError(
                 f"interpolation={interpolation!r}; choose one of "
                 f"{sorted(INTERPOLATIONS)}.")
+        check_vae_multiple("ResizeShortestEdge", "size", size)
         self.size = size
         self.interpolation = interpolation
+
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) that an image of ``width`` × ``height`` is
+        resized to.
+
+        Raises:
+            DataError: If its aspect ratio is beyond ``MAX_ASPECT_RATIO``.
+        """
+        check_aspect_ratio("ResizeShortestEdge", width, height)
+        scale = self.size / min(width, height)
+        return (max(self.size, round(width * scale)),
+                max(self.size, round(height * scale)))
 
     def transform(self, results: dict) -> dict:
         image: Image.Image = results["img"]
         width, height = image.size
-        scale = self.size / min(width, height)
-        new_size = (max(self.size, round(width * scale)),
-                    max(self.size, round(height * scale)))
+        new_size = self.output_size(width, height)
         results.setdefault("ori_img_shape", (height, width))
         results["img"] = image.resize(new_size,
                                       INTERPOLATIONS[self.interpolation])
@@ -95,7 +152,23 @@ class _Crop(BaseTransform):
     latent_cache: ClassVar[str] = FIXED
 
     def __init__(self, size: int | tuple[int, int]) -> None:
+        check_vae_multiple(type(self).__name__, "size", size)
         self.size = (size, size) if isinstance(size, int) else tuple(size)
+
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) of the crop of an image of ``width`` ×
+        ``height``.
+
+        Raises:
+            DataError: If the image is smaller than the crop.
+        """
+        crop_h, crop_w = self.size
+        if width < crop_w or height < crop_h:
+            raise DataError(
+                f"{width}×{height} is smaller than the {crop_w}×{crop_h} "
+                f"{type(self).__name__}; resize it first (ResizeShortestEdge "
+                "with size >= the crop).")
+        return crop_w, crop_h
 
     def top_left(self, results: dict, height: int,
                  width: int) -> tuple[int, int]:
@@ -105,11 +178,7 @@ class _Crop(BaseTransform):
         image: Image.Image = results["img"]
         crop_h, crop_w = self.size
         width, height = image.size
-        if width < crop_w or height < crop_h:
-            raise ValueError(
-                f"{type(self).__name__}: image of {width}×{height} is smaller "
-                f"than the crop {crop_w}×{crop_h}; resize it first "
-                "(ResizeShortestEdge with size >= the crop).")
+        self.output_size(width, height)
         top, left = self.top_left(results, height, width)
         box = (left, top, left + crop_w, top + crop_h)
         results["img"] = image.crop(box)

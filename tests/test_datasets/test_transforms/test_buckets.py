@@ -67,6 +67,8 @@ def test_portraits_and_landscapes_are_treated_alike():
     transform = BucketResizeCrop(512)
     for width in range(64, 2000, 37):
         for height in (100, 517, 1500):
+            if max(width, height) > 8 * min(width, height):
+                continue  # beyond the aspect limit, tested below
             assert transform.bucket_of(width, height) == transform.bucket_of(
                 height, width)[::-1]
 
@@ -96,12 +98,31 @@ def test_small_images_are_not_enlarged_unless_asked():
     # shrunk to the largest bucket's area (512²) first
     assert transform.bucket_of(250, 2000) == (1408, 128)
     assert transform.bucket_of(2000, 250) == (128, 1408)
-    assert transform.bucket_of(64, 8000) == (5696, 64)  # never below a step
+    assert transform.bucket_of(64, 512) == (512, 64)  # never below a step
     results = run([transform], Image.new("RGB", (250, 2000)))
     assert results["img"].size == (128, 1408)
-    with pytest.raises(DataError, match=r"40×30 is smaller than "
-                       r"bucket_reso_steps=64.*upscale=True"):
+    with pytest.raises(DataError) as err:
         transform.bucket_of(40, 30)
+    assert str(err.value) == (
+        "40×30: its height 30 is below bucket_reso_steps=64; enlarge it, "
+        "drop it, or set BucketResizeCrop upscale=True.")
+    with pytest.raises(DataError) as err:
+        transform.bucket_of(60, 400)
+    assert str(err.value) == (
+        "60×400: its width 60 is below bucket_reso_steps=64; enlarge it, "
+        "drop it, or set BucketResizeCrop upscale=True.")
+
+
+def test_extreme_aspect_ratios_are_refused():
+    for transform in (BucketResizeCrop(512), BucketResizeCrop(512,
+                                                              upscale=True)):
+        with pytest.raises(DataError) as err:
+            transform.bucket_of(20000, 20)
+        assert str(err.value) == (
+            "20000×20 has an aspect ratio of 1000.0:1, beyond the 8:1 that "
+            "BucketResizeCrop takes; crop it.")
+    assert BucketResizeCrop(512, upscale=True).bucket_of(800, 100) == (
+        256, 1024)
 
 
 def test_given_sizes_are_the_buckets():

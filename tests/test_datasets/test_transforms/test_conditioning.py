@@ -38,17 +38,17 @@ def test_original_size_crop_and_target():
 def test_the_crop_is_where_the_flipped_image_shows_it():
     image = Image.new("RGB", (100, 60))
     for seed in range(20):
-        crop = run([RandomCrop((40, 30))], image, seed)
+        crop = run([RandomCrop((40, 32))], image, seed)
         x1, y1, x2, y2 = crop["crop_bbox"]
-        flipped = run([RandomCrop((40, 30)), RandomHorizontalFlip(1.0),
+        flipped = run([RandomCrop((40, 32)), RandomHorizontalFlip(1.0),
                        ComputeTimeIds()], image, seed)
         # the flipped crop is the crop of the flipped image, mirrored
         assert flipped["crop_bbox"] == (100 - x2, y1, 100 - x1, y2)
-        assert flipped["time_ids"].tolist() == [60, 100, y1, 100 - x2, 40, 30]
+        assert flipped["time_ids"].tolist() == [60, 100, y1, 100 - x2, 40, 32]
         # flipping first and cropping after needs no mirroring
-        first = run([RandomHorizontalFlip(1.0), RandomCrop((40, 30)),
+        first = run([RandomHorizontalFlip(1.0), RandomCrop((40, 32)),
                      ComputeTimeIds()], image, seed)
-        assert first["time_ids"].tolist() == [60, 100, y1, x1, 40, 30]
+        assert first["time_ids"].tolist() == [60, 100, y1, x1, 40, 32]
 
 
 def test_each_cached_view_keeps_its_time_ids():

@@ -1,6 +1,7 @@
 import pytest
 from PIL import Image
 
+from diffengine.errors import ConfigError, DataError
 from diffengine.randomness import Randomness
 from diffengine.registry import TRANSFORMS
 
@@ -16,6 +17,37 @@ def test_resize_shortest_edge_keeps_aspect():
     assert results["ori_img_shape"] == (50, 100)
     with pytest.raises(ValueError, match="interpolation='cubic'"):
         build(dict(type="ResizeShortestEdge", size=8, interpolation="cubic"))
+
+
+@pytest.mark.parametrize("cfg,message", [
+    (dict(type="CenterCrop", size=60), "CenterCrop size=60: 60 is not a "
+     "positive multiple of 8 (the VAE downsamples by 8); use 56 or 64."),
+    (dict(type="RandomCrop", size=(64, 68)), "RandomCrop size=(64, 68): 68 "
+     "is not a positive multiple of 8 (the VAE downsamples by 8); use 64 or "
+     "72."),
+    (dict(type="ResizeShortestEdge", size=4), "ResizeShortestEdge size=4: 4 "
+     "is not a positive multiple of 8 (the VAE downsamples by 8); use 8."),
+    (dict(type="BucketResizeCrop", bucket_reso_steps=12), "BucketResizeCrop "
+     "bucket_reso_steps=12: 12 is not a positive multiple of 8 (the VAE "
+     "downsamples by 8); use 8 or 16."),
+    (dict(type="BucketResizeCrop", sizes=[(64, 64), (60, 68)]),
+     "BucketResizeCrop sizes=(60, 68): 60 is not a positive multiple of 8 "
+     "(the VAE downsamples by 8); use 56 or 64."),
+])
+def test_sizes_the_vae_cannot_take_are_refused(cfg, message):
+    with pytest.raises(ConfigError) as err:
+        build(cfg)
+    assert str(err.value) == message
+
+
+def test_extreme_aspect_ratios_are_refused_not_resized():
+    resize = build(dict(type="ResizeShortestEdge", size=512))
+    assert resize.output_size(4096, 512) == (4096, 512)
+    with pytest.raises(DataError) as err:
+        resize({"img": Image.new("RGB", (20000, 20))})
+    assert str(err.value) == (
+        "20000×20 has an aspect ratio of 1000.0:1, beyond the 8:1 that "
+        "ResizeShortestEdge takes; crop it.")
 
 
 def test_center_crop_records_its_box():
@@ -43,8 +75,11 @@ def test_random_crop_stays_inside_and_records_its_box():
     assert {box[1] for box in boxes} == set(range(13))
     # the sample's seed decides the place
     assert crop_box(crop, 7) == crop_box(crop, 7)
-    with pytest.raises(ValueError, match=r"smaller than the crop"):
+    with pytest.raises(DataError) as err:
         crop_box(crop, 0, size=(10, 10))
+    assert str(err.value) == (
+        "10×10 is smaller than the 16×8 RandomCrop; resize it first "
+        "(ResizeShortestEdge with size >= the crop).")
     with pytest.raises(KeyError, match=r"results\['randomness'\] is missing"):
         crop({"img": Image.new("RGB", (40, 20))})
 
