@@ -184,6 +184,19 @@ class LatentDiffusionModel(BaseModel):
                 f"input_perturbation_gamma={input_perturbation_gamma} must be "
                 ">= 0.")
         dtype = resolve_dtype(weight_dtype, "weight_dtype")
+        self.lora_configs: dict[str, PeftConfig] = {}
+        self.adapter_kinds: dict[str, AdapterKind] = {}
+        parts = [("unet", unet_lora_config, "unet_lora_config")] + [
+            (name, text_encoder_lora_config, "text_encoder_lora_config")
+            for name in self.text_encoder_names
+        ]
+        for part, cfg, key in parts:
+            if cfg is not None:
+                self.adapter_kinds[part] = adapter_kind(cfg, key)
+                # checked before the model loads, so a typo fails at once
+                self.adapter_kinds[part].options(cfg, key)
+        # one step file holds every part: refuse a mix before any injection
+        self.step_format = step_format_of(self.adapter_kinds.values())
         # Recorded in step files: an absolute path or a hub id, which any
         # working directory finds.
         self.base_model = resolve_model(model)
@@ -206,17 +219,6 @@ class LatentDiffusionModel(BaseModel):
         self.input_perturbation_gamma = input_perturbation_gamma
         self.requires_grad_(False)
 
-        self.lora_configs: dict[str, PeftConfig] = {}
-        self.adapter_kinds: dict[str, AdapterKind] = {}
-        parts = [("unet", unet_lora_config, "unet_lora_config")] + [
-            (name, text_encoder_lora_config, "text_encoder_lora_config")
-            for name in self.text_encoder_names
-        ]
-        for part, cfg, key in parts:
-            if cfg is not None:
-                self.adapter_kinds[part] = adapter_kind(cfg, key)
-        # one step file holds every part: refuse a mix before any injection
-        self.step_format = step_format_of(self.adapter_kinds.values())
         for part, cfg, key in parts:
             if cfg is not None:
                 self.lora_configs[part] = self.adapter_kinds[part].inject(
