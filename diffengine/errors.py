@@ -35,6 +35,10 @@ class DataError(DiffEngineError, ValueError):
     """Training data that cannot be read or used."""
 
 
+class MissingFileError(DiffEngineError, FileNotFoundError):
+    """A file or folder that is not there, or lacks what it should hold."""
+
+
 class NonFiniteLossError(DiffEngineError, RuntimeError):
     """The loss became NaN or infinite; no weights were updated with it."""
 

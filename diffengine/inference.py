@@ -17,6 +17,7 @@ from diffusers import DiffusionPipeline
 
 from diffengine.architectures import architecture_of
 from diffengine.lora_file import LoRAFile, read_lora_file
+from diffengine.quiet import NO_TEXT_ENCODER_LORA, without_message
 
 # Parts that training does without (SD 1.x's safety checker), switched off
 # where a pipeline has them, as training's own pipeline does.
@@ -122,9 +123,10 @@ def load_adapters(pipe: DiffusionPipeline, lora: str,
         LoRAFile: The file read, whose ``step_format.fuse`` merges it.
     """
     source = read_lora_file(lora)
-    source.step_format.load(pipe, source,
-                            architecture_of(source).kohya_prefixes,
-                            lora_scale)
+    with without_message(*NO_TEXT_ENCODER_LORA):
+        source.step_format.load(pipe, source,
+                                architecture_of(source).kohya_prefixes,
+                                lora_scale)
     return source
 
 

@@ -80,13 +80,13 @@ def train(argv: list[str] | None = None) -> None:
         DiffEngineError: What the user can fix, or ``TrainingInterruptedError``
             after a stop signal and its checkpoint.
     """
+    args = parse_args(argv)
     # here, not at the top: `mim train` runs `train.py -h` before each run,
     # and the help needs neither torch nor the model code
     from mmengine.runner import Runner
 
     from diffengine.registry import RUNNERS
 
-    args = parse_args(argv)
     cfg = merge_args(load_config(args.config), args)
     runner = RUNNERS.build(cfg) if "runner_type" in cfg else Runner.from_cfg(
         cfg)

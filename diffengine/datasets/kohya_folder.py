@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from diffengine.datasets.base import CaptionedImageDataset
 from diffengine.datasets.validation_split import split_rows
+from diffengine.errors import DataError, MissingFileError
 from diffengine.registry import DATASETS
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -64,7 +65,7 @@ def scan_kohya_folder(folder: str,
             use instead; the message names the image.
     """
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"dataset folder {folder!r} does not exist.")
+        raise MissingFileError(f"dataset folder {folder!r} does not exist.")
     places = [(folder, 1, None)]
     for name in sorted(os.listdir(folder)):
         if os.path.isdir(os.path.join(folder, name)):
@@ -81,14 +82,14 @@ def scan_kohya_folder(folder: str,
                 continue
             caption = read_caption(path, caption_extension) or class_caption
             if caption is None:
-                raise ValueError(
+                raise DataError(
                     f"{path} has no caption: write "
                     f"{os.path.splitext(name)[0]}{caption_extension} beside "
                     "it, or put it in a folder named N_<caption>.")
             if repeats > 0:
                 images.append(CaptionedImage(path, caption, repeats))
     if not images:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{folder!r} holds no {'/'.join(IMAGE_EXTENSIONS)} images at its "
             "top level or in its subfolders.")
     return images
@@ -119,7 +120,7 @@ def write_imagefolder_metadata(folder: str,
         for image in images:
             file_name = os.path.relpath(os.path.abspath(image.path), root)
             if file_name.startswith(".."):
-                raise ValueError(
+                raise DataError(
                     f"out={out!r}: {image.path} is not below it; put the "
                     "metadata file in the dataset folder.")
             f.write(json.dumps({

@@ -106,8 +106,11 @@ def load_checkpoint_file(path: str, map_location: Any = "cpu") -> dict:
     try:
         checkpoint = torch.load(path, map_location=map_location,
                                 weights_only=True)
+    # torch's unpickler fails on a damaged file with whatever the damage
+    # decodes to (KeyError, IndexError, ...), not one error type
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError,
-            zipfile.BadZipFile, ValueError) as err:
+            zipfile.BadZipFile, ValueError, KeyError, IndexError,
+            TypeError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err) else ""
         raise CheckpointLoadError(
             f"cannot load checkpoint {path}: {type(err).__name__}: "

@@ -7,6 +7,7 @@ import os
 
 from diffusers import DiffusionPipeline
 
+from diffengine.errors import ConfigError
 from diffengine.export.diffusers_folder import save_pipeline_folder
 from diffengine.export.single_file import save_single_file, to_single_file
 from diffengine.fileio import atomic_directory
@@ -76,12 +77,12 @@ def merge_lora(lora: str, base: str, out: str,
         CPU, in ``dtype``).
     """
     if format not in FORMATS:
-        raise ValueError(f"format={format!r}; choose one of {list(FORMATS)}.")
+        raise ConfigError(f"format={format!r}; choose one of {list(FORMATS)}.")
     if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r}; choose one of {list(DTYPES)}.")
+        raise ConfigError(f"dtype={dtype!r}; choose one of {list(DTYPES)}.")
     single = format == "single-file"
     if single != out.endswith(".safetensors"):
-        raise ValueError(
+        raise ConfigError(
             f"out={out!r}: --format single-file writes one .safetensors "
             "file, --format diffusers a folder; name the output to match.")
     pipe = DiffusionPipeline.from_pretrained(base)

@@ -26,6 +26,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save_file
 from transformers import PreTrainedModel
 
+from diffengine.errors import ConfigError
 from diffengine.export.diffusers_folder import canonical_text_encoder_state_dict
 from diffengine.fileio import atomic_write
 
@@ -203,7 +204,7 @@ def rename_state_dict(state_dict: Mapping[str, torch.Tensor],
             value = value[:, :, None, None]
         converted[prefix + ".".join([rename.target, *rest])] = value
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"{part}: {len(unknown)} weights have no name in the original "
             f"Stable Diffusion 1.x layout, e.g. {unknown[:3]}; save this "
             "model with --format diffusers.")
@@ -214,14 +215,14 @@ def check_sd1(unet: UNet2DConditionModel) -> None:
     """Raise unless ``unet`` is laid out as Stable Diffusion 1.x's."""
     config = unet.config
     if config.get("addition_embed_type") or config.get("class_embed_type"):
-        raise ValueError(
+        raise ConfigError(
             "the UNet takes extra conditioning "
             f"(addition_embed_type={config.get('addition_embed_type')!r}, "
             f"class_embed_type={config.get('class_embed_type')!r}), as "
             "SDXL's does; the single-file format here is Stable Diffusion "
             "1.x's. Use --format diffusers.")
     if config.get("use_linear_projection"):
-        raise ValueError(
+        raise ConfigError(
             "the UNet has linear attention projections "
             "(use_linear_projection=True), as Stable Diffusion 2.x's, whose "
             "OpenCLIP text encoder has another original layout; the "
@@ -248,7 +249,7 @@ def to_single_file(unet: UNet2DConditionModel, vae: AutoencoderKL,
     for part, state in states.items():
         adapters = [n for n in state if "lora_" in n or ".base_layer." in n]
         if adapters:
-            raise ValueError(
+            raise ConfigError(
                 f"{part} still carries adapter layers ({adapters[0]!r}); "
                 "fuse and unload the LoRA first.")
     return {

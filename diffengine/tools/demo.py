@@ -12,12 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 
-import torch
-from PIL import Image
-
-from diffengine.inference import generate, load_pipeline, make_grid
-from diffengine.lora_file import base_model
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -43,9 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--negative", help="negative prompt")
     parser.add_argument("--height", type=int, help="default: the model's")
     parser.add_argument("--width", type=int, help="default: the model's")
-    parser.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu",
-        help="default: cuda when available, else cpu")
+    parser.add_argument("--device",
+                        help="default: cuda when available, else cpu")
     parser.add_argument("--fp16", action="store_true",
                         help="run in float16 (on a GPU)")
     return parser.parse_args(argv)
@@ -53,9 +46,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # here, not at the top: --help needs neither torch nor diffusers
+    import torch
+    from PIL import Image
+
+    from diffengine.inference import generate, load_pipeline, make_grid
+    from diffengine.lora_file import base_model
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = load_pipeline(
         base_model(args.lora, args.base), args.lora, args.lora_scale,
-        device=args.device,
+        device=device,
         torch_dtype=torch.float16 if args.fp16 else torch.float32)
     images = generate(
         pipe, args.prompt, args.seed,

@@ -13,6 +13,7 @@ from typing import ClassVar
 from mmcv.transforms import BaseTransform
 from PIL import Image
 
+from diffengine.errors import ConfigError
 from diffengine.randomness import Randomness
 from diffengine.registry import TRANSFORMS
 
@@ -66,7 +67,7 @@ class ResizeShortestEdge(BaseTransform):
 
     def __init__(self, size: int, interpolation: str = "bilinear") -> None:
         if interpolation not in INTERPOLATIONS:
-            raise ValueError(
+            raise ConfigError(
                 f"interpolation={interpolation!r}; choose one of "
                 f"{sorted(INTERPOLATIONS)}.")
         self.size = size
@@ -106,7 +107,7 @@ class _Crop(BaseTransform):
         crop_h, crop_w = self.size
         width, height = image.size
         if width < crop_w or height < crop_h:
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self).__name__}: image of {width}×{height} is smaller "
                 f"than the crop {crop_w}×{crop_h}; resize it first "
                 "(ResizeShortestEdge with size >= the crop).")
@@ -158,7 +159,7 @@ class RandomHorizontalFlip(BaseTransform):
 
     def __init__(self, p: float = 0.5) -> None:
         if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p={p} is not a probability in [0, 1].")
+            raise ConfigError(f"p={p} is not a probability in [0, 1].")
         self.p = p
 
     def transform(self, results: dict) -> dict:

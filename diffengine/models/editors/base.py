@@ -41,6 +41,7 @@ from diffengine.adapters import (
 from diffengine.adapters.kohya import canonical_text_encoder_keys, is_text_encoder
 from diffengine.architectures import ARCHITECTURES
 from diffengine.errors import ConfigError, NonFiniteLossError
+from diffengine.hub import hub_download
 from diffengine.inference import generate
 from diffengine.models.losses import DiffusionLoss, LossContext
 from diffengine.models.utils.components import build_component
@@ -200,7 +201,9 @@ class LatentDiffusionModel(BaseModel):
         # Recorded in step files: an absolute path or a hub id, which any
         # working directory finds.
         self.base_model = resolve_model(model)
-        self.load_parts(model, dtype)
+        with hub_download(model, "--cfg-options model.model=/path/to/a/"
+                          "diffusers/folder"):
+            self.load_parts(model, dtype)
         if prediction_type is not None:
             if prediction_type not in ("epsilon", "v_prediction"):
                 raise ConfigError(
