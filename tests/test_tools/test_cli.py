@@ -3,6 +3,7 @@ status 1 (2 for a command line argparse refuses), a bug keeps its
 traceback, and ``mim`` passes diffengine's line and status on unchanged."""
 import argparse
 import glob
+import importlib
 import os
 import signal
 import subprocess
@@ -255,3 +256,17 @@ def test_the_mim_patch_loads_in_mim_train_and_run_only(tmp_path):
                          (["train", "mmpretrain"], "False")):
         result = run([sys.executable, str(script), *args], tmp_path)
         assert result.stdout.strip() == loaded, args
+
+
+def test_the_choices_spelled_out_for_help_are_the_packages():
+    # the modules: diffengine.export names its functions like them
+    export_lora = importlib.import_module("diffengine.export.export_lora")
+    merge_lora = importlib.import_module("diffengine.export.merge_lora")
+    from diffengine.models.utils.dtypes import DTYPES
+    from diffengine.tools import export_lora as export_tool
+    from diffengine.tools import merge_lora as merge_tool
+
+    assert merge_tool.FORMATS == merge_lora.FORMATS
+    assert export_tool.FORMATS == export_lora.FORMATS
+    assert export_tool.DORA_READERS == export_lora.DORA_READERS
+    assert merge_tool.DTYPES == export_tool.DTYPES == tuple(DTYPES)
