@@ -50,14 +50,16 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     from PIL import Image
 
+    from diffengine.hub import hub_download
     from diffengine.inference import generate, load_pipeline, make_grid
     from diffengine.lora_file import base_model
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = load_pipeline(
-        base_model(args.lora, args.base), args.lora, args.lora_scale,
-        device=device,
-        torch_dtype=torch.float16 if args.fp16 else torch.float32)
+    base = base_model(args.lora, args.base)
+    with hub_download(base, "--base /path/to/a/diffusers/folder"):
+        pipe = load_pipeline(
+            base, args.lora, args.lora_scale, device=device,
+            torch_dtype=torch.float16 if args.fp16 else torch.float32)
     images = generate(
         pipe, args.prompt, args.seed,
         negative_prompt=args.negative,

@@ -46,11 +46,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     # here, not at the top: --help needs neither torch nor diffusers
     from diffengine.export.merge_lora import merge_lora
+    from diffengine.hub import hub_download
     from diffengine.lora_file import base_model
 
     base = base_model(args.lora, args.base)
-    merge_lora(args.lora, base, args.out, args.lora_scale, args.format,
-               args.dtype)
+    with hub_download(base, "--base /path/to/a/diffusers/folder"):
+        merge_lora(args.lora, base, args.out, args.lora_scale, args.format,
+                   args.dtype)
     if args.format == "single-file":
         load = (f"StableDiffusionPipeline.from_single_file({args.out!r}), or "
                 "put it in the checkpoint folder of AUTOMATIC1111 or ComfyUI")
