@@ -52,6 +52,16 @@ def _items(value: Any, key: str) -> Iterator[tuple[Any, str]]:
         yield value, key
 
 
+def train_loop(train_cfg: Any) -> Any:
+    """``train_cfg`` with the ``type`` that ``DiffEngineRunner`` gives a
+    config without one: the resumable loop of its ``by_epoch``."""
+    if not isinstance(train_cfg, Mapping) or "type" in train_cfg:
+        return train_cfg
+    by_epoch = train_cfg.get("by_epoch", True)
+    return {**train_cfg, "type": "ResumableEpochTrainLoop"
+            if by_epoch else "ResumableIterTrainLoop"}
+
+
 def typed_sections(cfg: Mapping) -> Iterator[tuple[Any, Registry, str]]:
     """Every part of a runner config that is built from a registry: the
     part, its registry and its config key."""
@@ -75,7 +85,8 @@ def typed_sections(cfg: Mapping) -> Iterator[tuple[Any, Registry, str]]:
                "optim_wrapper.optimizer")
     for item, key in _items(cfg.get("param_scheduler"), "param_scheduler"):
         yield item, PARAM_SCHEDULERS, key
-    for name in ("train_cfg", "val_cfg", "test_cfg"):
+    yield train_loop(cfg.get("train_cfg")), LOOPS, "train_cfg"
+    for name in ("val_cfg", "test_cfg"):
         yield cfg.get(name), LOOPS, name
     for item, key in _items(cfg.get("val_evaluator"), "val_evaluator"):
         yield item, METRICS, key
@@ -93,18 +104,20 @@ def typed_sections(cfg: Mapping) -> Iterator[tuple[Any, Registry, str]]:
     yield cfg.get("log_processor"), LOG_PROCESSORS, "log_processor"
 
 
-# Parts whose config keys go to the class as they are (mmengine takes a
-# hook's ``priority`` itself); elsewhere mmengine adds or removes keys.
+# Parts whose config keys go to the class as they are, but for
+# MMENGINE_KEYS; elsewhere mmengine adds or removes keys.
 OPTION_CHECKED = {"model", "dataset", "transform", "data sampler", "hook",
-                  "metric"}
-# Keys mmengine takes from any part's config before building it.
-MMENGINE_KEYS = {"type", "_scope_", "priority"}
+                  "metric", "loop"}
+# Keys mmengine takes from a part's config before building it (a hook's
+# priority, a train loop's by_epoch).
+MMENGINE_KEYS = {"type", "_scope_", "priority", "by_epoch"}
 
 
 def check_options(cfg: Any, registry: Registry, key: str) -> None:
     """Raise if ``cfg`` has a key that its class does not take.
 
-    Classes that take ``**kwargs`` pass: they may forward any key.
+    A class whose chain of ``**kwargs`` ends in one that takes any key
+    passes.
 
     Raises:
         ConfigError: Naming ``key.option``, the class and the closest option.
@@ -113,15 +126,29 @@ def check_options(cfg: Any, registry: Registry, key: str) -> None:
             and isinstance(cfg.get("type"), str)):
         return
     part = registry.get(cfg["type"])
-    if not isinstance(part, type):
+    accepted = accepted_options(part) if isinstance(part, type) else None
+    if accepted is None:
         return
-    parameters = inspect.signature(part).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
-        return
-    for option in set(cfg) - MMENGINE_KEYS - set(parameters):
+    for option in sorted(set(cfg) - MMENGINE_KEYS - accepted):
         raise ConfigError(
             f"{key}.{option} is not an option of {cfg['type']}."
-            f"{did_you_mean(option, parameters)}")
+            f"{did_you_mean(option, accepted)}")
+
+
+def accepted_options(cls: type) -> set[str] | None:
+    """The keyword arguments ``cls`` takes, following ``**kwargs`` up the
+    classes it inherits from (which it passes them on to); None when the
+    last ``__init__`` reached still takes ``**kwargs``."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = inspect.signature(vars(klass)["__init__"]).parameters
+        names.update(n for n, p in parameters.items() if n != "self" and
+                     p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+            return names
+    return None
 
 
 def check_adapters(model: Any) -> None:

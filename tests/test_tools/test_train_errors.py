@@ -2,6 +2,7 @@
 file and the fix: values that peft, torch or the DataLoader would refuse
 only after the model loaded, mistyped names, checkpoints that do not load,
 an empty data folder, a hub id without network."""
+import glob
 import os
 import subprocess
 import sys
@@ -59,6 +60,9 @@ def train_line(capsys, *argv):
     ("custom_hooks.0.intervall=5",
      "custom_hooks.0.intervall is not an option of VisualizationHook. Did "
      "you mean 'interval'?"),
+    ("train_cfg.max_epoch=1",
+     "train_cfg.max_epoch is not an option of ResumableEpochTrainLoop. Did "
+     "you mean 'max_epochs'?"),
     ("model.losss=None",
      "model.losss is not an option of StableDiffusion. Did you mean 'loss'?"),
 ])
@@ -68,10 +72,14 @@ def test_config_mistake_is_named_by_its_key(option, line, tmp_path, capsys):
     assert status == 1 and last == f"diffengine: error: {line}"
 
 
-def test_the_leaf_configs_pass_the_checks():
+def test_every_leaf_config_passes_the_checks():
     from mmengine.config import Config
 
-    for config in (DEMO, SEED):
+    configs = [p for p in glob.glob(os.path.join(REPO, "configs", "**",
+                                                 "*.py"), recursive=True)
+               if f"{os.sep}_base_{os.sep}" not in p]
+    assert DEMO in configs and SEED in configs
+    for config in configs:
         check_config(Config.fromfile(config).to_dict())
 
 
