@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+from mmengine.config import DictAction
 
 from diffengine.cli import ConfigOptionsAction, exit_status
 from diffengine.errors import ConfigError, did_you_mean
@@ -152,6 +153,14 @@ def test_cfg_options_keep_the_spaces_inside_values():
         "b": [1, 2], "c": "quoted value", "d": [], "e": None, "f": 0.5}
     with pytest.raises(SystemExit):
         parser.parse_args(["--cfg-options", "a=[1, 2"])
+    # without spaces, values parse as mmengine parses them
+    mmengine = argparse.ArgumentParser()
+    mmengine.add_argument("--cfg-options", nargs="+", action=DictAction)
+    same = ["a=[(1,2),[x,y],z]", "b=1,2", "c=True", "d='x'", "e=[]",
+            "f=[dict(type='LocalVisBackend'),dict(type='Tensorboard')]",
+            "g=(1,)", "h=1e-3", "i=[to_q,to_k,to_v,to_out.0]"]
+    assert parser.parse_args(["--cfg-options", *same]).cfg_options == (
+        mmengine.parse_args(["--cfg-options", *same]).cfg_options)
 
 
 def test_did_you_mean_finds_short_names():
