@@ -5,15 +5,23 @@ looks for configs under ``diffengine/.mim/configs``, in the folder where the
 distribution's metadata lies. ``diffengine/.mim/configs`` and ``.../tools``
 are links to ``configs/`` and ``tools/``, so a wheel or an sdist carries
 copies of them. An editable install (``pip install -e .``) is setuptools' own
-PEP 660 one, extended by ``EditableWheel``.
+PEP 660 one, extended by ``EditableWheel``. Both install
+``diffengine-mim.pth`` with ``diffengine_mim.py``, which make ``mim train``
+and ``mim run`` end with diffengine's status (see that module).
 """
 import glob
 import os.path as osp
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 from setuptools.command.editable_wheel import editable_wheel
 
 HERE = osp.dirname(osp.abspath(__file__))
+# A path file for site-packages whose one line imports diffengine_mim in
+# mim's process only (see diffengine_mim.py); the module is its own
+# top-level module, so that it imports nothing else.
+MIM_PATH_FILE = "diffengine-mim.pth"
+MIM_MODULE = "diffengine_mim"
 
 
 def parse_requirements(fname):
@@ -23,6 +31,17 @@ def parse_requirements(fname):
         return [line for line in lines if line]
 
 
+class BuildPy(build_py):
+    """setuptools' build_py, plus :data:`MIM_PATH_FILE` at the top of the
+    build, which a wheel installs into site-packages."""
+
+    def run(self):
+        super().run()
+        if not self.editable_mode:
+            self.copy_file(osp.join(HERE, MIM_PATH_FILE),
+                           osp.join(self.build_lib, MIM_PATH_FILE))
+
+
 class EditableWheel(editable_wheel):
     """setuptools' editable wheel, plus the scripts ``mim`` runs.
 
@@ -30,7 +49,8 @@ class EditableWheel(editable_wheel):
     which a PEP 660 install leaves in site-packages while the code stays in
     this tree. So this wheel adds ``diffengine/.mim/tools/NAME.py`` there,
     each running ``tools/NAME.py`` of this tree: edits take effect without
-    reinstalling. A ``diffengine`` folder without ``__init__.py`` in
+    reinstalling. It also adds copies of :data:`MIM_PATH_FILE` and its
+    module. A ``diffengine`` folder without ``__init__.py`` in
     site-packages would hide the package from setuptools' meta-path finder;
     with ``package_dir={"": "."}`` setuptools instead writes a ``.pth`` file
     that puts this tree on ``sys.path``, where the package is found first.
@@ -57,6 +77,11 @@ class _WithMimTools:
 
     def __call__(self, wheel, files, mapping):
         self.strategy(wheel, files, mapping)
+        # copies, not links to this tree: the path file runs before
+        # setuptools' own puts this tree on sys.path
+        for name in (MIM_PATH_FILE, f"{MIM_MODULE}.py"):
+            with open(osp.join(HERE, name)) as f:
+                wheel.writestr(name, f.read())
         for tool in sorted(glob.glob(osp.join(HERE, "tools", "*.py"))):
             name = osp.basename(tool)
             if name != "__init__.py":
@@ -92,6 +117,7 @@ if __name__ == "__main__":
         # .pth file naming it (see EditableWheel)
         package_dir={"": "."},
         packages=find_packages(include=["diffengine", "diffengine.*"]),
+        py_modules=[MIM_MODULE],
         include_package_data=True,
         package_data={"diffengine": [".mim/configs/**/*", ".mim/tools/*",
                                      "demo_base/weights/*",
@@ -99,5 +125,5 @@ if __name__ == "__main__":
         install_requires=parse_requirements("runtime.txt"),
         extras_require={"tests": parse_requirements("tests.txt")},
         zip_safe=False,
-        cmdclass={"editable_wheel": EditableWheel},
+        cmdclass={"build_py": BuildPy, "editable_wheel": EditableWheel},
     )

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from diffengine.errors import ConfigError
 from diffengine.lora_file import LoRAFile
 
 
@@ -50,7 +51,7 @@ def architecture_of(lora: LoRAFile) -> Architecture:
     name = lora.training.get("architecture")
     if name:
         if name not in ARCHITECTURES:
-            raise ValueError(
+            raise ConfigError(
                 f"{lora.path}: architecture {name!r} has no export; known: "
                 f"{sorted(ARCHITECTURES)}.")
         return ARCHITECTURES[name]

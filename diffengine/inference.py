@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from diffengine.architectures import architecture_of
 from diffengine.lora_file import LoRAFile, read_lora_file
+from diffengine.quiet import NO_TEXT_ENCODER_LORA, without_message
 from diffengine.stop import raise_if_stop_requested
 
 # The VisualizationHook settings that decide a sample, as ``generate`` names
@@ -237,9 +238,10 @@ def load_adapters(pipe: DiffusionPipeline, lora: str,
         LoRAFile: The file read, whose ``step_format.fuse`` merges it.
     """
     source = read_lora_file(lora)
-    source.step_format.load(pipe, source,
-                            architecture_of(source).kohya_prefixes,
-                            lora_scale)
+    with without_message(*NO_TEXT_ENCODER_LORA):
+        source.step_format.load(pipe, source,
+                                architecture_of(source).kohya_prefixes,
+                                lora_scale)
     return source
 
 

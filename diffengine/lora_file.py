@@ -34,6 +34,7 @@ from diffengine.adapters.formats import (
     unpack_adapter_configs,
 )
 from diffengine.adapters.kohya import kohya_modules
+from diffengine.errors import ConfigError, MissingFileError
 
 __all__ = ["ADAPTER_METADATA_KEY", "DOWN_SUFFIXES", "TRAINING_METADATA_PREFIX",
            "LoRAFile", "add_training_metadata", "base_model", "read_lora_file",
@@ -53,11 +54,11 @@ def weights_path(lora: str) -> str:
             if os.path.isfile(path):
                 return path
         names = " or ".join(f.weight_name for f in STEP_FORMATS)
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{lora!r} holds no {names}; give a step folder "
             "(work_dirs/<config>/step<N>) or a .safetensors file.")
     if not os.path.isfile(lora):
-        raise FileNotFoundError(f"LoRA {lora!r} does not exist.")
+        raise MissingFileError(f"LoRA {lora!r} does not exist.")
     return lora
 
 
@@ -149,6 +150,6 @@ def base_model(lora: str, base: str | None = None) -> str:
         return base
     recorded = read_lora_file(lora).training.get("base_model")
     if recorded is None:
-        raise ValueError(
+        raise ConfigError(
             f"{lora!r} does not record its base model; pass --base.")
     return recorded

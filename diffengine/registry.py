@@ -5,6 +5,9 @@ mmengine (and mmcv, which registers its transforms into mmengine's root).
 ``locations`` lets mmengine import the modules that register into them when
 a config is built with ``default_scope='diffengine'``.
 """
+from collections.abc import Mapping
+from typing import Any
+
 from mmengine.registry import DATA_SAMPLERS as MMENGINE_DATA_SAMPLERS
 from mmengine.registry import DATASETS as MMENGINE_DATASETS
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
@@ -25,6 +28,8 @@ from mmengine.registry import VISBACKENDS as MMENGINE_VISBACKENDS
 from mmengine.registry import VISUALIZERS as MMENGINE_VISUALIZERS
 from mmengine.registry import Registry
 
+from diffengine.errors import ConfigError, did_you_mean
+
 __all__ = [
     "DATASETS",
     "DATA_SAMPLERS",
@@ -43,6 +48,8 @@ __all__ = [
     "TRANSFORMS",
     "VISBACKENDS",
     "VISUALIZERS",
+    "check_type",
+    "registry_names",
 ]
 
 # Datasets over HF `datasets` and image folders.
@@ -115,3 +122,26 @@ VISBACKENDS = Registry(
     locations=["diffengine.engine"])
 # Image scorers: how much a generated image shows what its prompt says.
 SCORERS = Registry("image scorer", locations=["diffengine.demo_base"])
+
+
+def registry_names(registry: Registry) -> set[str]:
+    """The names ``registry`` resolves: its own and its parents'."""
+    names: set[str] = set()
+    while registry is not None:
+        names.update(registry.module_dict)
+        registry = registry.parent
+    return names
+
+
+def check_type(cfg: Any, registry: Registry, key: str) -> None:
+    """Raise if ``cfg`` is a dict whose ``type`` ``registry`` does not know.
+
+    Raises:
+        ConfigError: Naming ``key.type`` and the closest registered name.
+    """
+    if not (isinstance(cfg, Mapping) and isinstance(cfg.get("type"), str)):
+        return
+    if registry.get(cfg["type"]) is None:
+        raise ConfigError(
+            f"{key}.type={cfg['type']!r} is not a registered {registry.name}."
+            f"{did_you_mean(cfg['type'], registry_names(registry))}")

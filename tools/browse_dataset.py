@@ -3,7 +3,8 @@
 ``mim run diffengine browse_dataset`` runs this; the logic is in
 ``diffengine/tools/browse_dataset.py``.
 """
+from diffengine.cli import run
 from diffengine.tools.browse_dataset import main
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -3,7 +3,8 @@
 ``mim run diffengine export_lora`` runs this; the logic is in
 ``diffengine/tools/export_lora.py``.
 """
+from diffengine.cli import run
 from diffengine.tools.export_lora import main
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -19,8 +19,7 @@ import argparse
 import os.path as osp
 import shutil
 
-from diffengine.demo_base import WEIGHTS, make_concept_dataset
-from diffengine.demo_base.picture import before_after_picture
+from diffengine.cli import run
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,6 +33,10 @@ def main(argv: list[str] | None = None) -> None:
         "--picture", nargs=2, metavar=("WORK_DIR", "PNG"),
         help="instead, write the before/after picture of a trained demo")
     args = parser.parse_args(argv)
+    # here, not at the top: --help needs neither torch nor diffusers
+    from diffengine.demo_base import WEIGHTS, make_concept_dataset
+    from diffengine.demo_base.picture import before_after_picture
+
     if args.picture:
         print(f"wrote {before_after_picture(*args.picture)}")
         return
@@ -47,4 +50,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -4,7 +4,8 @@ or one single-file checkpoint).
 ``mim run diffengine merge_lora`` runs this; the logic is in
 ``diffengine/tools/merge_lora.py``.
 """
+from diffengine.cli import run
 from diffengine.tools.merge_lora import main
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -3,7 +3,8 @@
 ``mim run diffengine plot_loss`` runs this; the logic is in
 ``diffengine/tools/plot_loss.py``.
 """
+from diffengine.cli import run
 from diffengine.tools.plot_loss import main
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -13,12 +13,9 @@ import argparse
 import os.path as osp
 import sys
 
-from mmengine.config import Config, DictAction
-from mmengine.runner import Runner
+from mmengine.config import Config
 
-from diffengine.engine import TrainingInterruptedError, fall_back_from_amp_without_cuda
-from diffengine.errors import DiffEngineError
-from diffengine.registry import RUNNERS
+from diffengine.cli import add_cfg_options, exit_status, load_config, merge_options
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,12 +31,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "the checkpoint given")
     parser.add_argument(
         "--amp", action="store_true", help="enable mixed precision (fp16)")
-    parser.add_argument(
-        "--cfg-options",
-        nargs="+",
-        action=DictAction,
-        help="override config keys, e.g. model.unet_lora_config.r=16 "
-        "train_dataloader.batch_size=2")
+    add_cfg_options(
+        parser, "override config keys, e.g. model.unet_lora_config.r=16 "
+        "train_dataloader.batch_size=2 \"custom_hooks.0.prompt=[a photo of "
+        "sks ring]\"")
     parser.add_argument(
         "--launcher",
         choices=["none", "pytorch", "slurm", "mpi"],
@@ -55,9 +50,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
     """Apply the command line to the config."""
+    from diffengine.engine import fall_back_from_amp_without_cuda
+
     cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
+    merge_options(cfg, args.cfg_options)
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get("work_dir") is None:
@@ -77,25 +73,29 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
     return cfg
 
 
-def main(argv: list[str] | None = None) -> int:
+def train(argv: list[str] | None = None) -> None:
+    """Train the config of the command line ``argv``.
+
+    Raises:
+        DiffEngineError: What the user can fix, or ``TrainingInterruptedError``
+            after a stop signal and its checkpoint.
+    """
     args = parse_args(argv)
-    cfg = merge_args(Config.fromfile(args.config), args)
-    try:
-        runner = (RUNNERS.build(cfg)
-                  if "runner_type" in cfg else Runner.from_cfg(cfg))
-        runner.train()
-    except TrainingInterruptedError as err:
-        print(f"diffengine: {err}", file=sys.stderr)
-        return 128 + err.signum
-    except DiffEngineError as err:
-        # Errors the user can act on: one line naming the culprit and the fix
-        # (the last line, when a DataLoader worker wrapped it in a traceback).
-        message = str(err).strip().splitlines()[-1]
-        qualified = f"{type(err).__module__}.{type(err).__name__}: "
-        message = message.removeprefix(qualified)
-        print(f"diffengine: error: {message}", file=sys.stderr)
-        return 1
-    return 0
+    # here, not at the top: `mim train` runs `train.py -h` before each run,
+    # and the help needs neither torch nor the model code
+    from mmengine.runner import Runner
+
+    from diffengine.registry import RUNNERS
+
+    cfg = merge_args(load_config(args.config), args)
+    runner = RUNNERS.build(cfg) if "runner_type" in cfg else Runner.from_cfg(
+        cfg)
+    runner.train()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train; the exit status (see :func:`diffengine.cli.exit_status`)."""
+    return exit_status(train, argv)
 
 
 if __name__ == "__main__":

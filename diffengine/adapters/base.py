@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import numbers
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.other import get_pattern_key
 from torch import nn
 
-from diffengine.errors import ConfigError
+from diffengine.errors import ConfigError, did_you_mean
 
 if TYPE_CHECKING:
     from diffengine.adapters.formats import StepFormat
@@ -98,9 +99,8 @@ class AdapterKind:
         fields = self.config_fields()
         for key in options:
             if key not in fields:
-                hint = [self.aliases[key]] if key in self.aliases else (
-                    difflib.get_close_matches(key, sorted(fields), n=1))
-                fix = f" Did you mean {hint[0]!r}?" if hint else ""
+                fix = (f" Did you mean {self.aliases[key]!r}?"
+                       if key in self.aliases else did_you_mean(key, fields))
                 raise ConfigError(
                     f"{name}.{key} is not an option of peft's "
                     f"{self.config_class.__name__}.{fix}")
@@ -111,7 +111,13 @@ class AdapterKind:
                 "'conv1', 'conv2', 'conv_shortcut', 'proj_in', 'proj_out', "
                 "'conv' for its convolutions) or ['q_proj', 'k_proj', "
                 "'v_proj', 'out_proj'] for CLIP.")
-        return {**self.defaults, **options}
+        options = {**self.defaults, **options}
+        check_values(options, name)
+        try:  # what peft's own checks refuse, before any model is loaded
+            self.config_class(**options)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{name}: {err}") from err
+        return options
 
     def build_config(self, cfg: Mapping, module: nn.Module,
                      name: str) -> PeftConfig:
@@ -277,6 +283,29 @@ class AdapterPart:
                 f"{len(odd)} tensors are not {self.kind.name} weights "
                 f"({', '.join(self.kind.parameters)}), e.g. {odd[:3]}.")
         return modules
+
+
+# Options peft or torch only refuse when the adapter is injected, after the
+# model is loaded: each option's check and what it asks for.
+OPTION_CHECKS = {
+    "r": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+          "must be a positive integer, e.g. 8"),
+    **{option: (lambda v: isinstance(v, numbers.Real) and 0 <= v < 1,
+                "must be a probability in [0, 1)")
+       for option in ("lora_dropout", "rank_dropout", "module_dropout")},
+}
+
+
+def check_values(options: Mapping, name: str) -> None:
+    """Raise if an option of :data:`OPTION_CHECKS` has a value that fails.
+
+    Raises:
+        ConfigError: Naming the option, its value and what it must be.
+    """
+    for option, (valid, expected) in OPTION_CHECKS.items():
+        if option in options and not valid(options[option]):
+            raise ConfigError(
+                f"{name}.{option}={options[option]!r}: {expected}.")
 
 
 def pattern_value(patterns: Mapping | None, module: str, default: Any) -> Any:

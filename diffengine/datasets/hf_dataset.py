@@ -5,10 +5,12 @@ import os
 from collections.abc import Sequence
 
 import datasets
+from datasets.data_files import EmptyDatasetError
 
 from diffengine.datasets.base import CaptionedImageDataset
 from diffengine.datasets.validation_split import split_rows
 from diffengine.errors import ConfigError, DataError
+from diffengine.hub import hub_download
 from diffengine.registry import DATASETS
 
 # File extensions ``load_dataset`` reads as data files, by builder name.
@@ -27,7 +29,14 @@ def load_hf_dataset(dataset: str, split: str = "train",
                     cache_dir: str | None = None) -> datasets.Dataset:
     """Load a hub id, a local folder (imagefolder) or a local data file."""
     try:
-        return _load(dataset, split, cache_dir)
+        with hub_download(dataset, "--cfg-options train_dataloader.dataset."
+                          "dataset=/path/to/an/image/folder"):
+            return _load(dataset, split, cache_dir)
+    except EmptyDatasetError as err:
+        raise DataError(
+            f"dataset {dataset!r} holds no data files: add images with a "
+            "metadata.jsonl of captions, or use type='KohyaFolderDataset' "
+            "for images beside .txt captions.") from err
     except ValueError as err:
         # datasets says 'Instruction "train" corresponds to no data!'
         if "corresponds to no data" in str(err):

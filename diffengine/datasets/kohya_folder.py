@@ -23,7 +23,7 @@ from PIL import features
 
 from diffengine.datasets.base import CaptionedImageDataset
 from diffengine.datasets.validation_split import split_rows
-from diffengine.errors import ConfigError, DataError
+from diffengine.errors import ConfigError, DataError, MissingFileError
 from diffengine.registry import DATASETS
 
 # The files that photos come in and Pillow opens (a GIF's first frame);
@@ -97,7 +97,7 @@ def scan_kohya_folder(folder: str,
         FileNotFoundError: If ``folder`` does not exist or holds no image.
     """
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"dataset folder {folder!r} does not exist.")
+        raise MissingFileError(f"dataset folder {folder!r} does not exist.")
     places = [(folder, 1, None)]
     for name in sorted(os.listdir(folder)):
         if os.path.isdir(os.path.join(folder, name)):
@@ -117,7 +117,7 @@ def scan_kohya_folder(folder: str,
             if repeats > 0:
                 images.append(CaptionedImage(path, caption, repeats, problem))
     if not images:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{folder!r} holds no {'/'.join(IMAGE_EXTENSIONS)} images at its "
             "top level or in its subfolders.")
     return images

@@ -8,6 +8,8 @@ import re
 import numpy as np
 from PIL import Image, ImageDraw
 
+from diffengine.errors import MissingFileError
+
 GRID_NAME = re.compile(r"^(?P<name>.+)_(?P<step>\d+)\.png$")
 
 
@@ -16,7 +18,7 @@ def sample_grids(work_dir: str) -> dict[int, str]:
     runs = sorted(glob.glob(os.path.join(work_dir, "*", "vis_data",
                                          "vis_image")))
     if not runs:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"no <timestamp>/vis_data/vis_image under {work_dir!r}; train "
             "with a VisualizationHook first.")
     grids = {}
@@ -33,7 +35,7 @@ def before_after_picture(work_dir: str, out: str, zoom: int = 2) -> str:
     """
     grids = sample_grids(work_dir)
     if len(grids) < 2:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{work_dir!r} holds {len(grids)} sample grid(s); the picture "
             "needs the first (step 0, VisualizationHook at_start=True) and "
             "a later one.")

@@ -57,6 +57,7 @@ from diffengine.demo_base.scenes import (
     pretraining_captions,
 )
 from diffengine.demo_base.scoring import ShapeScorer
+from diffengine.errors import ConfigError, MissingFileError
 from diffengine.fileio import atomic_directory
 from diffengine.inference import generate
 from diffengine.version import __version__
@@ -379,11 +380,16 @@ def _pretrain(out: str, settings: PretrainSettings,
 
 def read_settings(path: str) -> PretrainSettings:
     """The settings recorded in ``path/pretraining.json``."""
-    with open(os.path.join(path, SETTINGS_FILE)) as f:
+    record = os.path.join(path, SETTINGS_FILE)
+    if not os.path.isfile(record):
+        raise MissingFileError(
+            f"{record!r} does not exist; --like takes a base folder that "
+            "tools/pretrain_demo_base.py wrote.")
+    with open(record) as f:
         recorded = json.load(f)["settings"]
     names = {f.name: f for f in dataclasses.fields(PretrainSettings)}
     unknown = sorted(set(recorded) - set(names))
     if unknown:
-        raise ValueError(f"{path}/{SETTINGS_FILE}: unknown settings {unknown}.")
+        raise ConfigError(f"{path}/{SETTINGS_FILE}: unknown settings {unknown}.")
     return PretrainSettings(**{
         k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()})

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer
 
+from diffengine.errors import DiffEngineError
 from diffengine.fileio import atomic_write
 
 HISTORY_BUFFER = "__history_buffer__"
@@ -85,8 +86,13 @@ def atomic_save(obj: Any, path: str) -> None:
     """``torch.save`` that leaves either the old file or the new one."""
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
-class CheckpointLoadError(RuntimeError):
-    """A checkpoint file is truncated, corrupt or not a plain-data file."""
+
+class CheckpointLoadError(DiffEngineError, RuntimeError):
+    """A checkpoint file is truncated, corrupt or not a plain-data file.
+
+    Resuming the newest checkpoint of a work dir falls back to an older one
+    on it; a checkpoint named with ``--resume`` ends the run with its line.
+    """
 
 
 def load_checkpoint_file(path: str, map_location: Any = "cpu") -> dict:
@@ -100,8 +106,11 @@ def load_checkpoint_file(path: str, map_location: Any = "cpu") -> dict:
     try:
         checkpoint = torch.load(path, map_location=map_location,
                                 weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError,
-            zipfile.BadZipFile, ValueError) as err:
+    # torch's unpickler fails on a damaged file with whatever the damage
+    # decodes to (KeyError, IndexError, ...), not one error type
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError,
+            zipfile.BadZipFile, ValueError, KeyError, IndexError,
+            TypeError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err) else ""
         raise CheckpointLoadError(
             f"cannot load checkpoint {path}: {type(err).__name__}: "

@@ -6,7 +6,7 @@ from mmengine.logging import print_log
 from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop
 from torch.utils.data import DataLoader
 
-from diffengine.errors import NonFiniteLossError
+from diffengine.errors import ConfigError, NonFiniteLossError
 from diffengine.registry import LOOPS
 
 
@@ -41,9 +41,11 @@ def position(dataloader: DataLoader, epoch: int, batches: int) -> None:
     elif hasattr(sampler, "skip"):
         sampler.skip(batches * dataloader.batch_size)
     else:
-        raise RuntimeError(
+        raise ConfigError(
             f"resuming mid-epoch needs a sampler with skip() "
-            f"(DeterministicSampler); {type(sampler).__name__} has none.")
+            f"(DeterministicSampler); {type(sampler).__name__} has none: set "
+            "train_dataloader.sampler=dict(type='DeterministicSampler'), or "
+            "resume from a checkpoint at the end of an epoch.")
 
 
 class _ResumableMixin:
@@ -86,10 +88,12 @@ class ResumableEpochTrainLoop(_ResumableMixin, EpochBasedTrainLoop):
     def run(self) -> torch.nn.Module:
         self._resume_batches = self._iter - self._epoch * len(self.dataloader)
         if not 0 <= self._resume_batches <= len(self.dataloader):
-            raise RuntimeError(
+            raise ConfigError(
                 f"checkpoint at epoch {self._epoch}, iteration {self._iter} "
                 f"does not fit {len(self.dataloader)} batches an epoch: the "
-                "dataset, batch size or process count changed since.")
+                "dataset, batch size or process count changed since; resume "
+                "with the settings it was trained with, or start a new "
+                "work_dir.")
         self.runner.call_hook("before_train")
         while self._epoch < self._max_epochs and not self.stop_training:
             self.run_epoch()

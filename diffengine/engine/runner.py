@@ -33,6 +33,7 @@ from diffengine.engine.checkpoint import (
     restore_rng_state,
     to_plain,
 )
+from diffengine.engine.config_check import check_config
 from diffengine.errors import ConfigError, DiffEngineError
 from diffengine.fileio import atomic_directory, atomic_write_text
 from diffengine.registry import DATASETS, RUNNERS
@@ -61,6 +62,10 @@ class TrainingInterruptedError(DiffEngineError):
             "nothing new to save")
         self.signum = signum
         self.checkpoint = checkpoint
+        self.status = 128 + signum  # as a shell reports a signal
+
+    def line(self) -> str:
+        return f"diffengine: {self}"
 
 
 def check_work_dir(work_dir: str) -> None:
@@ -151,6 +156,8 @@ class DiffEngineRunner(Runner):
     """
 
     def __init__(self, *args, **kwargs) -> None:
+        # before super() builds the model: a typo fails in a second
+        check_config(kwargs)
         if kwargs.get("work_dir") is not None:
             check_work_dir(kwargs["work_dir"])
         # mmengine's default names NCCL; without one the device decides.

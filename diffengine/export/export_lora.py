@@ -15,6 +15,7 @@ from diffengine.adapters.formats import (
     pack_adapter_configs,
 )
 from diffengine.adapters.kohya import BaseWeights, module_path
+from diffengine.errors import ConfigError
 from diffengine.export.kohya import to_kohya
 from diffengine.export.metadata import export_metadata
 from diffengine.fileio import atomic_write
@@ -44,14 +45,14 @@ def dora_base_weights(source: LoRAFile, base: str | None,
                       dora_reader: str) -> BaseWeights | None:
     """The base weights a DoRA kohya export needs for ``dora_reader``."""
     if dora_reader not in DORA_READERS:
-        raise ValueError(f"dora_reader={dora_reader!r}; choose one of "
+        raise ConfigError(f"dora_reader={dora_reader!r}; choose one of "
                          f"{list(DORA_READERS)}.")
     if dora_reader != "comfyui" or not any(
             source.kind(part) is DORA for part in source.parts):
         return None
     base = base or source.training.get("base_model")
     if base is None:
-        raise ValueError(
+        raise ConfigError(
             f"{source.path} is DoRA and records no base model; its "
             "dora_scale for ComfyUI depends on the base weights: pass --base "
             "(or --dora-reader lycoris).")
@@ -90,11 +91,11 @@ def export_lora(lora: str,
         dict[str, Tensor]: The tensors written.
     """
     if format not in FORMATS:
-        raise ValueError(f"format={format!r}; choose one of {list(FORMATS)}.")
+        raise ConfigError(f"format={format!r}; choose one of {list(FORMATS)}.")
     if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r}; choose one of {list(DTYPES)}.")
+        raise ConfigError(f"dtype={dtype!r}; choose one of {list(DTYPES)}.")
     if not out.endswith(".safetensors"):
-        raise ValueError(f"out={out!r} must end with .safetensors.")
+        raise ConfigError(f"out={out!r} must end with .safetensors.")
     source = read_lora_file(lora)
     title = title or os.path.splitext(os.path.basename(out))[0]
     if format == "kohya":
@@ -109,7 +110,7 @@ def export_lora(lora: str,
     else:
         if source.step_format is not DIFFUSERS_FILE:
             kinds = "/".join(source.kind(part).name for part in source.parts)
-            raise ValueError(f"{source.path} holds {kinds}, which diffusers "
+            raise ConfigError(f"{source.path} holds {kinds}, which diffusers "
                              "does not read; use --format kohya.")
         tensors = {k: v.to(DTYPES[dtype]).contiguous()
                    for k, v in source.state_dict.items()}

@@ -30,6 +30,7 @@ from diffengine.adapters import AdapterPart
 from diffengine.adapters.formats import MAGNITUDE
 from diffengine.adapters.kohya import BaseWeights, kohya_state_dict
 from diffengine.architectures import architecture_of
+from diffengine.errors import ConfigError
 from diffengine.export.progress import progress
 from diffengine.lora_file import LoRAFile
 
@@ -56,7 +57,7 @@ def to_peft(lora: LoRAFile) -> dict[str, AdapterPart]:
     architecture = architecture_of(lora)
     unknown = [p for p in lora.parts if p not in architecture.kohya_prefixes]
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"{lora.path}: parts {unknown} are not {architecture.name}'s "
             f"{sorted(architecture.kohya_prefixes)}.")
     unet = {k: v for k, v in lora.state_dict.items() if k.startswith("unet.")}
@@ -112,7 +113,7 @@ def to_kohya(lora: LoRAFile,
             tensors = kohya_state_dict(
                 parts, architecture_of(lora).kohya_prefixes, base_weights)
         except ValueError as error:
-            raise ValueError(f"{lora.path}: {error}") from error
+            raise ConfigError(f"{lora.path}: {error}") from error
     converted = {}
     with progress(total=len(tensors), desc="kohya file",
                   unit="tensor") as bar:

@@ -155,8 +155,7 @@ def merge_lora(lora: str, base: str, out: str,
             single-file layout (before anything is fused or written).
     """
     if format not in FORMATS:
-        raise ConfigError(
-            f"format={format!r}; choose one of {list(FORMATS)}.")
+        raise ConfigError(f"format={format!r}; choose one of {list(FORMATS)}.")
     if dtype not in DTYPES:
         raise ConfigError(f"dtype={dtype!r}; choose one of {list(DTYPES)}.")
     single = format == "single-file"

@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-from mmengine.config import Config, DictAction
-from mmengine.registry import init_default_scope
-from PIL import Image
+from diffengine.cli import add_cfg_options, load_config
 
-from diffengine.datasets.image import image_size
-from diffengine.datasets.samplers import sample_seed
-from diffengine.registry import DATASETS
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from mmengine.config import Config
 
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:
     """Undo ``ImageToNormalizedTensor``: C×H×W in [-1, 1] → H×W×C uint8."""
+    import torch
+
     array = ((img.float() + 1.0) * 127.5).round().clamp(0, 255)
     return array.to(torch.uint8).permute(1, 2, 0).numpy()
 
@@ -37,6 +37,16 @@ def browse_dataset(cfg: Config, out: str, num: int = 16,
         list[str]: One line per sample: its file, size and caption (and
         with buckets, the size of the image it was cut from).
     """
+    # here, not at the top: --help needs neither torch nor the datasets
+    from mmengine.registry import init_default_scope
+    from PIL import Image
+
+    from diffengine.datasets.image import image_size
+    from diffengine.datasets.samplers import sample_seed
+    from diffengine.registry import DATASETS, check_type
+
+    check_type(cfg.train_dataloader.dataset, DATASETS,
+               "train_dataloader.dataset")
     init_default_scope(cfg.get("default_scope", "diffengine"))
     dataset = DATASETS.build(cfg.train_dataloader.dataset)
     buckets = dataset.row_buckets() if hasattr(dataset, "row_buckets") else None
@@ -68,16 +78,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="samples to write (default: 16)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the random transforms (default: 0)")
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction,
-                        help="override config keys, as in train")
+    add_cfg_options(parser, "override config keys, as in train")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options)
     lines = browse_dataset(cfg, args.out, args.num, args.seed)
     print("\n".join(lines))
     sizes = sorted({line.split()[1] for line in lines})

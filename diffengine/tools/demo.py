@@ -14,18 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 
-import torch
-from PIL import Image
-
-from diffengine.inference import (
-    generate,
-    load_pipeline,
-    make_grid,
-    sampling_progress,
-    sampling_settings,
-)
-from diffengine.lora_file import base_model
-
 # Where neither the flags nor the step's training say.
 FALLBACK_SETTINGS = dict(num_inference_steps=50, guidance_scale=7.5,
                          height=None, width=None, negative_prompt=None,
@@ -70,9 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--width", type=int,
         help="default: the training samples', else the model's")
-    parser.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu",
-        help="default: cuda when available, else cpu")
+    parser.add_argument("--device",
+                        help="default: cuda when available, else cpu")
     parser.add_argument("--fp16", action="store_true",
                         help="run in float16 (on a GPU)")
     return parser.parse_args(argv)
@@ -81,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def settings_of(args: argparse.Namespace) -> dict:
     """The sampling settings: the flags given, else those the step's
     training sampled with, else ``FALLBACK_SETTINGS``."""
+    from diffengine.inference import sampling_settings
+
     trained = sampling_settings(args.lora)
     settings = {}
     for name, fallback in FALLBACK_SETTINGS.items():
@@ -92,12 +81,27 @@ def settings_of(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # here, not at the top: --help needs neither torch nor diffusers
+    import torch
+    from PIL import Image
+
+    from diffengine.hub import hub_download
+    from diffengine.inference import (
+        generate,
+        load_pipeline,
+        make_grid,
+        sampling_progress,
+    )
+    from diffengine.lora_file import base_model
+
     settings = settings_of(args)
     seeds = settings.pop("seed")
-    pipe = load_pipeline(
-        base_model(args.lora, args.base), args.lora, args.lora_scale,
-        device=args.device,
-        torch_dtype=torch.float16 if args.fp16 else torch.float32)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    base = base_model(args.lora, args.base)
+    with hub_download(base, "--base /path/to/a/diffusers/folder"):
+        pipe = load_pipeline(
+            base, args.lora, args.lora_scale, device=device,
+            torch_dtype=torch.float16 if args.fp16 else torch.float32)
     with sampling_progress(settings["num_inference_steps"], "demo") as bar:
         images = generate(pipe, args.prompt, seeds, progress=bar, **settings)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

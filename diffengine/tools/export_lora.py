@@ -8,13 +8,12 @@ from __future__ import annotations
 import argparse
 import os
 
-from diffengine.export.export_lora import (
-    DORA_READERS,
-    DTYPES,
-    FORMATS,
-    export_lora,
-)
-from diffengine.lora_file import DOWN_SUFFIXES
+# FORMATS, DORA_READERS and the names of DTYPES of diffengine.export.
+# export_lora, spelled out: importing them takes seconds, too long for
+# --help (a test keeps them equal)
+FORMATS = ("kohya", "diffusers")
+DORA_READERS = ("comfyui", "lycoris")
+DTYPES = ("float32", "float16", "bfloat16")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,7 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", required=True,
                         help="the .safetensors file to write")
     parser.add_argument("--title", help="display name (default: the file name)")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="float32",
+    parser.add_argument("--dtype", choices=DTYPES, default="float32",
                         help="weight precision (default: float32)")
     parser.add_argument(
         "--base", help="DoRA: the base model, whose weights ComfyUI's "
@@ -46,6 +45,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # here, not at the top: --help needs neither torch nor diffusers
+    from diffengine.export.export_lora import export_lora
+    from diffengine.lora_file import DOWN_SUFFIXES
+
     tensors = export_lora(args.lora, args.out, args.format, args.title,
                           args.dtype, args.base, args.dora_reader)
     ends = (".alpha", ) if args.format == "kohya" else DOWN_SUFFIXES

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 
-from diffengine.datasets.kohya_folder import write_imagefolder_metadata
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -27,6 +25,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # here, not at the top: --help needs neither torch nor the datasets
+    from diffengine.datasets.kohya_folder import write_imagefolder_metadata
+
     out = write_imagefolder_metadata(args.folder, args.out,
                                      args.caption_extension, args.overwrite)
     with open(out) as f:

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import argparse
 
-from diffengine.export.merge_lora import (
-    FORMATS,
-    from_single_file_caveat,
-    loading_code,
-    merge_lora,
-)
-from diffengine.lora_file import base_model
-from diffengine.models.utils.dtypes import DTYPES
+# diffengine.export.merge_lora.FORMATS and the names of diffengine.models.
+# utils.dtypes.DTYPES, spelled out: importing them takes seconds, too long
+# for --help (a test keeps them equal)
+FORMATS = ("diffusers", "single-file")
+DTYPES = ("float32", "float16", "bfloat16")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "one checkpoint in the original layout of Stable Diffusion 1.x or "
         "SDXL (default: diffusers)")
     parser.add_argument(
-        "--dtype", choices=list(DTYPES), default="float32",
+        "--dtype", choices=DTYPES, default="float32",
         help="dtype of the saved weights (default: float32)")
     parser.add_argument(
         "--scale", "--lora-scale", dest="lora_scale", type=float, default=1.0,
@@ -47,9 +44,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # here, not at the top: --help needs neither torch nor diffusers
+    from diffengine.export.merge_lora import (
+        from_single_file_caveat,
+        loading_code,
+        merge_lora,
+    )
+    from diffengine.hub import hub_download
+    from diffengine.lora_file import base_model
+
     base = base_model(args.lora, args.base)
-    pipe = merge_lora(args.lora, base, args.out, args.lora_scale,
-                      args.format, args.dtype)
+    with hub_download(base, "--base /path/to/a/diffusers/folder"):
+        pipe = merge_lora(args.lora, base, args.out, args.lora_scale,
+                          args.format, args.dtype)
     print(f"wrote {args.out}: {base} with the LoRA fused at scale "
           f"{args.lora_scale} ({args.dtype}); load it in Python with\n"
           f"    {loading_code(pipe, base, args.out, args.format, args.dtype)}")

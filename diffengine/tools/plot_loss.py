@@ -15,8 +15,8 @@ import json
 import os
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+
+from diffengine.errors import ConfigError, MissingFileError
 
 
 def read_scalar_log(work_dir: str) -> list[dict]:
@@ -29,7 +29,7 @@ def read_scalar_log(work_dir: str) -> list[dict]:
     logs = sorted(glob.glob(
         os.path.join(work_dir, "*", "vis_data", "scalars.json")))
     if not logs:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"no <timestamp>/vis_data/scalars.json under {work_dir!r}; point "
             "at the work dir of a run (work_dirs/<config>).")
     rows: dict[int, dict] = {}
@@ -69,14 +69,18 @@ def plot_loss(work_dir: str, out: str, keys: tuple[str, ...] | None = None,
         dict[str, np.ndarray]: ``"step"`` (the first key's steps), and for
         each key its values and ``"<key>/step"``, as drawn.
     """
+    # here, not at the top: --help need not wait for matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     rows = read_scalar_log(work_dir)
     if keys is None:
         keys = ("loss", ) + ((VALIDATION_KEY, ) if any(
             VALIDATION_KEY in r for r in rows) else ())
     missing = [k for k in keys if not any(k in r for r in rows)]
     if missing:
-        raise KeyError(f"{missing} not logged in {work_dir!r}; the log has "
-                       f"{sorted({k for r in rows for k in r})}.")
+        raise ConfigError(f"--keys {missing} not logged in {work_dir!r}; the "
+                          f"log has {sorted({k for r in rows for k in r})}.")
     figure = Figure(figsize=(8, 4.5), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()

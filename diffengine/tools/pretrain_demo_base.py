@@ -14,19 +14,13 @@ import argparse
 import dataclasses
 import time
 
-from diffengine.demo_base import WEIGHTS
-from diffengine.demo_base.pretrain import (
-    PretrainSettings,
-    pretrain_demo_base,
-    read_settings,
-)
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="pretrain_demo_base", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=WEIGHTS,
-                        help=f"output folder (default: {WEIGHTS})")
+    parser.add_argument(
+        "--out", help="output folder (default: diffengine/demo_base/weights "
+        "of the installed package)")
     parser.add_argument(
         "--like", metavar="FOLDER",
         help="use the settings of FOLDER/pretraining.json (default: the "
@@ -39,6 +33,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # here, not at the top: --help needs neither torch nor diffusers
+    from diffengine.demo_base import WEIGHTS
+    from diffengine.demo_base.pretrain import (
+        PretrainSettings,
+        pretrain_demo_base,
+        read_settings,
+    )
+
+    out = args.out or WEIGHTS
     settings = read_settings(args.like) if args.like else PretrainSettings()
     overrides = {name: value for name, value in (
         ("seed", args.seed), ("vae_steps", args.vae_steps),
@@ -46,11 +49,11 @@ def main(argv: list[str] | None = None) -> None:
     settings = dataclasses.replace(settings, **overrides)
     start = time.perf_counter()
     record = pretrain_demo_base(
-        args.out, settings,
+        out, settings,
         log=lambda m: print(f"[{time.perf_counter() - start:7.1f} s] {m}",
                             flush=True))
     scores = record["scores"]
-    print(f"wrote {args.out} in {record['training_seconds']:.0f} s of "
+    print(f"wrote {out} in {record['training_seconds']:.0f} s of "
           f"training: colour {scores['color']:.3f}, shape "
           f"{scores['shape']:.3f}, score {scores['score']:.3f}, shape "
           f"accuracy {scores['shape_accuracy']:.3f} on "

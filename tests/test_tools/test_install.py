@@ -85,6 +85,10 @@ def test_editable_install_runs_the_source_tree_as_edited(tmp_path, tiny_sd,
         cwd=tmp_path, check=True, capture_output=True, text=True).stdout
     assert imported.strip() == os.path.join(source, "diffengine",
                                             "__init__.py")
+    # mim's status and signals (diffengine_mim.py), copied beside the path
+    # file that loads it
+    for name in ("diffengine-mim.pth", "diffengine_mim.py"):
+        assert os.path.isfile(os.path.join(purelib, name))
 
     replace_once(os.path.join(source, DEMO), "max_epochs=50", "max_epochs=1")
     replace_once(os.path.join(source, "tools", "train.py"),
@@ -121,6 +125,7 @@ def test_wheel_carries_configs_and_tools(tmp_path, tiny_sd, mixed_data):
         assert f"diffengine/.mim/tools/{tool}.py" in names
         assert f"diffengine/tools/{tool}.py" in names
     assert "diffengine/export/kohya.py" in names
+    assert {"diffengine-mim.pth", "diffengine_mim.py"} <= names
     # the demo's pretrained base ships in the package
     for part in ("unet/diffusion_pytorch_model.safetensors",
                  "vae/diffusion_pytorch_model.safetensors",
@@ -140,6 +145,16 @@ def test_wheel_carries_configs_and_tools(tmp_path, tiny_sd, mixed_data):
     assert os.path.join(installed, "tools", "train.py") in log
     assert os.path.isfile(
         os.path.join(run, "work_dirs", "tiny_sd_lora_demo", "epoch_1.pth"))
+
+    # a mistake: diffengine's one line and status, nothing of mim's
+    mistake = subprocess.run(
+        [python, "-P", "-m", "mim", "train", "diffengine",
+         "tiny_sd_lora_demo.py", "--cfg-options", "train_cfg.max_epoch=1"],
+        cwd=run, capture_output=True, text=True, timeout=600)
+    assert mistake.returncode == 1, mistake.stdout + mistake.stderr
+    assert "Traceback" not in mistake.stderr
+    assert mistake.stderr.strip().splitlines()[-1].startswith(
+        "diffengine: error: train_cfg.max_epoch")
 
     log = mim(python, run, "run", "diffengine", "plot_loss",
               os.path.join("work_dirs", "tiny_sd_lora_demo"), "--out",

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from diffengine.errors import ConfigError
 from diffengine.tools.plot_loss import main, moving_average, read_scalar_log
 
 
@@ -33,7 +34,7 @@ def test_plot_loss_writes_a_png(tmp_path, capsys):
     assert Image.open(out).size == (800, 450)
     assert "loss over 40 log lines, steps 1-40, 1.0000 -> 0.0250" in (
         capsys.readouterr().out)
-    with pytest.raises(KeyError, match=r"\['grad_norm'\] not logged"):
+    with pytest.raises(ConfigError, match=r"\['grad_norm'\] not logged"):
         main([str(tmp_path), "--out", str(out), "--keys", "grad_norm"])
     with pytest.raises(FileNotFoundError, match=r"scalars\.json"):
         main([str(tmp_path / "plots")])

@@ -112,7 +112,7 @@ class ResizeShortestEdge(BaseTransform):
 
     def __init__(self, size: int, interpolation: str = "bilinear") -> None:
         if interpolation not in INTERPOLATIONS:
-            raise ValueError(
+            raise ConfigError(
                 f"interpolation={interpolation!r}; choose one of "
                 f"{sorted(INTERPOLATIONS)}.")
         check_vae_multiple("ResizeShortestEdge", "size", size)
@@ -227,7 +227,7 @@ class RandomHorizontalFlip(BaseTransform):
 
     def __init__(self, p: float = 0.5) -> None:
         if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p={p} is not a probability in [0, 1].")
+            raise ConfigError(f"p={p} is not a probability in [0, 1].")
         self.p = p
 
     def transform(self, results: dict) -> dict:

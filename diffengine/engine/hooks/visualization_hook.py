@@ -12,6 +12,7 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
 from diffengine.engine.log_processor import add_time_between_iterations
+from diffengine.errors import ConfigError
 from diffengine.inference import make_grid, prompt_slug, sampling_progress
 from diffengine.registry import HOOKS, SCORERS
 from diffengine.stop import StopRequested
@@ -72,13 +73,13 @@ class VisualizationHook(Hook):
                  at_start: bool = False,
                  scorer: dict | None = None) -> None:
         if isinstance(prompt, str) or not prompt:
-            raise ValueError(
+            raise ConfigError(
                 f"prompt={prompt!r}: give a non-empty list of prompts.")
         if interval < 1:
-            raise ValueError(f"interval={interval} must be >= 1.")
+            raise ConfigError(f"interval={interval} must be >= 1.")
         seeds = [seed] if isinstance(seed, int) else list(seed)
         if not seeds:
-            raise ValueError("seed=[]: give a seed or a list of seeds.")
+            raise ConfigError("seed=[]: give a seed or a list of seeds.")
         self.prompt = list(prompt)
         self.seeds = seeds
         self.interval = interval

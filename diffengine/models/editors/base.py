@@ -41,6 +41,7 @@ from diffengine.adapters import (
 from diffengine.adapters.kohya import canonical_text_encoder_keys, is_text_encoder
 from diffengine.architectures import ARCHITECTURES
 from diffengine.errors import ConfigError, NonFiniteLossError
+from diffengine.hub import hub_download
 from diffengine.inference import generate, quiet_loading
 from diffengine.models.losses import DiffusionLoss, LossContext
 from diffengine.models.utils.components import build_component
@@ -184,10 +185,25 @@ class LatentDiffusionModel(BaseModel):
                 f"input_perturbation_gamma={input_perturbation_gamma} must be "
                 ">= 0.")
         dtype = resolve_dtype(weight_dtype, "weight_dtype")
+        self.lora_configs: dict[str, PeftConfig] = {}
+        self.adapter_kinds: dict[str, AdapterKind] = {}
+        parts = [("unet", unet_lora_config, "unet_lora_config")] + [
+            (name, text_encoder_lora_config, "text_encoder_lora_config")
+            for name in self.text_encoder_names
+        ]
+        for part, cfg, key in parts:
+            if cfg is not None:
+                self.adapter_kinds[part] = adapter_kind(cfg, key)
+                # checked before the model loads, so a typo fails at once
+                self.adapter_kinds[part].options(cfg, key)
+        # one step file holds every part: refuse a mix before any injection
+        self.step_format = step_format_of(self.adapter_kinds.values())
         # Recorded in step files: an absolute path or a hub id, which any
         # working directory finds.
         self.base_model = resolve_model(model)
-        self.load_parts(model, dtype)
+        with hub_download(model, "--cfg-options model.model=/path/to/a/"
+                          "diffusers/folder"):
+            self.load_parts(model, dtype)
         if prediction_type is not None:
             if prediction_type not in ("epsilon", "v_prediction"):
                 raise ConfigError(
@@ -206,17 +222,6 @@ class LatentDiffusionModel(BaseModel):
         self.input_perturbation_gamma = input_perturbation_gamma
         self.requires_grad_(False)
 
-        self.lora_configs: dict[str, PeftConfig] = {}
-        self.adapter_kinds: dict[str, AdapterKind] = {}
-        parts = [("unet", unet_lora_config, "unet_lora_config")] + [
-            (name, text_encoder_lora_config, "text_encoder_lora_config")
-            for name in self.text_encoder_names
-        ]
-        for part, cfg, key in parts:
-            if cfg is not None:
-                self.adapter_kinds[part] = adapter_kind(cfg, key)
-        # one step file holds every part: refuse a mix before any injection
-        self.step_format = step_format_of(self.adapter_kinds.values())
         for part, cfg, key in parts:
             if cfg is not None:
                 self.lora_configs[part] = self.adapter_kinds[part].inject(

@@ -1,11 +1,10 @@
 """Building a model's training components from config dicts, checked."""
 from __future__ import annotations
 
-import difflib
 import inspect
 from typing import Any
 
-from diffengine.errors import ConfigError
+from diffengine.errors import ConfigError, did_you_mean
 from diffengine.registry import MODELS
 
 
@@ -36,18 +35,14 @@ def build_component(cfg: dict | Any, name: str, base: type) -> Any:
     if not (isinstance(component, type) and issubclass(component, base)):
         choices = sorted(n for n, c in MODELS.module_dict.items()
                          if isinstance(c, type) and issubclass(c, base))
-        hint = difflib.get_close_matches(str(type_name), choices, n=1)
-        fix = f" Did you mean {hint[0]!r}?" if hint else ""
         raise ConfigError(
             f"{name}.type={type_name!r} is not a {base.__name__}; choose one "
-            f"of {choices}.{fix}")
+            f"of {choices}.{did_you_mean(type_name, choices)}")
     parameters = [p for p in inspect.signature(component).parameters
                   if p not in ("args", "kwargs")]
     for key in options:
         if key not in parameters:
-            hint = difflib.get_close_matches(key, parameters, n=1)
-            fix = f" Did you mean {hint[0]!r}?" if hint else ""
             raise ConfigError(
                 f"{name}.{key} is not an option of {type_name} (its options: "
-                f"{parameters}).{fix}")
+                f"{parameters}).{did_you_mean(key, parameters)}")
     return component(**options)
