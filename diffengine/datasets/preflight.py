@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 from diffengine.datasets.image import check_image
 from diffengine.errors import ConfigError, DataError
+from diffengine.stop import raise_if_stop_requested
 
 # Below this many images per worker, starting the workers costs more than
 # they save.
@@ -61,15 +63,35 @@ def scan_images(sources: Sequence[dict | str | bytes],
         list: One (width, height) or message per source, in order.
     """
     if workers <= 1:
-        return [_check(source) for source in sources]
+        results = map(_check, sources)
+        return [_unless_stopped(result) for result in results]
     # fork where there is one: a spawned worker would import torch again
     # before its first image.
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context(
         "fork" if "fork" in methods else None)
     chunksize = max(1, len(sources) // (workers * 4))
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        return list(pool.map(_check, sources, chunksize=chunksize))
+    pool = ProcessPoolExecutor(workers, mp_context=context,
+                               initializer=_leave_interrupts_to_main)
+    try:
+        results = pool.map(_check, sources, chunksize=chunksize)
+        return [_unless_stopped(result) for result in results]
+    finally:
+        # after a stop signal, the chunks not started yet are dropped
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _unless_stopped(result: tuple[int, int] | str) -> tuple[int, int] | str:
+    """``result``, unless a stop signal came: a scan of many images ends
+    within an image's time of it."""
+    raise_if_stop_requested()
+    return result
+
+
+def _leave_interrupts_to_main() -> None:
+    """A scan worker ignores Ctrl-C: the training process decides how to
+    stop, and the worker is ended with the pool."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def pipeline_size_problem(transforms: Sequence, width: int,

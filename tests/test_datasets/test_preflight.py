@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import pickle
+import signal
 import socket
 
 import datasets
@@ -27,6 +28,7 @@ from diffengine.datasets.preflight import (
     scan_worker_count,
 )
 from diffengine.errors import ConfigError, DataError
+from diffengine.stop import StopRequested, request_stop
 from tests.conftest import tiny_pipeline
 from tests.test_datasets.test_samplers import BUCKET_PIPELINE
 
@@ -244,6 +246,19 @@ def test_worker_processes_find_what_a_serial_scan_finds(tmp_path):
     assert serial[0].startswith("cannot identify image file")
     assert serial[1:] == [(32, 32)] * 5 + [(72, 96)]
 
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_stop_signal_ends_the_scan(tmp_path, workers):
+    write_good_photos(tmp_path, 3)
+    sources = sorted(str(p) for p in tmp_path.iterdir() if p.suffix != ".txt")
+    request_stop(signal.SIGTERM)
+    try:
+        with pytest.raises(StopRequested) as raised:
+            scan_images(sources, workers=workers)
+    finally:
+        request_stop(0)
+    assert raised.value.signum == signal.SIGTERM
+    assert scan_images(sources, workers=workers) == [(32, 32)] * 3
 
 def test_an_imagefolder_names_the_image_and_the_metadata_file(tmp_path):
     write_good_photos(tmp_path, 4)
