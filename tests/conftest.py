@@ -110,6 +110,22 @@ def perturb_lora(model, seed=1):
                 param += 0.3 * torch.randn(param.shape, generator=generator)
 
 
+
+def save_perturbed_step(model_class: type, base: str, step_dir: str,
+                        resolution: str):
+    """A ``model_class`` of ``base`` with a UNet + text-encoder LoRA whose
+    alpha differs from its rank, moved off its initialisation and saved as
+    ``step_dir`` (its step the folder name's number); the model."""
+    model = model_class(
+        base,
+        unet_lora_config=dict(r=4, lora_alpha=2, target_modules=UNET_TARGETS),
+        text_encoder_lora_config=dict(r=2, lora_alpha=8,
+                                      target_modules=TEXT_TARGETS))
+    perturb_lora(model)
+    step = os.path.basename(step_dir).removeprefix("step")
+    model.save_lora_weights(step_dir, {"step": step, "resolution": resolution})
+    return model
+
 # Settings of the reference images of ``lora_step``.
 SAMPLE = dict(prompt="a red circle", seed=7, num_inference_steps=3,
               output_type="np")
@@ -121,14 +137,9 @@ def lora_step(tmp_path_factory, tiny_sd):
 
     ``reference`` is the image the in-memory model makes with ``SAMPLE``.
     """
-    model = StableDiffusion(
-        tiny_sd,
-        unet_lora_config=dict(r=4, lora_alpha=2, target_modules=UNET_TARGETS),
-        text_encoder_lora_config=dict(r=2, lora_alpha=8,
-                                      target_modules=TEXT_TARGETS))
-    perturb_lora(model)
     step_dir = str(tmp_path_factory.mktemp("work") / "step6")
-    model.save_lora_weights(step_dir, {"step": "6", "resolution": "64x48"})
+    model = save_perturbed_step(StableDiffusion, tiny_sd, step_dir,
+                                "64x48")
     settings = {k: v for k, v in SAMPLE.items() if k != "prompt"}
     reference = model.infer([SAMPLE["prompt"]], **settings)[0]
     return SimpleNamespace(step_dir=step_dir, reference=reference,

@@ -286,7 +286,8 @@ PROMISED = [
     "work_dirs/stable_diffusion_v15_dreambooth_lora_dog/step*/"
     "pytorch_lora_weights.safetensors",
     "sks_dog.png",
-    "browse_dreambooth/0007.png",
+    # the five photos of data/my_images; no class images are drawn yet
+    "browse_dreambooth/0004.png",
     "data/my_images/metadata.jsonl",
     "yoda_diffusers.png",
     "pokemon_lora.safetensors",

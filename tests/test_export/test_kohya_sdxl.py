@@ -7,21 +7,15 @@ from diffengine.export import export_lora
 from diffengine.inference import generate, load_pipeline
 from diffengine.models import StableDiffusionXL
 from tests.comfyui_keys import comfyui_sdxl_lora_key_map
-from tests.conftest import TEXT_TARGETS, UNET_TARGETS, perturb_lora
+from tests.conftest import save_perturbed_step
 
 SAMPLE = dict(num_inference_steps=3, output_type="np", height=64, width=64)
 
 
 @pytest.fixture(scope="module")
 def sdxl_step(tmp_path_factory, tiny_sdxl):
-    model = StableDiffusionXL(
-        tiny_sdxl,
-        unet_lora_config=dict(r=4, lora_alpha=2, target_modules=UNET_TARGETS),
-        text_encoder_lora_config=dict(r=2, lora_alpha=8,
-                                      target_modules=TEXT_TARGETS))
-    perturb_lora(model)
     step = str(tmp_path_factory.mktemp("sdxl") / "step3")
-    model.save_lora_weights(step, {"step": "3", "resolution": "64x64"})
+    model = save_perturbed_step(StableDiffusionXL, tiny_sdxl, step, "64x64")
     reference = model.infer(["a red circle"], seed=7, **SAMPLE)[0]
     return step, model, reference
 

@@ -26,7 +26,7 @@ from diffengine.demo import (
 from diffengine.errors import ConfigError
 from diffengine.export import merge_lora, to_single_file
 from diffengine.models import StableDiffusionXL
-from tests.conftest import TEXT_TARGETS, UNET_TARGETS, perturb_lora
+from tests.conftest import save_perturbed_step
 from tests.original_layout import (
     layout_difference,
     original_sdxl_checkpoint,
@@ -80,14 +80,8 @@ def sdxl_base(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def sdxl_step(tmp_path_factory, sdxl_base) -> str:
-    model = StableDiffusionXL(
-        sdxl_base,
-        unet_lora_config=dict(r=4, lora_alpha=2, target_modules=UNET_TARGETS),
-        text_encoder_lora_config=dict(r=2, lora_alpha=8,
-                                      target_modules=TEXT_TARGETS))
-    perturb_lora(model)
     step = str(tmp_path_factory.mktemp("sdxl") / "step3")
-    model.save_lora_weights(step, {"step": "3", "resolution": "64x64"})
+    save_perturbed_step(StableDiffusionXL, sdxl_base, step, "64x64")
     return step
 
 

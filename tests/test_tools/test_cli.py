@@ -14,6 +14,7 @@ import pytest
 from mmengine.config import DictAction
 
 from diffengine.cli import ConfigOptionsAction, exit_status
+from diffengine.datasets.kohya_folder import IMAGE_EXTENSIONS
 from diffengine.errors import ConfigError, did_you_mean
 from tests.conftest import NO_VALIDATION, REPO
 
@@ -36,7 +37,7 @@ BAD_ARGUMENTS = {
     "demo": (["a red zorb", "empty"], NO_WEIGHTS),
     "export_lora": (["empty", "--out", "lora.safetensors"], NO_WEIGHTS),
     "kohya_to_imagefolder": (["empty"], (
-        "diffengine: error: 'empty' holds no .png/.jpg/.jpeg/.webp/.bmp "
+        f"diffengine: error: 'empty' holds no {'/'.join(IMAGE_EXTENSIONS)} "
         "images at its top level or in its subfolders.")),
     "make_demo": (["--picture", "empty", "picture.png"], (
         "diffengine: error: no <timestamp>/vis_data/vis_image under 'empty'; "
