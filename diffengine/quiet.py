@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
+import warnings
 from collections.abc import Iterator
 
 # transformers, when diffusers' pipelines import its image processors
@@ -16,6 +18,10 @@ NO_TORCHVISION = ("transformers.utils.import_utils",
 # only the UNet trained).
 NO_TEXT_ENCODER_LORA = ("diffusers.loaders.lora_base",
                         "No LoRA keys associated to")
+# huggingface_hub, when diffusers downloads a model's config with the
+# deprecated local_dir_use_symlinks: a warning at every load of a hub id.
+HUB_SYMLINKS = (r"huggingface_hub\.utils\._validators",
+                "The `local_dir_use_symlinks` argument is deprecated")
 
 
 class DropMessage(logging.Filter):
@@ -54,3 +60,10 @@ def without_message(logger: str, words: str) -> Iterator[None]:
         yield
     finally:
         logging.getLogger(logger).removeFilter(message_filter)
+
+
+def drop_warning(module: str, words: str) -> None:
+    """Drop the Python warnings that ``module`` (a regular expression of
+    the module a warning is attributed to) issues with a message starting
+    with ``words``, from now on."""
+    warnings.filterwarnings("ignore", message=re.escape(words), module=module)
