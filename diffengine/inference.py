@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from diffengine.architectures import architecture_of
 from diffengine.lora_file import LoRAFile, read_lora_file
+from diffengine.progress import progress_bar
 from diffengine.quiet import NO_TEXT_ENCODER_LORA, without_message
 from diffengine.stop import raise_if_stop_requested
 
@@ -74,8 +75,7 @@ def sampling_progress(total_steps: int, desc: str = "sampling") -> tqdm:
         total_steps (int): Denoising steps of all the images to draw.
         desc (str): The bar's label. Defaults to "sampling".
     """
-    return tqdm(total=total_steps, desc=desc, unit="step", disable=None,
-                leave=False, dynamic_ncols=True)
+    return progress_bar(total_steps, desc, "step")
 
 
 def step_callback(num_inference_steps: int, progress: tqdm | None = None

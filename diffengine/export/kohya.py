@@ -31,8 +31,8 @@ from diffengine.adapters.formats import MAGNITUDE
 from diffengine.adapters.kohya import BaseWeights, kohya_state_dict
 from diffengine.architectures import architecture_of
 from diffengine.errors import ConfigError
-from diffengine.export.progress import progress
 from diffengine.lora_file import LoRAFile
+from diffengine.progress import progress_bar
 
 
 def _peft_name(key: str) -> str:
@@ -115,7 +115,7 @@ def to_kohya(lora: LoRAFile,
         except ValueError as error:
             raise ConfigError(f"{lora.path}: {error}") from error
     converted = {}
-    with progress(total=len(tensors), desc="kohya file",
+    with progress_bar(total=len(tensors), desc="kohya file",
                   unit="tensor") as bar:
         for key, value in tensors.items():
             converted[key] = (value.float() if key.endswith(".alpha")

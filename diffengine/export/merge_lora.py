@@ -10,7 +10,6 @@ from tqdm import tqdm
 
 from diffengine.errors import ConfigError
 from diffengine.export.diffusers_folder import save_pipeline_folder
-from diffengine.export.progress import progress
 from diffengine.export.single_file import (
     save_single_file,
     single_file_layout,
@@ -20,6 +19,7 @@ from diffengine.fileio import atomic_directory
 from diffengine.inference import load_adapters
 from diffengine.models.utils.dtypes import DTYPES
 from diffengine.models.utils.model_folder import resolve_model
+from diffengine.progress import progress_bar
 from diffengine.version import __version__
 
 FORMATS = ("diffusers", "single-file")
@@ -163,7 +163,7 @@ def merge_lora(lora: str, base: str, out: str,
         raise ConfigError(
             f"out={out!r}: --format single-file writes one .safetensors "
             "file, --format diffusers a folder; name the output to match.")
-    with progress(total=len(STAGES), desc="merge", unit="stage") as bar:
+    with progress_bar(total=len(STAGES), desc="merge", unit="stage") as bar:
         bar.set_postfix_str("load base")
         pipe = DiffusionPipeline.from_pretrained(base)
         if single:  # refused before the fuse, not after

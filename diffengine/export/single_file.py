@@ -34,8 +34,8 @@ from transformers import PreTrainedModel
 from diffengine.errors import ConfigError
 from diffengine.export.diffusers_folder import canonical_text_encoder_state_dict
 from diffengine.export.open_clip import open_clip_state_dict
-from diffengine.export.progress import progress
 from diffengine.fileio import atomic_write
+from diffengine.progress import progress_bar
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -334,7 +334,7 @@ def to_single_file(unet: UNet2DConditionModel, vae: AutoencoderKL,
         check_writable(state)
     prefixes = TEXT_ENCODER_PREFIXES[layout]
     converted = {}
-    with progress(total=sum(map(len, states.values())),
+    with progress_bar(total=sum(map(len, states.values())),
                   desc=f"{LAYOUT_NAMES[layout]} single file",
                   unit="tensor") as bar:
         for part, state in states.items():

@@ -1,10 +1,10 @@
-"""The progress bars of merges and exports."""
+"""The progress bars of sampling, merges and exports."""
 from __future__ import annotations
 
 from tqdm import tqdm
 
 
-def progress(total: int, desc: str, unit: str) -> tqdm:
+def progress_bar(total: int, desc: str, unit: str) -> tqdm:
     """A bar on stderr that shows only on a terminal: logs and pipes stay
     free of carriage-return noise, which is what ``disable=None`` does.
 
@@ -13,4 +13,5 @@ def progress(total: int, desc: str, unit: str) -> tqdm:
         desc (str): What is done, e.g. ``"SDXL single file"``.
         unit (str): What one unit is, e.g. ``"tensor"``.
     """
-    return tqdm(total=total, desc=desc, unit=unit, disable=None, leave=False)
+    return tqdm(total=total, desc=desc, unit=unit, disable=None, leave=False,
+                dynamic_ncols=True)
