@@ -192,11 +192,16 @@ def test_step_folder_reloads_the_injected_model(tiny_sd3, tmp_path):
 def test_kohya_file_has_no_effect_in_diffusers(tiny_sd3, tmp_path):
     _, _, _, out = exported(tiny_sd3, tmp_path, None)
     pipe = StableDiffusion3Pipeline.from_pretrained(tiny_sd3)
-    before = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    parts = ("transformer", "text_encoder", "text_encoder_2")
+    before = {part: {k: v.clone() for k, v in
+                     getattr(pipe, part).state_dict().items()}
+              for part in parts}
     pipe.load_lora_weights(out)
-    after = pipe.transformer.state_dict()
-    assert not any("lora" in k for k in after)
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    for part in parts:
+        after = getattr(pipe, part).state_dict()
+        assert not any("lora" in k for k in after), part
+        assert all(torch.equal(before[part][k], after[k])
+                   for k in before[part]), part
 
 
 def test_other_kinds_are_refused(tiny_sd3, tmp_path):
