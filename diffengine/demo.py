@@ -549,8 +549,8 @@ def make_sd35_medium_shaped(path: str,
     :func:`write_t5_tokenizer`. T5 keeps T5-XXL's width (4096, what the
     transformer reads) and heads but 2 of its 24 layers and the small
     tokenizer's vocabulary: the full encoder is 19 GB in float32, too much
-    for a CPU benchmark, and training reads its output only. About 10 GB in
-    float32.
+    for a CPU benchmark, and training reads its output only. About 14 GB
+    in float32.
 
     Args:
         path (str): Output folder.
@@ -567,6 +567,29 @@ def make_sd35_medium_shaped(path: str,
     tokenizer_2 = write_char_tokenizer(os.path.join(path, "tokenizer_2"))
     tokenizer_3 = write_t5_tokenizer(os.path.join(path, "tokenizer_3"),
                                      max_length=256)
+    transformer, vae, text_encoders = sd35_medium_shaped_models(
+        tokenizer, tokenizer_3, device)
+    return save_sd3_pipeline(path, transformer, vae, text_encoders,
+                             (tokenizer, tokenizer_2, tokenizer_3))
+
+
+def sd35_medium_shaped_models(
+        tokenizer: CLIPTokenizer, tokenizer_3: T5Tokenizer,
+        device: str | torch.device = "cpu"
+) -> tuple[SD3Transformer2DModel, AutoencoderKL,
+           tuple[CLIPTextModelWithProjection, CLIPTextModelWithProjection,
+                 T5EncoderModel]]:
+    """The models of :func:`make_sd35_medium_shaped`, random, on ``device``
+    (``"meta"`` for shapes and parameter counts without memory).
+
+    Args:
+        tokenizer (CLIPTokenizer): Gives the CLIP encoders' special ids.
+        tokenizer_3 (T5Tokenizer): Gives T5's vocabulary and special ids.
+        device (str | torch.device): Defaults to "cpu".
+
+    Returns:
+        tuple: The transformer, the VAE and the three text encoders.
+    """
     ids = dict(bos_token_id=tokenizer.bos_token_id,
                eos_token_id=tokenizer.eos_token_id,
                pad_token_id=tokenizer.pad_token_id)
@@ -581,9 +604,7 @@ def make_sd35_medium_shaped(path: str,
             **T5_XXL_CONFIG, num_layers=2, vocab_size=len(tokenizer_3),
             pad_token_id=tokenizer_3.pad_token_id,
             eos_token_id=tokenizer_3.eos_token_id, decoder_start_token_id=0))
-    return save_sd3_pipeline(path, transformer, vae,
-                             (text_encoder, text_encoder_2, text_encoder_3),
-                             (tokenizer, tokenizer_2, tokenizer_3))
+    return transformer, vae, (text_encoder, text_encoder_2, text_encoder_3)
 
 
 def save_sd3_pipeline(path: str, transformer: SD3Transformer2DModel,

@@ -11,7 +11,13 @@ from diffengine.architectures import (
     SD35_MEDIUM,
     sd3_architecture,
 )
-from diffengine.demo import SD35_MEDIUM_TRANSFORMER_CONFIG, make_tiny_sd3
+from diffengine.demo import (
+    SD35_MEDIUM_TRANSFORMER_CONFIG,
+    make_tiny_sd3,
+    sd35_medium_shaped_models,
+    write_char_tokenizer,
+    write_t5_tokenizer,
+)
 from diffengine.errors import ConfigError
 from tests.conftest import SD3_TARGETS
 
@@ -95,3 +101,22 @@ def test_sd3_architectures_from_configs():
     assert [a.name for a in (SD3_MEDIUM, SD35_MEDIUM, SD35_LARGE)] == [
         "stable-diffusion-3-3-medium", "stable-diffusion-3-3-5-medium",
         "stable-diffusion-3-3-5-large"]
+
+
+def test_sd35_medium_shaped_parts_on_the_meta_device(tmp_path):
+    tokenizer = write_char_tokenizer(str(tmp_path / "tokenizer"))
+    tokenizer_3 = write_t5_tokenizer(str(tmp_path / "tokenizer_3"))
+    transformer, vae, (clip_l, clip_g, t5) = sd35_medium_shaped_models(
+        tokenizer, tokenizer_3, "meta")
+
+    def count(model):
+        return sum(p.numel() for p in model.parameters())
+
+    assert count(transformer) == 2_243_171_520
+    assert vae.config.latent_channels == 16 and vae.quant_conv is None
+    # the published CLIP-L and OpenCLIP bigG with their projections
+    assert count(clip_l) == 123_650_304
+    assert count(clip_g) == 694_659_840
+    assert t5.config.d_model == transformer.config.joint_attention_dim
+    assert (clip_l.config.projection_dim + clip_g.config.projection_dim
+            == transformer.config.pooled_projection_dim)

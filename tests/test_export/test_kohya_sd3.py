@@ -213,3 +213,25 @@ def test_other_kinds_are_refused(tiny_sd3, tmp_path):
     with pytest.raises(ConfigError, match=r"transformer is DoRA, which has "
                        r"no kohya form for SD3 .* use --format diffusers"):
         export_lora(step, str(tmp_path / "dora.safetensors"))
+
+
+def test_diffusers_export_loads_as_the_step_folder(tiny_sd3, tmp_path):
+    step = str(tmp_path / "step3")
+    save_perturbed_sd3_step(tiny_sd3, step)
+    out = str(tmp_path / "sd3_diffusers.safetensors")
+    export_lora(step, out, format="diffusers")
+    with safe_open(out, "pt") as f:
+        metadata = f.metadata()
+    assert metadata["modelspec.architecture"] == (
+        "stable-diffusion-3-3-5-medium/lora")
+    assert (metadata["ss_network_dim"], metadata["ss_network_alpha"]) == (
+        "Dynamic", "Dynamic")
+    from_step, from_file = (StableDiffusion3Pipeline.from_pretrained(tiny_sd3)
+                            for _ in range(2))
+    from_step.load_lora_weights(step)
+    from_file.load_lora_weights(out)
+    for part in ("transformer", "text_encoder", "text_encoder_2"):
+        want = getattr(from_step, part).state_dict()
+        got = getattr(from_file, part).state_dict()
+        assert want.keys() == got.keys()
+        assert all(torch.equal(want[k], got[k]) for k in want), part
