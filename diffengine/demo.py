@@ -282,6 +282,23 @@ SDXL_TEXT_2_CONFIG = dict(
 )
 
 
+def tiny_clip_config(tokenizer: CLIPTokenizer, hidden_size: int,
+                     layers: int, projection: int) -> CLIPTextConfig:
+    """A small CLIP text config for ``tokenizer``: 4 heads, an MLP twice as
+    wide as the model, ``projection`` wide pooled outputs."""
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=projection)
+
+
 def make_tiny_sdxl(path: str, seed: int = 0) -> str:
     """Write a tiny Stable Diffusion XL pipeline in diffusers format.
 
@@ -325,22 +342,10 @@ def make_tiny_sdxl(path: str, seed: int = 0) -> str:
         sample_size=256,
         scaling_factor=0.13025,
         force_upcast=True)
-
-    def text_config(hidden_size: int) -> CLIPTextConfig:
-        return CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=hidden_size,
-            intermediate_size=hidden_size * 2,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            max_position_embeddings=tokenizer.model_max_length,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            projection_dim=projection)
-
-    text_encoder = CLIPTextModel(text_config(width))
-    text_encoder_2 = CLIPTextModelWithProjection(text_config(width_2))
+    text_encoder = CLIPTextModel(
+        tiny_clip_config(tokenizer, width, 3, projection))
+    text_encoder_2 = CLIPTextModelWithProjection(
+        tiny_clip_config(tokenizer, width_2, 3, projection))
     return save_sdxl_pipeline(path, unet, vae, text_encoder, text_encoder_2,
                               tokenizer, tokenizer_2)
 
@@ -482,22 +487,10 @@ def make_tiny_sd3(path: str, seed: int = 0, variant: str = "sd3.5") -> str:
         shift_factor=0.0609,
         use_quant_conv=False,
         use_post_quant_conv=False)
-
-    def text_config(hidden_size: int) -> CLIPTextConfig:
-        return CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=hidden_size,
-            intermediate_size=hidden_size * 2,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=tokenizer.model_max_length,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            projection_dim=projection)
-
-    text_encoder = CLIPTextModelWithProjection(text_config(width))
-    text_encoder_2 = CLIPTextModelWithProjection(text_config(width))
+    text_encoder, text_encoder_2 = (
+        CLIPTextModelWithProjection(
+            tiny_clip_config(tokenizer, width, 2, projection))
+        for _ in range(2))
     # T5 is where the pipeline pads the CLIP embeddings to: as wide as both
     text_encoder_3 = T5EncoderModel(T5Config(
         vocab_size=len(tokenizer_3), d_model=2 * width, d_kv=16, d_ff=128,
