@@ -282,6 +282,19 @@ SDXL_TEXT_2_CONFIG = dict(
 )
 
 
+def tiny_vae(**options) -> AutoencoderKL:
+    """A small KL VAE with Stable Diffusion's 8× smaller latents (four
+    levels of 32, 32, 64 and 64 channels); ``options`` set the rest."""
+    return AutoencoderKL(
+        block_out_channels=(32, 32, 64, 64),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", ) * 4,
+        up_block_types=("UpDecoderBlock2D", ) * 4,
+        norm_num_groups=32,
+        **options)
+
+
 def tiny_clip_config(tokenizer: CLIPTokenizer, hidden_size: int,
                      layers: int, projection: int) -> CLIPTextConfig:
     """A small CLIP text config for ``tokenizer``: 4 heads, an MLP twice as
@@ -331,17 +344,8 @@ def make_tiny_sdxl(path: str, seed: int = 0) -> str:
         projection_class_embeddings_input_dim=projection + 6 * time_dim,
         cross_attention_dim=width + width_2,
         norm_num_groups=32)
-    vae = AutoencoderKL(
-        block_out_channels=(32, 32, 64, 64),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", ) * 4,
-        up_block_types=("UpDecoderBlock2D", ) * 4,
-        latent_channels=4,
-        norm_num_groups=32,
-        sample_size=256,
-        scaling_factor=0.13025,
-        force_upcast=True)
+    vae = tiny_vae(latent_channels=4, sample_size=256, scaling_factor=0.13025,
+                   force_upcast=True)
     text_encoder = CLIPTextModel(
         tiny_clip_config(tokenizer, width, 3, projection))
     text_encoder_2 = CLIPTextModelWithProjection(
@@ -474,19 +478,9 @@ def make_tiny_sd3(path: str, seed: int = 0, variant: str = "sd3.5") -> str:
         pooled_projection_dim=2 * projection,
         pos_embed_max_size=32,
         **SD3_VARIANTS[variant])
-    vae = AutoencoderKL(
-        block_out_channels=(32, 32, 64, 64),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", ) * 4,
-        up_block_types=("UpDecoderBlock2D", ) * 4,
-        latent_channels=16,
-        norm_num_groups=32,
-        sample_size=64,
-        scaling_factor=1.5305,
-        shift_factor=0.0609,
-        use_quant_conv=False,
-        use_post_quant_conv=False)
+    vae = tiny_vae(latent_channels=16, sample_size=64, scaling_factor=1.5305,
+                   shift_factor=0.0609, use_quant_conv=False,
+                   use_post_quant_conv=False)
     text_encoder, text_encoder_2 = (
         CLIPTextModelWithProjection(
             tiny_clip_config(tokenizer, width, 2, projection))
