@@ -76,8 +76,14 @@ def comfyui_patched(base_pipe, kohya, key_map):
 def test_comfyui_weights_equal_diffusers_fused_weights(
         base, tmp_path, transformer_config, text_config):
     base_pipe = StableDiffusion3Pipeline.from_pretrained(base)
-    _, kohya, step, _ = exported(base, tmp_path, transformer_config,
-                                 text_config)
+    trained, kohya, step, _ = exported(base, tmp_path, transformer_config,
+                                       text_config)
+    if transformer_config["target_modules"] is EVERY_MODULE:
+        layers = [n for n, m in base_pipe.transformer.named_modules()
+                  if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+        adapted = [n for n, m in trained.transformer.named_modules()
+                   if hasattr(m, "lora_A")]
+        assert sorted(adapted) == sorted(layers)
     key_map = comfyui_sd3_lora_key_map(
         base_pipe.transformer.config,
         base_pipe.text_encoder.config.num_hidden_layers,
