@@ -69,8 +69,8 @@ def to_peft(lora: LoRAFile) -> dict[str, AdapterPart]:
         raise ConfigError(
             f"{lora.path}: parts {unknown} are not {architecture.name}'s "
             f"{sorted(architecture.kohya_prefixes)}.")
-    unet = {k: v for k, v in lora.state_dict.items()
-            if k.split(".", 1)[0] in DENOISERS}
+    denoiser = {k: v for k, v in lora.state_dict.items()
+                if k.split(".", 1)[0] in DENOISERS}
     text = {}
     for key, value in lora.state_dict.items():
         part, name = key.split(".", 1)
@@ -79,7 +79,7 @@ def to_peft(lora: LoRAFile) -> dict[str, AdapterPart]:
             if not name.startswith("text_model."):
                 key = f"{part}.text_model.{name}"
             text[_peft_name(key)] = value
-    peft = convert_unet_state_dict_to_peft(unet)
+    peft = convert_unet_state_dict_to_peft(denoiser)
     if text:
         peft.update(convert_state_dict_to_peft(
             text, original_type=StateDictType.DIFFUSERS))

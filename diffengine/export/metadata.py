@@ -29,7 +29,7 @@ from diffengine.adapters import kind_of_kohya
 from diffengine.adapters.base import has_convolutions
 from diffengine.adapters.kohya import kohya_modules, kohya_state_dict
 from diffengine.architectures import architecture_of, is_sd3
-from diffengine.export.kohya import to_kohya, to_peft
+from diffengine.export.kohya import DENOISERS, to_kohya, to_peft
 from diffengine.lora_file import TRAINING_METADATA_PREFIX, LoRAFile
 from diffengine.version import __version__
 
@@ -94,8 +94,7 @@ def network_metadata(lora: LoRAFile,
     ``conv_alpha``), ``lycoris.kohya`` with LyCORIS' ``algo`` and options
     for DoRA, LoHa and LoKr; the denoiser's adapter (UNet or transformer)
     names the network."""
-    part = next((p for p in ("unet", "transformer") if p in lora.parts),
-                lora.parts[0])
+    part = next((p for p in DENOISERS if p in lora.parts), lora.parts[0])
     kind = lora.kind(part)
     metadata = {"ss_network_module": kind.network_module}
     config = lora.adapter_configs.get(part)
@@ -146,15 +145,16 @@ def export_metadata(lora: LoRAFile, title: str,
     """
     training = lora.training
     architecture = architecture_of(lora)
-    if is_sd3(architecture) and not lora.is_kohya:
-        # each module as trained: a fused qkv's rank 3r and alpha 3a (see
-        # diffengine.export.mmdit) are the r and a of its q, k and v
-        kohya = kohya_state_dict(to_peft(lora), architecture.kohya_prefixes)
-    elif kohya is None:
-        try:
+    try:
+        if is_sd3(architecture) and not lora.is_kohya:
+            # each module as trained: a fused qkv's rank 3r and alpha 3a
+            # (see diffengine.export.mmdit) are the r and a of q, k and v
+            kohya = kohya_state_dict(to_peft(lora),
+                                     architecture.kohya_prefixes)
+        elif kohya is None:
             kohya = to_kohya(lora)
-        except ValueError:  # no kohya form: the configured numbers
-            kohya = None
+    except ValueError:  # no kohya form: the configured numbers
+        kohya = None
     modules = module_ranks_and_alphas(lora, kohya)
     kinds = "/".join(dict.fromkeys(lora.kind(p).name for p in lora.parts))
     pairs = [pair for part in modules.values() for pair in part]
