@@ -1,6 +1,7 @@
 """What other tools call each model family, for exported files."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from diffengine.errors import ConfigError
@@ -37,12 +38,58 @@ SDXL = Architecture(
                     "text_encoder_2": "lora_te2_"},
     base_model_version="sdxl_base_v1-0",
     resolution=1024)
-ARCHITECTURES = {a.name: a for a in (SD1, SDXL)}
+# SD3 and SD3.5, named as kohya's sd-scripts names them: the model type its
+# sd3_utils reads off an MMDiT checkpoint ("3-medium", "3-5-medium",
+# "3-5-large") is ss_base_model_version, and "stable-diffusion-3-" + that
+# type the model-spec architecture. kohya's LoRA takes lora_te1_ for CLIP-L
+# and lora_te2_ for CLIP-G; T5 (lora_te3_) takes none here.
+SD3_PREFIXES = {"transformer": "lora_unet_", "text_encoder": "lora_te1_",
+                "text_encoder_2": "lora_te2_"}
+SD3_MEDIUM = Architecture(
+    name="stable-diffusion-3-3-medium",
+    kohya_prefixes=SD3_PREFIXES,
+    base_model_version="3-medium",
+    resolution=1024)
+SD35_MEDIUM = Architecture(
+    name="stable-diffusion-3-3-5-medium",
+    kohya_prefixes=SD3_PREFIXES,
+    base_model_version="3-5-medium",
+    resolution=1024)
+SD35_LARGE = Architecture(
+    name="stable-diffusion-3-3-5-large",
+    kohya_prefixes=SD3_PREFIXES,
+    base_model_version="3-5-large",
+    resolution=1024)
+SD3_ARCHITECTURES = (SD3_MEDIUM, SD35_MEDIUM, SD35_LARGE)
+ARCHITECTURES = {a.name: a for a in (SD1, SDXL, *SD3_ARCHITECTURES)}
+
+
+def is_sd3(architecture: Architecture) -> bool:
+    """Whether ``architecture`` is one of the SD3 / SD3.5 MMDiT models."""
+    return architecture in SD3_ARCHITECTURES
+
+
+def sd3_architecture(transformer_config: Mapping) -> Architecture:
+    """The SD3 variant of an ``SD3Transformer2DModel`` config, told apart
+    as sd-scripts does: without normalised queries and keys SD3 Medium;
+    with them, SD3.5 Medium when some blocks have a second attention
+    (``dual_attention_layers``), else SD3.5 Large.
+
+    Args:
+        transformer_config (Mapping): The transformer's config (its
+            ``config`` attribute or ``config.json``).
+    """
+    if not transformer_config.get("qk_norm"):
+        return SD3_MEDIUM
+    if transformer_config.get("dual_attention_layers"):
+        return SD35_MEDIUM
+    return SD35_LARGE
 
 
 def architecture_of(lora: LoRAFile) -> Architecture:
     """The family a LoRA was trained for: as its step file records it, else
-    SDXL when it adapts a second text encoder, else SD 1.x.
+    SD3.5 Medium when it adapts a transformer, SDXL when it adapts a second
+    text encoder, else SD 1.x.
 
     Raises:
         ValueError: If the recorded architecture is not one of
@@ -55,4 +102,6 @@ def architecture_of(lora: LoRAFile) -> Architecture:
                 f"{lora.path}: architecture {name!r} has no export; known: "
                 f"{sorted(ARCHITECTURES)}.")
         return ARCHITECTURES[name]
+    if "transformer" in lora.parts:
+        return SD35_MEDIUM
     return SDXL if "text_encoder_2" in lora.parts else SD1

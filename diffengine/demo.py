@@ -1,11 +1,12 @@
-"""SD-1.x- and SDXL-shaped models with random weights and a captioned shape
-dataset, made offline.
+"""SD-1.x-, SDXL- and SD3-shaped models with random weights and a captioned
+shape dataset, made offline.
 
 They back the built-in demo (``tools/make_demo.py``), the tests and the
 benchmarks: the tiny model has the layout of Stable Diffusion 1.x (CLIP
 text encoder, KL VAE, cross-attention UNet, PNDM inference scheduler) at a
 size that trains a step in a fraction of a second on a CPU; the SD1.5-shaped
-one has the published v1.5 architecture, for speed and memory figures.
+one has the published v1.5 architecture, for speed and memory figures. The
+SDXL and SD3 makers do the same for those families.
 """
 from __future__ import annotations
 
@@ -19,7 +20,10 @@ from diffusers import (
     AutoencoderKL,
     DDPMScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
     PNDMScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
@@ -30,8 +34,12 @@ from transformers import (
     CLIPTextModel,
     CLIPTextModelWithProjection,
     CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5Tokenizer,
 )
 
+from diffengine.errors import ConfigError
 from diffengine.export.diffusers_folder import save_pipeline_folder
 
 COLORS = {
@@ -274,6 +282,36 @@ SDXL_TEXT_2_CONFIG = dict(
 )
 
 
+def tiny_vae(**options) -> AutoencoderKL:
+    """A small KL VAE with Stable Diffusion's 8× smaller latents (four
+    levels of 32, 32, 64 and 64 channels); ``options`` set the rest."""
+    return AutoencoderKL(
+        block_out_channels=(32, 32, 64, 64),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", ) * 4,
+        up_block_types=("UpDecoderBlock2D", ) * 4,
+        norm_num_groups=32,
+        **options)
+
+
+def tiny_clip_config(tokenizer: CLIPTokenizer, hidden_size: int,
+                     layers: int, projection: int) -> CLIPTextConfig:
+    """A small CLIP text config for ``tokenizer``: 4 heads, an MLP twice as
+    wide as the model, ``projection`` wide pooled outputs."""
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=projection)
+
+
 def make_tiny_sdxl(path: str, seed: int = 0) -> str:
     """Write a tiny Stable Diffusion XL pipeline in diffusers format.
 
@@ -306,33 +344,12 @@ def make_tiny_sdxl(path: str, seed: int = 0) -> str:
         projection_class_embeddings_input_dim=projection + 6 * time_dim,
         cross_attention_dim=width + width_2,
         norm_num_groups=32)
-    vae = AutoencoderKL(
-        block_out_channels=(32, 32, 64, 64),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", ) * 4,
-        up_block_types=("UpDecoderBlock2D", ) * 4,
-        latent_channels=4,
-        norm_num_groups=32,
-        sample_size=256,
-        scaling_factor=0.13025,
-        force_upcast=True)
-
-    def text_config(hidden_size: int) -> CLIPTextConfig:
-        return CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=hidden_size,
-            intermediate_size=hidden_size * 2,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            max_position_embeddings=tokenizer.model_max_length,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            projection_dim=projection)
-
-    text_encoder = CLIPTextModel(text_config(width))
-    text_encoder_2 = CLIPTextModelWithProjection(text_config(width_2))
+    vae = tiny_vae(latent_channels=4, sample_size=256, scaling_factor=0.13025,
+                   force_upcast=True)
+    text_encoder = CLIPTextModel(
+        tiny_clip_config(tokenizer, width, 3, projection))
+    text_encoder_2 = CLIPTextModelWithProjection(
+        tiny_clip_config(tokenizer, width_2, 3, projection))
     return save_sdxl_pipeline(path, unet, vae, text_encoder, text_encoder_2,
                               tokenizer, tokenizer_2)
 
@@ -386,6 +403,216 @@ def save_sdxl_pipeline(path: str, unet: UNet2DConditionModel,
         unet=unet,
         scheduler=scheduler,
         add_watermarker=False)
+    save_pipeline_folder(pipe, path)
+    return path
+
+
+def write_t5_tokenizer(path: str, max_length: int = 77) -> T5Tokenizer:
+    """Write a character-level T5 tokenizer (a Unigram model built in
+    memory) with T5's special tokens: ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2.
+
+    Every printable ASCII character is a piece, and so is ``▁`` (the word
+    boundary), so every caption tokenizes without a real vocabulary.
+    """
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -1.0)]
+    pieces += [(chr(c), -2.0) for c in range(ord("!"), ord("~") + 1)]
+    tokenizer = T5Tokenizer(vocab=pieces, extra_ids=0,
+                            model_max_length=max_length)
+    tokenizer.save_pretrained(path)
+    return tokenizer
+
+
+# The shape of each tiny SD3 variant's transformer: SD3 Medium's blocks, or
+# SD3.5 Medium's with RMS-normalised queries and keys and a second attention
+# on the image tokens in the first block (its ``dual_attention_layers``).
+SD3_VARIANTS = {
+    "sd3": dict(qk_norm=None, dual_attention_layers=()),
+    "sd3.5": dict(qk_norm="rms_norm", dual_attention_layers=(0, )),
+}
+
+
+def make_tiny_sd3(path: str, seed: int = 0, variant: str = "sd3.5") -> str:
+    """Write a tiny Stable Diffusion 3 pipeline in diffusers format.
+
+    SD3's layout at a toy size: an MMDiT transformer (patch 2, 16 latent
+    channels, 2 blocks, the last one's text stream ending after its
+    attention), a VAE with 16 latent channels, SD3's scaling and shift
+    factors and no quant convolutions, CLIP-L and CLIP-G with projections
+    (their pooled outputs concatenated are the transformer's pooled
+    projection), T5 as wide as both CLIP widths together, and the
+    flow-matching Euler scheduler with SD3's shift of 3. The transformer is
+    64 wide per block (2 heads of 64), as the published models are: ComfyUI
+    reads the block count of an original checkpoint off that width.
+
+    Args:
+        path (str): Output folder (``model_index.json`` and subfolders).
+        seed (int): Seeds the random weights. Defaults to 0.
+        variant (str): ``"sd3"`` (SD3 Medium's blocks) or ``"sd3.5"``
+            (SD3.5 Medium's: ``qk_norm="rms_norm"`` and a second attention
+            in block 0). Defaults to "sd3.5".
+
+    Returns:
+        str: ``path``.
+
+    Raises:
+        ConfigError: If ``variant`` is not one of :data:`SD3_VARIANTS`.
+    """
+    if variant not in SD3_VARIANTS:
+        raise ConfigError(f"variant={variant!r}; choose one of "
+                          f"{list(SD3_VARIANTS)}.")
+    torch.manual_seed(seed)
+    tokenizer = write_char_tokenizer(os.path.join(path, "tokenizer"))
+    tokenizer_2 = write_char_tokenizer(os.path.join(path, "tokenizer_2"))
+    tokenizer_3 = write_t5_tokenizer(os.path.join(path, "tokenizer_3"))
+    width, projection = 32, 32
+    transformer = SD3Transformer2DModel(
+        sample_size=8,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=2,
+        num_attention_heads=2,
+        attention_head_dim=64,
+        joint_attention_dim=2 * width,
+        caption_projection_dim=128,
+        pooled_projection_dim=2 * projection,
+        pos_embed_max_size=32,
+        **SD3_VARIANTS[variant])
+    vae = tiny_vae(latent_channels=16, sample_size=64, scaling_factor=1.5305,
+                   shift_factor=0.0609, use_quant_conv=False,
+                   use_post_quant_conv=False)
+    text_encoder, text_encoder_2 = (
+        CLIPTextModelWithProjection(
+            tiny_clip_config(tokenizer, width, 2, projection))
+        for _ in range(2))
+    # T5 is where the pipeline pads the CLIP embeddings to: as wide as both
+    text_encoder_3 = T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer_3), d_model=2 * width, d_kv=16, d_ff=128,
+        num_layers=2, num_heads=4, feed_forward_proj="gated-gelu",
+        pad_token_id=tokenizer_3.pad_token_id,
+        eos_token_id=tokenizer_3.eos_token_id, decoder_start_token_id=0))
+    return save_sd3_pipeline(path, transformer, vae,
+                             (text_encoder, text_encoder_2, text_encoder_3),
+                             (tokenizer, tokenizer_2, tokenizer_3))
+
+
+# Stable Diffusion 3.5 Medium's configs (transformer/, vae/, text_encoder*/
+# config.json of stabilityai/stable-diffusion-3.5-medium): 2.24 B
+# transformer, 84 M VAE, CLIP ViT-L/14 and OpenCLIP bigG with projections.
+SD35_MEDIUM_TRANSFORMER_CONFIG = dict(
+    sample_size=128,
+    patch_size=2,
+    in_channels=16,
+    out_channels=16,
+    num_layers=24,
+    num_attention_heads=24,
+    attention_head_dim=64,
+    joint_attention_dim=4096,
+    caption_projection_dim=1536,
+    pooled_projection_dim=2048,
+    pos_embed_max_size=384,
+    qk_norm="rms_norm",
+    dual_attention_layers=tuple(range(13)),
+)
+SD3_VAE_CONFIG = dict(SD15_VAE_CONFIG, latent_channels=16, sample_size=1024,
+                      scaling_factor=1.5305, shift_factor=0.0609,
+                      use_quant_conv=False, use_post_quant_conv=False)
+# T5-XXL's encoder has 24 such layers (4.8 B parameters, 19 GB in float32);
+# the SD3.5-shaped model keeps its width and heads and 2 of its layers.
+T5_XXL_CONFIG = dict(d_model=4096, d_kv=64, d_ff=10240, num_heads=64,
+                     feed_forward_proj="gated-gelu")
+
+
+def make_sd35_medium_shaped(path: str,
+                            seed: int = 0,
+                            device: str | torch.device = "cpu") -> str:
+    """Write Stable Diffusion 3.5 Medium's architecture with random weights.
+
+    The transformer (2.24 B: 24 blocks of 24 heads × 64, a second attention
+    in blocks 0-12, RMS-normalised queries and keys), the VAE and both CLIP
+    text encoders have the published shapes, for speed, memory and
+    parameter figures without a download; the tokenizers are the
+    character-level ones of :func:`write_char_tokenizer` and
+    :func:`write_t5_tokenizer`. T5 keeps T5-XXL's width (4096, what the
+    transformer reads) and heads but 2 of its 24 layers and the small
+    tokenizer's vocabulary: the full encoder is 19 GB in float32, too much
+    for a CPU benchmark, and training reads its output only. About 14 GB
+    in float32.
+
+    Args:
+        path (str): Output folder.
+        seed (int): Seeds the random weights. Defaults to 0.
+        device (str | torch.device): Where the weights are initialised;
+            ``"cuda"`` is much faster than a CPU at this size. Defaults to
+            "cpu".
+
+    Returns:
+        str: ``path``.
+    """
+    torch.manual_seed(seed)
+    tokenizer = write_char_tokenizer(os.path.join(path, "tokenizer"))
+    tokenizer_2 = write_char_tokenizer(os.path.join(path, "tokenizer_2"))
+    tokenizer_3 = write_t5_tokenizer(os.path.join(path, "tokenizer_3"),
+                                     max_length=256)
+    transformer, vae, text_encoders = sd35_medium_shaped_models(
+        tokenizer, tokenizer_3, device)
+    return save_sd3_pipeline(path, transformer, vae, text_encoders,
+                             (tokenizer, tokenizer_2, tokenizer_3))
+
+
+def sd35_medium_shaped_models(
+        tokenizer: CLIPTokenizer, tokenizer_3: T5Tokenizer,
+        device: str | torch.device = "cpu"
+) -> tuple[SD3Transformer2DModel, AutoencoderKL,
+           tuple[CLIPTextModelWithProjection, CLIPTextModelWithProjection,
+                 T5EncoderModel]]:
+    """The models of :func:`make_sd35_medium_shaped`, random, on ``device``
+    (``"meta"`` for shapes and parameter counts without memory).
+
+    Args:
+        tokenizer (CLIPTokenizer): Gives the CLIP encoders' special ids.
+        tokenizer_3 (T5Tokenizer): Gives T5's vocabulary and special ids.
+        device (str | torch.device): Defaults to "cpu".
+
+    Returns:
+        tuple: The transformer, the VAE and the three text encoders.
+    """
+    ids = dict(bos_token_id=tokenizer.bos_token_id,
+               eos_token_id=tokenizer.eos_token_id,
+               pad_token_id=tokenizer.pad_token_id)
+    with torch.device(device):
+        transformer = SD3Transformer2DModel(**SD35_MEDIUM_TRANSFORMER_CONFIG)
+        vae = AutoencoderKL(**SD3_VAE_CONFIG)
+        text_encoder = CLIPTextModelWithProjection(
+            CLIPTextConfig(**SD15_TEXT_CONFIG, **ids))
+        text_encoder_2 = CLIPTextModelWithProjection(
+            CLIPTextConfig(**SDXL_TEXT_2_CONFIG, **ids))
+        text_encoder_3 = T5EncoderModel(T5Config(
+            **T5_XXL_CONFIG, num_layers=2, vocab_size=len(tokenizer_3),
+            pad_token_id=tokenizer_3.pad_token_id,
+            eos_token_id=tokenizer_3.eos_token_id, decoder_start_token_id=0))
+    return transformer, vae, (text_encoder, text_encoder_2, text_encoder_3)
+
+
+def save_sd3_pipeline(path: str, transformer: SD3Transformer2DModel,
+                      vae: AutoencoderKL,
+                      text_encoders: tuple[CLIPTextModelWithProjection,
+                                           CLIPTextModelWithProjection,
+                                           T5EncoderModel],
+                      tokenizers: tuple[CLIPTokenizer, CLIPTokenizer,
+                                        T5Tokenizer]) -> str:
+    """Save the parts as a diffusers SD3 pipeline folder with SD3's
+    flow-matching Euler scheduler (shift 3); returns ``path``."""
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=vae,
+        text_encoder=text_encoders[0],
+        tokenizer=tokenizers[0],
+        text_encoder_2=text_encoders[1],
+        tokenizer_2=tokenizers[1],
+        text_encoder_3=text_encoders[2],
+        tokenizer_3=tokenizers[2])
     save_pipeline_folder(pipe, path)
     return path
 

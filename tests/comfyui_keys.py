@@ -142,3 +142,118 @@ def comfyui_sdxl_lora_key_map(unet_config, text_layers: int,
                          ""),
             **_clip_keys("lora_te2_", "clip_g", "text_encoder_2",
                          text_layers_2, "text_model.")}
+
+
+# ComfyUI's MMDiT map (``comfy/utils.py``: ``MMDIT_MAP_BASIC``,
+# ``MMDIT_MAP_BLOCK``, ``mmdit_to_diffusers``): original (Stability AI)
+# name → diffusers name of each weight outside the blocks and inside one.
+# ``SWAPPED`` entries are the modulations whose halves (shift, scale) trade
+# places between the two layouts.
+MMDIT_BASIC = {
+    "context_embedder": "context_embedder",
+    "t_embedder.mlp.0": "time_text_embed.timestep_embedder.linear_1",
+    "t_embedder.mlp.2": "time_text_embed.timestep_embedder.linear_2",
+    "x_embedder.proj": "pos_embed.proj",
+    "y_embedder.mlp.0": "time_text_embed.text_embedder.linear_1",
+    "y_embedder.mlp.2": "time_text_embed.text_embedder.linear_2",
+    "final_layer.adaLN_modulation.1": "norm_out.linear",
+    "final_layer.linear": "proj_out",
+}
+MMDIT_BLOCK = {
+    "context_block.adaLN_modulation.1": "norm1_context.linear",
+    "context_block.attn.proj": "attn.to_add_out",
+    "context_block.mlp.fc1": "ff_context.net.0.proj",
+    "context_block.mlp.fc2": "ff_context.net.2",
+    "x_block.adaLN_modulation.1": "norm1.linear",
+    "x_block.attn.proj": "attn.to_out.0",
+    "x_block.attn2.proj": "attn2.to_out.0",
+    "x_block.mlp.fc1": "ff.net.0.proj",
+    "x_block.mlp.fc2": "ff.net.2",
+}
+# RMS norms of the queries and keys (SD3.5), weights only.
+MMDIT_BLOCK_NORMS = {
+    "context_block.attn.ln_q": "attn.norm_added_q",
+    "context_block.attn.ln_k": "attn.norm_added_k",
+    "x_block.attn.ln_q": "attn.norm_q",
+    "x_block.attn.ln_k": "attn.norm_k",
+    "x_block.attn2.ln_q": "attn2.norm_q",
+    "x_block.attn2.ln_k": "attn2.norm_k",
+}
+MMDIT_QKV = {
+    "x_block.attn.qkv": ("attn.", ("to_q", "to_k", "to_v")),
+    "context_block.attn.qkv": ("attn.", ("add_q_proj", "add_k_proj",
+                                         "add_v_proj")),
+    "x_block.attn2.qkv": ("attn2.", ("to_q", "to_k", "to_v")),
+}
+SWAPPED = "swap"
+
+
+def mmdit_diffusers_to_original(config) -> dict[str, object]:
+    """diffusers weight → where ComfyUI puts it in the original MMDiT, for
+    an ``SD3Transformer2DModel`` config: an original name, ``(name, start,
+    rows)`` for a slice of a fused ``qkv``, or ``(name, SWAPPED)``.
+
+    As ComfyUI does: its depth is the width ÷ 64 (what it reads off
+    ``x_embedder.proj``), the slices are depth × 64 rows, and the block
+    whose text-stream modulation is swapped is block depth − 1.
+    """
+    width = config.num_attention_heads * config.attention_head_dim
+    depth = width // 64
+    rows = depth * 64
+    names: dict[str, object] = {}
+    for i in range(config.num_layers):
+        source, target = f"transformer_blocks.{i}", f"joint_blocks.{i}"
+        for end in ("weight", "bias"):
+            for original, (attention, projections) in MMDIT_QKV.items():
+                for slot, projection in enumerate(projections):
+                    names[f"{source}.{attention}{projection}.{end}"] = (
+                        f"{target}.{original}.{end}", slot * rows, rows)
+            for original, diffusers in MMDIT_BLOCK.items():
+                names[f"{source}.{diffusers}.{end}"] = (
+                    f"{target}.{original}.{end}")
+        for original, diffusers in MMDIT_BLOCK_NORMS.items():
+            names[f"{source}.{diffusers}.weight"] = (
+                f"{target}.{original}.weight")
+    for end in ("weight", "bias"):
+        for original, diffusers in MMDIT_BASIC.items():
+            names[f"{diffusers}.{end}"] = f"{original}.{end}"
+        for diffusers, original in (
+                ("norm_out.linear", "final_layer.adaLN_modulation.1"),
+                (f"transformer_blocks.{depth - 1}.norm1_context.linear",
+                 f"joint_blocks.{depth - 1}.context_block.adaLN_modulation.1")):
+            names[f"{diffusers}.{end}"] = (f"{original}.{end}", SWAPPED)
+    names["pos_embed.pos_embed"] = "pos_embed"
+    return names
+
+
+def original_mmdit_weights(names: dict[str, object]) -> set[str]:
+    """The original MMDiT weights (``.weight``) the map places something
+    in: those ComfyUI's ``lora_unet_`` rule names."""
+    placed = {entry if isinstance(entry, str) else entry[0]
+              for entry in names.values()}
+    return {name for name in placed if name.endswith(".weight")}
+
+
+def comfyui_sd3_lora_key_map(transformer_config, text_layers: int,
+                             text_layers_2: int
+                             ) -> dict[str, tuple[str, str]]:
+    """kohya LoRA name → (ComfyUI weight, diffusers module) for SD3.
+
+    ``model_lora_keys_unet`` maps ``lora_unet_`` + each original MMDiT
+    weight with dots turned into underscores to the weight
+    (``diffusion_model.<name>``); ``model_lora_keys_clip`` maps SD3's CLIP-L
+    and CLIP-G as SDXL's (``lora_te1_``, ``lora_te2_``). A transformer
+    entry names the part only (``transformer``): its diffusers modules
+    (q, k and v of a ``qkv``) are in :func:`mmdit_diffusers_to_original`.
+    """
+    names = mmdit_diffusers_to_original(transformer_config)
+    unet = {
+        "lora_unet_" + weight[:-len(".weight")].replace(".", "_"): (
+            f"diffusion_model.{weight}", "transformer")
+        for weight in original_mmdit_weights(names)
+    }
+    return {**unet,
+            **_clip_keys("lora_te1_", "clip_l", "text_encoder", text_layers,
+                         "text_model."),
+            **_clip_keys("lora_te2_", "clip_g", "text_encoder_2",
+                         text_layers_2, "text_model.")}

@@ -10,7 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from diffengine.demo import make_shapes_dataset, make_tiny_sd, make_tiny_sdxl
+from diffengine.adapters import LORA, AdapterPart
+from diffengine.adapters.formats import DIFFUSERS_FILE
+from diffengine.architectures import sd3_architecture
+from diffengine.demo import (
+    make_shapes_dataset,
+    make_tiny_sd,
+    make_tiny_sd3,
+    make_tiny_sdxl,
+)
 from diffengine.models import StableDiffusion
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,6 +28,10 @@ UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 NO_VALIDATION = ["train_dataloader.dataset.validation_fraction=0",
                  "val_dataloader=None", "val_cfg=None", "val_evaluator=None"]
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+# Both attentions of every SD3 block, image and text streams: by suffix,
+# which reaches SD3.5 Medium's second attention (attn2) too.
+SD3_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj",
+               "add_k_proj", "add_v_proj", "to_add_out"]
 # attention plus every convolution of the resnets, the transformers'
 # projections and the down/up samplers (LoCon)
 UNET_CONV_TARGETS = [*UNET_TARGETS, "conv1", "conv2", "conv_shortcut",
@@ -96,6 +108,20 @@ def tiny_sd(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_sd3(tmp_path_factory) -> str:
+    """A tiny SD3.5-shaped pipeline folder (``qk_norm``, a second attention
+    in block 0) in diffusers format."""
+    return make_tiny_sd3(str(tmp_path_factory.mktemp("models") / "tiny-sd35"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_medium(tmp_path_factory) -> str:
+    """A tiny SD3-Medium-shaped pipeline folder in diffusers format."""
+    return make_tiny_sd3(str(tmp_path_factory.mktemp("models") / "tiny-sd3"),
+                         variant="sd3")
+
+
+@pytest.fixture(scope="session")
 def tiny_sdxl(tmp_path_factory) -> str:
     """A tiny SDXL pipeline folder in diffusers format."""
     return make_tiny_sdxl(str(tmp_path_factory.mktemp("models") / "tiny-sdxl"))
@@ -125,6 +151,59 @@ def save_perturbed_step(model_class: type, base: str, step_dir: str,
     step = os.path.basename(step_dir).removeprefix("step")
     model.save_lora_weights(step_dir, {"step": step, "resolution": resolution})
     return model
+
+def save_perturbed_sd3_step(base: str, step_dir: str,
+                            transformer_config: dict | None = None,
+                            text_encoder_config: dict | None = None,
+                            seed: int = 1):
+    """An SD3 pipeline of ``base`` with LoRA injected by peft into its
+    transformer and both CLIP text encoders, moved off its initialisation
+    and saved as ``step_dir`` as a diffengine step file (diffusers' format,
+    the adapter configs and ``diffengine.*`` metadata); the pipeline.
+
+    Args:
+        base (str): The SD3 diffusers folder.
+        step_dir (str): The step folder (its step the name's number).
+        transformer_config (dict, optional): ``LoraConfig`` options of the
+            transformer. Defaults to r=4, alpha 2 on :data:`SD3_TARGETS`.
+        text_encoder_config (dict, optional): The same for each CLIP;
+            None for r=2, alpha 8 on :data:`TEXT_TARGETS`, ``{}`` for no
+            text-encoder LoRA.
+        seed (int): Seeds the perturbation.
+    """
+    from diffusers import StableDiffusion3Pipeline
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+
+    pipe = StableDiffusion3Pipeline.from_pretrained(base)
+    if text_encoder_config is None:
+        text_encoder_config = dict(r=2, lora_alpha=8,
+                                   target_modules=TEXT_TARGETS)
+    configs = {"transformer": transformer_config or dict(
+        r=4, lora_alpha=2, target_modules=SD3_TARGETS)}
+    if text_encoder_config:
+        configs.update(text_encoder=text_encoder_config,
+                       text_encoder_2=text_encoder_config)
+    parts = {}
+    for index, (part, options) in enumerate(configs.items()):
+        module = getattr(pipe, part)
+        module.requires_grad_(False)
+        config = LoraConfig(**options)
+        inject_adapter_in_model(config, module)
+        perturb_lora(module, seed + index)
+        metadata = {k: sorted(v) if isinstance(v, (set, frozenset)) else v
+                    for k, v in config.to_dict().items()}
+        state = {k: v.detach().clone().contiguous() for k, v in
+                 get_peft_model_state_dict(module).items()}
+        parts[part] = AdapterPart(LORA, metadata, state)
+    architecture = sd3_architecture(pipe.transformer.config)
+    step = os.path.basename(step_dir).removeprefix("step")
+    DIFFUSERS_FILE.write(step_dir, parts, StableDiffusion3Pipeline,
+                         architecture.kohya_prefixes,
+                         {"base_model": base,
+                          "architecture": architecture.name,
+                          "step": step, "resolution": "64x64"})
+    return pipe
+
 
 # Settings of the reference images of ``lora_step``.
 SAMPLE = dict(prompt="a red circle", seed=7, num_inference_steps=3,

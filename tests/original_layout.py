@@ -33,11 +33,22 @@ of diffengine's exporter:
   width × projection matrix, applied as ``x @ text_projection``). The
   published file also holds CLIP-L's ``position_ids`` buffer and
   OpenCLIP's ``logit_scale``, which text-to-image never reads and which
-  the loaders do not require; they are left out here.
+  the loaders do not require; they are left out here;
+- ComfyUI's SD3 model is Stability AI's MMDiT: ``joint_blocks.<i>`` of an
+  ``x_block`` and a ``context_block`` whose attention projects q, k and v
+  with one ``qkv`` linear (q rows, then k, then v), and ComfyUI loads a
+  diffusers transformer into it by the map of
+  :func:`tests.comfyui_keys.mmdit_diffusers_to_original`.
 """
 from __future__ import annotations
 
-from tests.comfyui_keys import unet_diffusers_to_ldm
+import torch
+
+from tests.comfyui_keys import (
+    SWAPPED,
+    mmdit_diffusers_to_original,
+    unet_diffusers_to_ldm,
+)
 
 CLIP_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
                 "self_attn.out_proj")
@@ -215,3 +226,32 @@ def layout_difference(tensors: dict, expected: dict[str, tuple[int, ...]]
     shapes = sorted(k for k in expected.keys() & tensors.keys()
                     if tuple(tensors[k].shape) != expected[k])
     return missing, unexpected, shapes
+
+
+def original_mmdit_state_dict(state_dict: dict, config) -> dict:
+    """An ``SD3Transformer2DModel``'s weights laid out as ComfyUI's MMDiT
+    holds them (names without ``diffusion_model.``): q, k and v stacked
+    into their ``qkv`` in the rows the map gives, modulations swapped.
+
+    Every weight must have a place in :func:`mmdit_diffusers_to_original`.
+    """
+    names = mmdit_diffusers_to_original(config)
+    converted, slices = {}, {}
+    for key, value in state_dict.items():
+        assert key in names, f"{key} has no original name"
+        entry = names[key]
+        if isinstance(entry, str):
+            converted[entry] = value
+        elif entry[1] == SWAPPED:
+            first, second = value.chunk(2, dim=0)
+            converted[entry[0]] = torch.cat([second, first])
+        else:
+            name, start, rows = entry
+            assert value.shape[0] == rows, key
+            slices.setdefault(name, []).append((start, value))
+    for name, pieces in slices.items():
+        pieces.sort(key=lambda piece: piece[0])
+        assert [start for start, _ in pieces] == [
+            i * pieces[0][1].shape[0] for i in range(len(pieces))], name
+        converted[name] = torch.cat([value for _, value in pieces])
+    return converted

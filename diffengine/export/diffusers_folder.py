@@ -16,7 +16,7 @@ import os
 import torch
 from diffusers import DiffusionPipeline
 from safetensors.torch import save_file
-from transformers import PreTrainedModel
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, PreTrainedModel
 
 from diffengine.fileio import atomic_write
 
@@ -58,15 +58,17 @@ def save_text_encoder(text_encoder: PreTrainedModel, folder: str) -> None:
 
 
 def text_encoder_names(pipe: DiffusionPipeline) -> list[str]:
-    """The pipeline's text-encoder components (``text_encoder``,
-    ``text_encoder_2``, ...) that are set."""
+    """The pipeline's CLIP text-encoder components (``text_encoder``,
+    ``text_encoder_2``, ...) that are set; others (SD3's T5) already save
+    in their published layout."""
     return [name for name, component in pipe.components.items()
-            if name.startswith("text_encoder") and component is not None]
+            if name.startswith("text_encoder") and isinstance(
+                component, (CLIPTextModel, CLIPTextModelWithProjection))]
 
 
 def save_pipeline_folder(pipe: DiffusionPipeline, folder: str) -> None:
-    """``pipe.save_pretrained(folder)`` with the text encoders written in
-    the published layout.
+    """``pipe.save_pretrained(folder)`` with the CLIP text encoders written
+    in the published layout.
 
     Args:
         pipe (DiffusionPipeline): The pipeline to save.

@@ -16,6 +16,11 @@ from diffusers' own ``convert_state_dict_to_kohya``:
   ``rank_pattern``, rsLoRA) load at the strength they were trained at.
 
 A LoHa or LoKr step file already is such a file and is copied.
+
+SD3 and SD3.5 transformers are written under the original MMDiT names that
+sd-scripts writes and ComfyUI maps, q, k and v fused (see
+:mod:`diffengine.export.mmdit`); their CLIP-L and CLIP-G under
+``lora_te1_`` / ``lora_te2_`` as SDXL's. Only LoRA is written for them.
 """
 from __future__ import annotations
 
@@ -26,13 +31,17 @@ from diffusers.utils.state_dict_utils import (
     convert_unet_state_dict_to_peft,
 )
 
-from diffengine.adapters import AdapterPart
-from diffengine.adapters.formats import MAGNITUDE
+from diffengine.adapters import LORA, AdapterPart
+from diffengine.adapters.formats import DIFFUSERS_FILE, MAGNITUDE
 from diffengine.adapters.kohya import BaseWeights, kohya_state_dict
-from diffengine.architectures import architecture_of
+from diffengine.architectures import Architecture, architecture_of, is_sd3
 from diffengine.errors import ConfigError
+from diffengine.export.mmdit import mmdit_kohya_modules
 from diffengine.lora_file import LoRAFile
 from diffengine.progress import progress_bar
+
+# The parts that hold a family's denoiser.
+DENOISERS = ("unet", "transformer")
 
 
 def _peft_name(key: str) -> str:
@@ -60,21 +69,22 @@ def to_peft(lora: LoRAFile) -> dict[str, AdapterPart]:
         raise ConfigError(
             f"{lora.path}: parts {unknown} are not {architecture.name}'s "
             f"{sorted(architecture.kohya_prefixes)}.")
-    unet = {k: v for k, v in lora.state_dict.items() if k.startswith("unet.")}
+    denoiser = {k: v for k, v in lora.state_dict.items()
+                if k.split(".", 1)[0] in DENOISERS}
     text = {}
     for key, value in lora.state_dict.items():
         part, name = key.split(".", 1)
-        if part != "unet":
+        if part not in DENOISERS:
             # transformers 5.x drops ``text_model``; the kohya names keep it.
             if not name.startswith("text_model."):
                 key = f"{part}.text_model.{name}"
             text[_peft_name(key)] = value
-    peft = convert_unet_state_dict_to_peft(unet)
+    peft = convert_unet_state_dict_to_peft(denoiser)
     if text:
         peft.update(convert_state_dict_to_peft(
             text, original_type=StateDictType.DIFFUSERS))
     parts = {}
-    for part in sorted(lora.parts, key=lambda p: (p != "unet", p)):
+    for part in sorted(lora.parts, key=lambda p: (p not in DENOISERS, p)):
         prefix = f"{part}."
         state = {k[len(prefix):]: v for k, v in peft.items()
                  if k.startswith(prefix)}
@@ -105,13 +115,19 @@ def to_kohya(lora: LoRAFile,
     Raises:
         ValueError: If the file has parts or tensors no kohya file holds.
     """
+    architecture = architecture_of(lora)
+    if is_sd3(architecture):
+        check_sd3_kinds(lora)
     if lora.is_kohya:
         tensors = dict(lora.state_dict)
     else:
         parts = to_peft(lora)
         try:
-            tensors = kohya_state_dict(
-                parts, architecture_of(lora).kohya_prefixes, base_weights)
+            if is_sd3(architecture):
+                tensors = sd3_kohya_state_dict(parts, architecture)
+            else:
+                tensors = kohya_state_dict(
+                    parts, architecture.kohya_prefixes, base_weights)
         except ValueError as error:
             raise ConfigError(f"{lora.path}: {error}") from error
     converted = {}
@@ -122,3 +138,41 @@ def to_kohya(lora: LoRAFile,
                               else value.to(dtype))
             bar.update()
     return converted
+
+
+def check_sd3_kinds(lora: LoRAFile) -> None:
+    """Refuse an SD3 file with adapters other than LoRA: DoRA's magnitudes
+    and LoHa's and LoKr's products do not fuse into the original ``qkv``
+    exactly."""
+    for part in lora.parts:
+        kind = lora.kind(part)
+        if kind is not LORA:
+            use = ("--format diffusers (the step file's own format, which "
+                   "diffusers' load_lora_weights reads)"
+                   if lora.step_format is DIFFUSERS_FILE else
+                   "the step folder itself, which diffengine loads")
+            raise ConfigError(
+                f"{lora.path}: {part} is {kind.name}, which has no kohya "
+                "form for SD3 (only LoRA fuses into the original qkv "
+                f"exactly); use {use}.")
+
+
+def sd3_kohya_state_dict(parts: dict[str, AdapterPart],
+                         architecture: Architecture
+                         ) -> dict[str, torch.Tensor]:
+    """The kohya tensors of an SD3 LoRA: the transformer's under the
+    original MMDiT names, the text encoders' as for SDXL."""
+    prefixes = architecture.kohya_prefixes
+    tensors = {}
+    if "transformer" in parts:
+        adapter = parts["transformer"]
+        modules = {}
+        for module, weights in adapter.modules().items():
+            rank = LORA.module_rank(adapter.config, module, weights)
+            scale = LORA.module_scale(adapter.config, module, weights)
+            modules[module] = LORA.to_kohya(weights, scale, rank)
+        tensors = mmdit_kohya_modules(modules, prefixes["transformer"])
+    text = {part: adapter for part, adapter in parts.items()
+            if part != "transformer"}
+    tensors.update(kohya_state_dict(text, prefixes))
+    return tensors

@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime
 import os
 
-from diffusers import DiffusionPipeline
+from diffusers import DiffusionPipeline, UNet2DConditionModel
+from torch import nn
 from tqdm import tqdm
 
 from diffengine.errors import ConfigError
@@ -32,6 +33,28 @@ MODELSPEC = {
 }
 # The stages of a merge, in the order its progress bar shows them.
 STAGES = ("load base", "fuse LoRA", "cast", "write")
+
+
+def denoiser(pipe: DiffusionPipeline) -> nn.Module:
+    """The pipeline's denoiser: its transformer (SD3) or its UNet."""
+    transformer = getattr(pipe, "transformer", None)
+    return transformer if transformer is not None else pipe.unet
+
+
+def single_file_unet(pipe: DiffusionPipeline) -> UNet2DConditionModel:
+    """The UNet that a single-file checkpoint holds.
+
+    Raises:
+        ConfigError: If the pipeline's denoiser is not a UNet (SD3's
+            transformer), for which no single-file layout is written.
+    """
+    model = denoiser(pipe)
+    if not isinstance(model, UNet2DConditionModel):
+        raise ConfigError(
+            "--format single-file writes Stable Diffusion 1.x and SDXL "
+            f"checkpoints, and this base's denoiser is a "
+            f"{type(model).__name__}; use --format diffusers.")
+    return model
 
 
 def text_encoders(pipe: DiffusionPipeline) -> tuple:
@@ -62,7 +85,7 @@ def loading_code(pipe: DiffusionPipeline, base: str, out: str, format: str,
     if format == "diffusers":
         return (f"{imports}from diffusers import DiffusionPipeline; "
                 f"pipe = DiffusionPipeline.from_pretrained({out!r}{options})")
-    layout = single_file_layout(pipe.unet, *text_encoders(pipe))
+    layout = single_file_layout(single_file_unet(pipe), *text_encoders(pipe))
     pipeline_class = ("StableDiffusionXLPipeline" if layout == "sdxl"
                       else "StableDiffusionPipeline")
     return (f"{imports}from diffusers import {pipeline_class}; "
@@ -95,11 +118,12 @@ def single_file_metadata(pipe: DiffusionPipeline, base: str, lora: str,
     """``modelspec.*`` of a merged Stable Diffusion 1.x or SDXL
     checkpoint."""
     scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    size = pipe.unet.config.sample_size * scale
+    unet = single_file_unet(pipe)
+    size = unet.config.sample_size * scale
     prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
     base = resolve_model(base)
     architecture, implementation = MODELSPEC[single_file_layout(
-        pipe.unet, *text_encoders(pipe))]
+        unet, *text_encoders(pipe))]
     return {
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": architecture,
@@ -123,10 +147,11 @@ def merge_lora(lora: str, base: str, out: str,
                dtype: str = "float32") -> DiffusionPipeline:
     """Write ``base`` with ``lora`` fused in.
 
-    ``format="diffusers"`` writes a model folder (SD 1.x or SDXL) that loads
-    with ``DiffusionPipeline.from_pretrained(out)`` (every component of
-    ``base`` saved, the safety checker included if it has one, the text
-    encoders in their published key layout); ``"single-file"`` writes one
+    ``format="diffusers"`` writes a model folder (SD 1.x, SDXL or SD3) that
+    loads with ``DiffusionPipeline.from_pretrained(out)`` (every component
+    of ``base`` saved, the safety checker and SD3's T5 included if it has
+    them, the CLIP text encoders in their published key layout);
+    ``"single-file"`` (SD 1.x and SDXL only) writes one
     ``.safetensors`` checkpoint in the original layout of Stable Diffusion
     1.x (``model.diffusion_model.*``, ``first_stage_model.*``,
     ``cond_stage_model.transformer.text_model.*``) or SDXL (its text
@@ -167,7 +192,7 @@ def merge_lora(lora: str, base: str, out: str,
         bar.set_postfix_str("load base")
         pipe = DiffusionPipeline.from_pretrained(base)
         if single:  # refused before the fuse, not after
-            single_file_layout(pipe.unet, *text_encoders(pipe))
+            single_file_layout(single_file_unet(pipe), *text_encoders(pipe))
         next_stage(bar, "fuse LoRA")
         load_adapters(pipe, lora, lora_scale).step_format.fuse(pipe)
         next_stage(bar, "cast")
@@ -176,7 +201,7 @@ def merge_lora(lora: str, base: str, out: str,
         next_stage(bar, "write")
         if single:
             title = os.path.splitext(os.path.basename(out))[0]
-            tensors = to_single_file(pipe.unet, pipe.vae,
+            tensors = to_single_file(single_file_unet(pipe), pipe.vae,
                                      *text_encoders(pipe))
             os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
             save_single_file(tensors, out, single_file_metadata(

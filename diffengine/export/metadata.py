@@ -27,9 +27,9 @@ import torch
 
 from diffengine.adapters import kind_of_kohya
 from diffengine.adapters.base import has_convolutions
-from diffengine.adapters.kohya import kohya_modules
-from diffengine.architectures import architecture_of
-from diffengine.export.kohya import to_kohya
+from diffengine.adapters.kohya import kohya_modules, kohya_state_dict
+from diffengine.architectures import architecture_of, is_sd3
+from diffengine.export.kohya import DENOISERS, to_kohya, to_peft
 from diffengine.lora_file import TRAINING_METADATA_PREFIX, LoRAFile
 from diffengine.version import __version__
 
@@ -49,7 +49,8 @@ def _number(value: float) -> str:
 
 
 # How the description names each part.
-PART_NAMES = {"unet": "UNet", "text_encoder": "text encoder",
+PART_NAMES = {"unet": "UNet", "transformer": "transformer",
+              "text_encoder": "text encoder",
               "text_encoder_2": "second text encoder"}
 
 
@@ -91,8 +92,9 @@ def network_metadata(lora: LoRAFile,
     """``ss_network_module`` and ``ss_network_args`` as kohya's scripts
     write them: ``networks.lora`` for LoRA (LoCon as ``conv_dim`` /
     ``conv_alpha``), ``lycoris.kohya`` with LyCORIS' ``algo`` and options
-    for DoRA, LoHa and LoKr; the UNet's adapter names the network."""
-    part = "unet" if "unet" in lora.parts else lora.parts[0]
+    for DoRA, LoHa and LoKr; the denoiser's adapter (UNet or transformer)
+    names the network."""
+    part = next((p for p in DENOISERS if p in lora.parts), lora.parts[0])
     kind = lora.kind(part)
     metadata = {"ss_network_module": kind.network_module}
     config = lora.adapter_configs.get(part)
@@ -135,18 +137,24 @@ def export_metadata(lora: LoRAFile, title: str,
             ``ss_output_name``).
         kohya (dict, optional): The kohya tensors written, if the export is
             one; converted from ``lora`` (DoRA's magnitudes as peft's) when
-            None.
+            None. An SD3 file's ranks and alphas are read before q, k and v
+            are fused.
 
     Returns:
         dict[str, str]: ``modelspec.*``, ``ss_*`` and ``diffengine.*`` keys.
     """
     training = lora.training
     architecture = architecture_of(lora)
-    if kohya is None:
-        try:
+    try:
+        if is_sd3(architecture) and not lora.is_kohya:
+            # each module as trained: a fused qkv's rank 3r and alpha 3a
+            # (see diffengine.export.mmdit) are the r and a of q, k and v
+            kohya = kohya_state_dict(to_peft(lora),
+                                     architecture.kohya_prefixes)
+        elif kohya is None:
             kohya = to_kohya(lora)
-        except ValueError:  # no kohya form: the configured numbers
-            kohya = None
+    except ValueError:  # no kohya form: the configured numbers
+        kohya = None
     modules = module_ranks_and_alphas(lora, kohya)
     kinds = "/".join(dict.fromkeys(lora.kind(p).name for p in lora.parts))
     pairs = [pair for part in modules.values() for pair in part]

@@ -25,7 +25,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--format", choices=FORMATS, default="kohya",
         help="kohya: lora_unet_*/lora_te_* (SDXL: lora_te1_*/lora_te2_*) keys "
-        "with alpha (LoRA, DoRA, LoHa, LoKr), for A1111 and ComfyUI; "
+        "with alpha (LoRA, DoRA, LoHa, LoKr), for A1111 and ComfyUI; SD3: "
+        "the original MMDiT names (LoRA), for ComfyUI, sd-scripts and Forge; "
         "diffusers: load_lora_weights' format, LoRA and DoRA (default: "
         "kohya)")
     parser.add_argument("--out", required=True,
