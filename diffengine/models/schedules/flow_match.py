@@ -39,6 +39,8 @@ class FlowMatchSchedule(DiffusionSchedule):
       scheduler's ``time_shift`` does.
 
     Each shift multiplies the odds σ/(1 − σ) by a constant (s, e^mu or mu).
+    The config's sampling-only settings (``shift_terminal``, Karras,
+    exponential or beta sigmas) do not apply to training.
 
     Args:
         scheduler (SchedulerMixin): The model's training scheduler; its

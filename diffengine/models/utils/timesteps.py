@@ -202,7 +202,9 @@ class CubicSamplingTimeSteps(TimeStepSampler):
 class LogitNormalTimeSteps(TimeStepSampler):
     """Level ``sigmoid(mean + std · n)`` for standard normal n: the
     logit-normal weighting of Esser et al. (2024, Stable Diffusion 3), which
-    favours the middle of the range; diffusers' SD3 default.
+    favours the middle of the range; diffusers' SD3 default. ``mean > 0``
+    favours noise, as the paper's m; diffusers' ``--logit_mean`` counts the
+    other way (its draw indexes the scheduler's descending timesteps).
 
     Args:
         mean (float): Defaults to 0.
