@@ -22,7 +22,8 @@ RUNNER_KEYS = set(inspect.signature(Runner.__init__).parameters) - {"self"}
 RUNNER_KEYS.add("runner_type")
 # Model options that build a component, and the attribute holding it.
 COMPONENTS = {"loss": "loss_fn", "noise_generator": "noise_generator",
-              "timesteps_generator": "timesteps_generator"}
+              "timesteps_generator": "timesteps_generator",
+              "schedule": "schedule"}
 # Names the configs define to build other keys from.
 HELPER_KEYS = {"train_pipeline", "vis_backends"}
 

@@ -55,13 +55,16 @@ from diffengine.models.losses import (
     L2Loss,
     SNRL2Loss,
 )
+from diffengine.models.schedules import DDPMSchedule, FlowMatchSchedule
 from diffengine.models.utils.noise import OffsetNoise, PyramidNoise, WhiteNoise
 from diffengine.models.utils.timesteps import (
     CubicSamplingTimeSteps,
     EarlierTimeSteps,
     LaterTimeSteps,
     LogitNormalTimeSteps,
+    ModeTimeSteps,
     RangeTimeSteps,
+    ShiftedTimeSteps,
     TimeSteps,
 )
 from tests.conftest import REPO
@@ -339,7 +342,8 @@ REFERENCED = [StableDiffusion, StableDiffusionXL, HFDataset, KohyaFolderDataset,
               SpeedLogProcessor, L2Loss, SNRL2Loss, DeBiasEstimationLoss,
               HuberLoss, WhiteNoise, OffsetNoise, PyramidNoise, TimeSteps,
               LaterTimeSteps, EarlierTimeSteps, RangeTimeSteps,
-              CubicSamplingTimeSteps, LogitNormalTimeSteps]
+              CubicSamplingTimeSteps, LogitNormalTimeSteps, ModeTimeSteps,
+              ShiftedTimeSteps, DDPMSchedule, FlowMatchSchedule]
 
 
 @pytest.mark.parametrize("component", REFERENCED,

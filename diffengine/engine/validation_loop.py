@@ -41,8 +41,9 @@ class ValidationLossLoop(ValLoop):
         runner (Runner): The runner.
         dataloader (DataLoader | dict): The validation data.
         evaluator (Evaluator | dict | list): Its metrics.
-        timesteps (Sequence[int]): The timesteps of every sample. Defaults
-            to ``(100, 300, 500, 700, 900)``, spread over SD's 1000.
+        timesteps (Sequence[int]): The denoiser's timesteps of every sample
+            (under flow matching, σ = t/T). Defaults to ``(100, 300, 500,
+            700, 900)``, spread over SD's 1000.
         fp16 (bool): As mmengine's ``ValLoop``. Defaults to False.
     """
 
@@ -64,7 +65,7 @@ class ValidationLossLoop(ValLoop):
         if not timesteps:
             raise ConfigError("val_cfg.timesteps is empty: give timesteps.")
         super().__init__(runner, dataloader, evaluator, fp16)
-        limit = runner.bare_model.scheduler.config.num_train_timesteps
+        limit = runner.bare_model.schedule.num_train_timesteps
         bad = [t for t in timesteps if not 0 <= t < limit]
         if bad:
             raise ConfigError(

@@ -1,4 +1,4 @@
-from diffengine.models import losses
+from diffengine.models import losses, schedules
 from diffengine.models.editors import (
     LatentDiffusionModel,
     SDDataPreprocessor,
@@ -14,5 +14,6 @@ __all__ = [
     "StableDiffusionXL",
     "losses",
     "noise",
+    "schedules",
     "timesteps",
 ]

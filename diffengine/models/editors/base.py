@@ -44,13 +44,14 @@ from diffengine.errors import ConfigError, NonFiniteLossError
 from diffengine.hub import hub_download
 from diffengine.inference import generate, quiet_loading
 from diffengine.models.losses import DiffusionLoss, LossContext
+from diffengine.models.schedules import build_schedule
 from diffengine.models.utils.components import build_component
 from diffengine.models.utils.dtypes import resolve_dtype
 from diffengine.models.utils.fingerprint import weights_fingerprint
 from diffengine.models.utils.model_folder import check_model_path, resolve_model
 from diffengine.models.utils.noise import WhiteNoise
 from diffengine.models.utils.text_embedding_cache import TextEmbeddingCache
-from diffengine.models.utils.timesteps import TimeSteps
+from diffengine.models.utils.timesteps import TimeStepSampler
 from diffengine.randomness import Randomness, stream_seed
 from diffengine.registry import MODELS
 
@@ -93,8 +94,12 @@ class LatentDiffusionModel(BaseModel):
             stays frozen).
         text_encoder_lora_config (dict, optional): The same for the text
             encoder(s). Defaults to None.
-        prediction_type (str, optional): ``"epsilon"`` or ``"v_prediction"``;
-            None takes the scheduler's. Defaults to None.
+        prediction_type (str, optional): ``"epsilon"`` or ``"v_prediction"``
+            under ``DDPMSchedule``; None takes the scheduler's. Defaults to
+            None.
+        schedule (dict, optional): The objective, e.g. ``dict(type=
+            "FlowMatchSchedule", shift=3.0)``. Defaults to the family's
+            :attr:`default_schedule`.
         loss (dict, optional): The loss, e.g. ``dict(type="SNRL2Loss",
             snr_gamma=5.0)``. Defaults to ``dict(type="L2Loss")``.
         noise_generator (dict, optional): The noise, e.g.
@@ -102,7 +107,7 @@ class LatentDiffusionModel(BaseModel):
             ``dict(type="WhiteNoise")``.
         timesteps_generator (dict, optional): How timesteps are drawn, e.g.
             ``dict(type="LogitNormalTimeSteps")``. Defaults to
-            ``dict(type="TimeSteps")`` (uniform).
+            ``dict(type="UniformTimeSteps")``.
         input_perturbation_gamma (float): Input perturbation (Ning et al.,
             2023, "Input Perturbation Reduces Exposure Bias in Diffusion
             Models"): the noisy input is made with ``noise + γ · n`` for
@@ -140,6 +145,9 @@ class LatentDiffusionModel(BaseModel):
     #: ``text_encoder_2``, ...), each with the tokenizer of the matching
     #: ``tokenizer*`` subfolder; ``text_encoder_lora_config`` adapts them.
     text_encoder_classes: ClassVar[dict[str, type[PreTrainedModel]]] = {}
+    #: The family's objective (:mod:`diffengine.models.schedules`), which
+    #: ``schedule`` overrides.
+    default_schedule: ClassVar[dict] = dict(type="DDPMSchedule")
 
     @property
     def text_encoder_names(self) -> tuple[str, ...]:
@@ -151,6 +159,7 @@ class LatentDiffusionModel(BaseModel):
                  unet_lora_config: dict | None = None,
                  text_encoder_lora_config: dict | None = None,
                  prediction_type: str | None = None,
+                 schedule: dict | None = None,
                  loss: dict | None = None,
                  noise_generator: dict | None = None,
                  timesteps_generator: dict | None = None,
@@ -204,21 +213,18 @@ class LatentDiffusionModel(BaseModel):
         with hub_download(model, "--cfg-options model.model=/path/to/a/"
                           "diffusers/folder"):
             self.load_parts(model, dtype)
-        if prediction_type is not None:
-            if prediction_type not in ("epsilon", "v_prediction"):
-                raise ConfigError(
-                    f"prediction_type={prediction_type!r}; use 'epsilon' or "
-                    "'v_prediction'.")
-            self.scheduler.register_to_config(prediction_type=prediction_type)
-        self.prediction_type = self.scheduler.config.prediction_type
+        self.schedule = build_schedule(schedule or self.default_schedule,
+                                       self.scheduler, prediction_type)
+        self.prediction_type = self.schedule.prediction_type
         self.loss_fn = build_component(loss or dict(type="L2Loss"), "loss",
                                        DiffusionLoss)
+        self.schedule.check_loss(self.loss_fn)
         self.noise_generator = build_component(
             noise_generator or dict(type="WhiteNoise"), "noise_generator",
             WhiteNoise)
         self.timesteps_generator = build_component(
-            timesteps_generator or dict(type="TimeSteps"),
-            "timesteps_generator", TimeSteps)
+            timesteps_generator or dict(type="UniformTimeSteps"),
+            "timesteps_generator", TimeStepSampler)
         self.input_perturbation_gamma = input_perturbation_gamma
         self.requires_grad_(False)
 
@@ -499,8 +505,8 @@ class LatentDiffusionModel(BaseModel):
 
         Each sample draws, in this order: its latent from the VAE's
         distribution, its noise (:attr:`noise_generator`), its timestep
-        (:attr:`timesteps_generator`) and, with input perturbation, the
-        perturbation.
+        (:attr:`timesteps_generator` through :attr:`schedule`) and, with
+        input perturbation, the perturbation.
         """
         moments = inputs.get("latents")
         if moments is None:
@@ -515,29 +521,22 @@ class LatentDiffusionModel(BaseModel):
             noise = self.noise_generator(latents, randomness)
         noise = noise.to(latents)
         if timesteps is None:
-            timesteps = self.timesteps_generator(
-                randomness, self.scheduler.config.num_train_timesteps)
+            timesteps = self.schedule.sample_timesteps(
+                self.timesteps_generator, randomness, latents)
         timesteps = timesteps.to(latents.device)
         input_noise = noise
         if self.input_perturbation_gamma > 0:
             input_noise = noise + self.input_perturbation_gamma * (
                 randomness.randn(*noise.shape[1:]))
-        noisy_latents = self.scheduler.add_noise(latents, input_noise,
-                                                 timesteps)
-        if self.prediction_type == "epsilon":
-            target = noise
-        else:
-            target = self.scheduler.get_velocity(latents, noise, timesteps)
+        noisy_latents = self.schedule.noisy(latents, input_noise, timesteps)
+        target = self.schedule.target(latents, noise, timesteps)
         prompt = self.encode_prompt(list(inputs["text"]))
         unet_dtype = first_parameter(self.unet).dtype
         prediction = self.unet(noisy_latents.to(unet_dtype), timesteps,
                                **self.unet_conditioning(inputs, prompt)).sample
         weight = inputs.get("loss_weight")
-        context = LossContext(
-            timesteps=timesteps,
-            alphas_cumprod=self.scheduler.alphas_cumprod,
-            prediction_type=self.prediction_type,
-            weight=None if weight is None else torch.as_tensor(weight))
+        context = self.schedule.loss_context(
+            timesteps, None if weight is None else torch.as_tensor(weight))
         return prediction.float(), target.float(), context
 
     @torch.no_grad()
@@ -555,7 +554,8 @@ class LatentDiffusionModel(BaseModel):
         Args:
             inputs (dict): A batch as :meth:`denoising_loss` takes it, with
                 ``seed``.
-            timesteps (Sequence[int]): The timesteps of every sample.
+            timesteps (Sequence[int]): The denoiser's timesteps of every
+                sample (under flow matching, σ = t/T).
         """
         if inputs.get("seed") is None:
             raise ValueError(

@@ -10,24 +10,32 @@ import torch
 class LossContext:
     """What a loss may weigh a sample by, besides prediction and target.
 
+    The schedule (:mod:`diffengine.models.schedules`) fills it: the noisy
+    input of each sample is ``x_t = α_t·x0 + σ_t·ε``, with α_t² = ᾱ_t and
+    σ_t² = 1 − ᾱ_t under DDPM, α_t = 1 − σ_t under flow matching.
+
     Attributes:
-        timesteps (Tensor): The timestep of each sample, B.
-        alphas_cumprod (Tensor): The noise schedule's cumulative alphas,
-            ``num_train_timesteps`` long.
-        prediction_type (str): ``"epsilon"`` or ``"v_prediction"``.
+        timesteps (Tensor): The denoiser's timestep of each sample, B.
+        alpha_squared (Tensor): α_t² of each sample, B.
+        sigma_squared (Tensor): σ_t² of each sample, B.
+        num_train_timesteps (int): The length of the timestep range.
+        prediction_type (str): ``"epsilon"``, ``"v_prediction"`` or
+            ``"flow"`` (the velocity ε − x0).
         weight (Tensor, optional): A weight per sample, B (e.g. the prior
             loss weight of DreamBooth class images). None weighs all alike.
     """
 
     timesteps: torch.Tensor
-    alphas_cumprod: torch.Tensor
+    alpha_squared: torch.Tensor
+    sigma_squared: torch.Tensor
+    num_train_timesteps: int
     prediction_type: str
     weight: torch.Tensor | None = None
 
     def snr(self) -> torch.Tensor:
-        """Signal-to-noise ratio ᾱ/(1 − ᾱ) of each sample's timestep, fp32."""
-        alphas = self.alphas_cumprod.to(self.timesteps.device)[self.timesteps]
-        return (alphas / (1 - alphas)).float()
+        """Signal-to-noise ratio α_t²/σ_t² of each sample, fp32: ᾱ/(1 − ᾱ)
+        under DDPM, ((1 − σ)/σ)² under flow matching."""
+        return (self.alpha_squared / self.sigma_squared).float()
 
 
 class DiffusionLoss:
@@ -44,6 +52,11 @@ class DiffusionLoss:
 
     def __init__(self, loss_weight: float = 1.0) -> None:
         self.loss_weight = loss_weight
+
+    def check_schedule(self, schedule: str, prediction_type: str) -> None:
+        """Raise a ``ConfigError`` if this loss is undefined for
+        ``prediction_type`` (the schedule named ``schedule``'s); every
+        prediction type is fine by default."""
 
     def per_sample(self, prediction: torch.Tensor, target: torch.Tensor,
                    context: LossContext) -> torch.Tensor:

@@ -23,8 +23,10 @@ class HuberLoss(DiffusionLoss):
 
     - ``"constant"``: δ at every timestep;
     - ``"exponential"``: ``δ^(t/T)``, from 1 (MSE-like) at t = 0 down to δ
-      at t = T;
-    - ``"snr"``: ``(1 − δ)/(1 + σ)² + δ`` with ``σ = √((1 − ᾱ)/ᾱ)``.
+      at t = T (under flow matching t/T = σ, as kohya's SD3 and Flux
+      trainers);
+    - ``"snr"``: ``(1 − δ)/(1 + σ)² + δ`` with ``σ = √((1 − ᾱ)/ᾱ)``, DDPM
+      only (kohya refuses it for flow models too).
 
     Args:
         delta (float): δ (kohya's ``huber_c``), > 0. Defaults to 1.
@@ -45,6 +47,12 @@ class HuberLoss(DiffusionLoss):
         self.delta = delta
         self.schedule = schedule
 
+    def check_schedule(self, schedule: str, prediction_type: str) -> None:
+        if self.schedule == "snr" and prediction_type == "flow":
+            raise ConfigError(
+                f"HuberLoss schedule='snr' is defined for DDPM, not under "
+                f"{schedule}: use schedule='exponential' or 'constant'.")
+
     def deltas(self, context: LossContext) -> torch.Tensor:
         """δ of each sample, from its timestep."""
         timesteps = context.timesteps
@@ -52,11 +60,9 @@ class HuberLoss(DiffusionLoss):
             return torch.full(timesteps.shape, self.delta,
                               device=timesteps.device)
         if self.schedule == "exponential":
-            num_train_timesteps = len(context.alphas_cumprod)
-            rate = -math.log(self.delta) / num_train_timesteps
+            rate = -math.log(self.delta) / context.num_train_timesteps
             return torch.exp(-rate * timesteps.float())
-        alphas = context.alphas_cumprod.to(timesteps.device)[timesteps].float()
-        sigmas = ((1 - alphas) / alphas).sqrt()
+        sigmas = (context.sigma_squared / context.alpha_squared).float().sqrt()
         return (1 - self.delta) / (1 + sigmas)**2 + self.delta
 
     def per_sample(self, prediction: torch.Tensor, target: torch.Tensor,

@@ -10,14 +10,17 @@ from diffengine.registry import MODELS
 
 @MODELS.register_module()
 class SNRL2Loss(DiffusionLoss):
-    """MSE weighted by min(SNR, γ)/SNR (epsilon) or min(SNR, γ)/(SNR + 1)
-    (v-prediction).
+    """MSE weighted by min(SNR, γ)/SNR (epsilon), min(SNR, γ)/(SNR + 1)
+    (v-prediction) or min(SNR, γ)·σ² (flow).
 
     "Efficient Diffusion Training via Min-SNR Weighting Strategy" (Hang et
     al., 2023): clamping the weight of the low-noise timesteps, whose easy
     targets otherwise dominate the gradient, converges about 3× faster. The
-    v-prediction form is diffusers' (``train_text_to_image.py``): its MSE is
-    (SNR + 1)/SNR times the epsilon one, so both weigh the same objective.
+    paper weighs the x0 error by min(SNR, γ); each form is that weight
+    carried over to the error of the prediction: the x0 error is σ/α times
+    the epsilon error (so min(SNR, γ)/SNR, as diffusers'
+    ``train_text_to_image.py``), σ times the v error (σ² = 1/(SNR + 1)
+    under DDPM) and σ times the flow error (x0 = x_t − σ·(ε − x0)).
 
     Args:
         snr_gamma (float): γ; 5 is the paper's. Defaults to 5.
@@ -37,6 +40,8 @@ class SNRL2Loss(DiffusionLoss):
         clamped = snr.clamp(max=self.snr_gamma)
         if context.prediction_type == "v_prediction":
             return clamped / (snr + 1)
+        if context.prediction_type == "flow":
+            return clamped * context.sigma_squared.float()
         return clamped / snr
 
     def per_sample(self, prediction: torch.Tensor, target: torch.Tensor,

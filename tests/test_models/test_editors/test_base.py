@@ -43,8 +43,8 @@ def test_component_errors_name_the_key_and_the_fix(tiny_sd):
                        r"of SNRL2Loss .* Did you mean 'snr_gamma'\?"):
         build(tiny_sd, loss=dict(type="SNRL2Loss", snr_gama=5))
     with pytest.raises(ConfigError, match=r"timesteps_generator\.type="
-                       r"'LaterTimesteps' is not a TimeSteps; .* Did you mean "
-                       r"'LaterTimeSteps'\?"):
+                       r"'LaterTimesteps' is not a TimeStepSampler; .* "
+                       r"Did you mean 'LaterTimeSteps'\?"):
         build(tiny_sd, timesteps_generator=dict(type="LaterTimesteps"))
     with pytest.raises(ConfigError, match=r"noise_generator\.type='L2Loss' is "
                        "not a WhiteNoise"):
