@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from diffengine.adapter_file import AdapterFile
 from diffengine.errors import ConfigError
-from diffengine.lora_file import LoRAFile
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ SDXL = Architecture(
 ARCHITECTURES = {a.name: a for a in (SD1, SDXL)}
 
 
-def architecture_of(lora: LoRAFile) -> Architecture:
+def architecture_of(lora: AdapterFile) -> Architecture:
     """The family a LoRA was trained for: as its step file records it, else
     SDXL when it adapts a second text encoder, else SD 1.x.
 

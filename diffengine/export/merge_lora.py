@@ -8,6 +8,7 @@ import os
 from diffusers import DiffusionPipeline
 from tqdm import tqdm
 
+from diffengine.adapters.formats import file_format
 from diffengine.errors import ConfigError
 from diffengine.export.diffusers_folder import save_pipeline_folder
 from diffengine.export.single_file import (
@@ -169,7 +170,7 @@ def merge_lora(lora: str, base: str, out: str,
         if single:  # refused before the fuse, not after
             single_file_layout(pipe.unet, *text_encoders(pipe))
         next_stage(bar, "fuse LoRA")
-        load_adapters(pipe, lora, lora_scale).step_format.fuse(pipe)
+        file_format(load_adapters(pipe, lora, lora_scale)).fuse(pipe)
         next_stage(bar, "cast")
         if dtype != "float32":
             pipe.to(DTYPES[dtype])

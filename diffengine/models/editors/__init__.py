@@ -1,4 +1,4 @@
-from diffengine.models.editors.base import LatentDiffusionModel
+from diffengine.models.editors.base import LatentDiffusionModel, TextEncoder
 from diffengine.models.editors.stable_diffusion import (
     SDDataPreprocessor,
     StableDiffusion,
@@ -6,4 +6,5 @@ from diffengine.models.editors.stable_diffusion import (
 from diffengine.models.editors.stable_diffusion_xl import StableDiffusionXL
 
 __all__ = ["LatentDiffusionModel", "SDDataPreprocessor", "StableDiffusion",
+           "TextEncoder",
            "StableDiffusionXL"]
