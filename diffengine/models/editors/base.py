@@ -218,6 +218,12 @@ class LatentDiffusionModel(AdapterIO, BaseModel):
             raise ConfigError(
                 f"Neither {denoiser_option} nor text_encoder_lora_config is "
                 "set: nothing would train.")
+        if text_encoder_lora_config is not None and not (
+                self.text_encoder_names):
+            raise ConfigError(
+                f"text_encoder_lora_config is set, but none of "
+                f"{type(self).__name__}'s text encoders takes an adapter; "
+                "drop it.")
         if compile_denoiser and compile_unet:
             raise ConfigError(
                 "compile_denoiser and compile_unet are both set; compile_unet "
