@@ -5,6 +5,10 @@ from diffengine.models.editors.stable_diffusion import (
 )
 from diffengine.models.editors.stable_diffusion_xl import StableDiffusionXL
 
-__all__ = ["LatentDiffusionModel", "SDDataPreprocessor", "StableDiffusion",
-           "TextEncoder",
-           "StableDiffusionXL"]
+__all__ = [
+    "LatentDiffusionModel",
+    "SDDataPreprocessor",
+    "StableDiffusion",
+    "StableDiffusionXL",
+    "TextEncoder",
+]
