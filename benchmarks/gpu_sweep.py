@@ -106,7 +106,7 @@ def run_one(model: str, data: str, work_dir: str, batch_size: int,
             f"{'_gc' if checkpointing else ''}{'_compiled' if compiled else ''}")
     options = [*BASE_OPTIONS, f"experiment_name={name}",
                f"model.gradient_checkpointing={checkpointing}",
-               f"model.compile_unet={compiled}"]
+               f"model.compile_denoiser={compiled}"]
     if cached:
         options += CACHE_OPTIONS
     if args.device == "cuda":
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peak-tflops", type=float, default=790.0)
     parser.add_argument("--no-compile", action="store_true",
                         help="skip the last row (largest batch, cached, "
-                        "compile_unet=True), whose compilation takes minutes")
+                        "compile_denoiser=True), whose compilation takes minutes")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args(argv)
     args.resolution = args.resolution or FAMILIES[args.family]["resolution"]

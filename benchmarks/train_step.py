@@ -53,7 +53,7 @@ VARIANTS = {
     "bf16_weights": ["model.weight_dtype=bfloat16"],
     "channels_last": ["model.channels_last=True"],
     "checkpointing": ["model.gradient_checkpointing=True"],
-    "compile": ["model.compile_unet=True"],
+    "compile": ["model.compile_denoiser=True"],
     "fused_adamw": ["optim_wrapper.optimizer.fused=True"],
     "no_thp": [],
 }

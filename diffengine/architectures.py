@@ -4,8 +4,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from diffengine.adapter_file import AdapterFile
 from diffengine.errors import ConfigError
-from diffengine.lora_file import LoRAFile
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def sd3_architecture(transformer_config: Mapping) -> Architecture:
     return SD35_LARGE
 
 
-def architecture_of(lora: LoRAFile) -> Architecture:
+def architecture_of(lora: AdapterFile) -> Architecture:
     """The family a LoRA was trained for: as its step file records it, else
     SD3.5 Medium when it adapts a transformer, SDXL when it adapts a second
     text encoder, else SD 1.x.

@@ -20,8 +20,9 @@ from diffusers.utils import logging as diffusers_logging
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
+from diffengine.adapter_file import AdapterFile, read_adapter_file
+from diffengine.adapters.formats import file_format
 from diffengine.architectures import architecture_of
-from diffengine.lora_file import LoRAFile, read_lora_file
 from diffengine.progress import progress_bar
 from diffengine.quiet import NO_TEXT_ENCODER_LORA, without_message
 from diffengine.stop import raise_if_stop_requested
@@ -51,6 +52,17 @@ def load_base_pipeline(base: str, **parts) -> DiffusionPipeline:
     accepted = inspect.signature(pipeline_class.__init__).parameters
     unused = {k: v for k, v in UNUSED_PARTS.items() if k in accepted}
     return pipeline_class.from_pretrained(base, **{**unused, **parts})
+
+
+def denoiser_of(pipe: DiffusionPipeline) -> torch.nn.Module:
+    """The pipeline's denoiser: its ``transformer`` (SD3, Flux) or its
+    ``unet`` (SD 1.x, SDXL)."""
+    for name in ("transformer", "unet"):
+        module = getattr(pipe, name, None)
+        if isinstance(module, torch.nn.Module):
+            return module
+    raise ValueError(f"{type(pipe).__name__} has neither a transformer nor "
+                     "a unet.")
 
 
 @contextlib.contextmanager
@@ -228,18 +240,19 @@ def prompt_slug(prompts: Sequence[str], max_length: int = 80) -> str:
 
 
 def load_adapters(pipe: DiffusionPipeline, lora: str,
-                  lora_scale: float = 1.0) -> LoRAFile:
+                  lora_scale: float = 1.0) -> AdapterFile:
     """Add the adapters of a step folder or file to ``pipe`` at
     ``lora_scale``, with the loader of its kind: diffusers'
     ``load_lora_weights`` for LoRA and DoRA (and kohya LoRA files), the
     LyCORIS loader of :mod:`diffengine.adapters.formats` for LoHa and LoKr.
 
     Returns:
-        LoRAFile: The file read, whose ``step_format.fuse`` merges it.
+        AdapterFile: The file read, whose format's ``fuse`` merges it
+        (``file_format(source).fuse(pipe)``).
     """
-    source = read_lora_file(lora)
+    source = read_adapter_file(lora)
     with without_message(*NO_TEXT_ENCODER_LORA):
-        source.step_format.load(pipe, source,
+        file_format(source).load(pipe, source,
                                 architecture_of(source).kohya_prefixes,
                                 lora_scale)
     return source
@@ -283,7 +296,7 @@ def sampling_settings(lora: str) -> dict:
     ``width``, ``negative_prompt``, plus ``seed`` as a list); empty for a
     file without one.
     """
-    recorded = read_lora_file(lora).training.get("training_config")
+    recorded = read_adapter_file(lora).training.get("training_config")
     hooks = json.loads(recorded).get("custom_hooks") or [] if recorded else []
     hook = next((h for h in hooks if isinstance(h, dict) and str(
         h.get("type", "")).endswith("VisualizationHook")), None)

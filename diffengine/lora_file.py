@@ -1,155 +1,26 @@
-"""Reading the adapter files diffengine writes (``step{N}/`` folders).
+"""The adapter file record by its earlier name: :mod:`diffengine.adapter_file`.
 
-A step folder holds one file (see :mod:`diffengine.adapters.formats`):
-``pytorch_lora_weights.safetensors`` for LoRA and DoRA, as diffusers'
-``save_lora_weights`` writes it (keys ``unet.<module>.lora_A.weight``;
-folders from earlier versions have diffusers' ``lora.down.weight`` /
-``lora_linear_layer.down.weight``), or ``lycoris_weights.safetensors`` for
-LoHa and LoKr, LyCORIS' single file (``lora_unet_<module>.hada_w1_a``, ...).
-Both keep the peft config of each part under ``lora_adapter_metadata`` and
-the ``diffengine.*`` training metadata that ``LoRACheckpointHook`` adds.
+``LoRAFile`` is :class:`~diffengine.adapter_file.AdapterFile` (which reads
+LoHa and LoKr files too) and ``read_lora_file`` is
+:func:`~diffengine.adapter_file.read_adapter_file`, kept for code that
+imports them from here.
 """
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
-
-import torch
-from safetensors import safe_open
-
-from diffengine.adapters import (
-    AdapterKind,
-    kind_of_config,
-    kind_of_kohya,
-    kind_of_tensors,
-)
-from diffengine.adapters.formats import (
+from diffengine.adapter_file import (
     ADAPTER_METADATA_KEY,
-    DIFFUSERS_FILE,
-    LYCORIS_FILE,
-    STEP_FORMATS,
+    DOWN_SUFFIXES,
     TRAINING_METADATA_PREFIX,
-    StepFormat,
+    AdapterFile,
     add_training_metadata,
-    unpack_adapter_configs,
+    base_model,
+    read_adapter_file,
+    weights_path,
 )
-from diffengine.adapters.kohya import kohya_modules
-from diffengine.errors import ConfigError, MissingFileError
+
+LoRAFile = AdapterFile
+read_lora_file = read_adapter_file
 
 __all__ = ["ADAPTER_METADATA_KEY", "DOWN_SUFFIXES", "TRAINING_METADATA_PREFIX",
            "LoRAFile", "add_training_metadata", "base_model", "read_lora_file",
            "weights_path"]
-
-# Ends of the down-projection keys, one per module: diffusers' own names
-# (``lora.down``, ``lora_linear_layer.down``), kohya's (``lora_down``) and
-# peft's (``lora_A``).
-DOWN_SUFFIXES = ("down.weight", "lora_A.weight")
-
-
-def weights_path(lora: str) -> str:
-    """The ``.safetensors`` file of a step folder, or ``lora`` if a file."""
-    if os.path.isdir(lora):
-        for step_format in STEP_FORMATS:
-            path = os.path.join(lora, step_format.weight_name)
-            if os.path.isfile(path):
-                return path
-        names = " or ".join(f.weight_name for f in STEP_FORMATS)
-        raise MissingFileError(
-            f"{lora!r} holds no {names}; give a step folder "
-            "(work_dirs/<config>/step<N>) or a .safetensors file.")
-    if not os.path.isfile(lora):
-        raise MissingFileError(f"LoRA {lora!r} does not exist.")
-    return lora
-
-
-@dataclass
-class LoRAFile:
-    """The weights and metadata of an adapter file.
-
-    Attributes:
-        path (str): The ``.safetensors`` file.
-        state_dict (dict[str, Tensor]): Weights, keys as saved.
-        adapter_configs (dict[str, dict]): peft config fields per part
-            (``"unet"``, ``"text_encoder"``); empty when the file has none.
-        training (dict[str, str]): ``diffengine.*`` metadata, prefix dropped
-            (``base_model``, ``step``, ``resolution``, ``dataset``, ...).
-    """
-
-    path: str
-    state_dict: dict[str, torch.Tensor]
-    adapter_configs: dict[str, dict] = field(default_factory=dict)
-    training: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def is_kohya(self) -> bool:
-        """Whether keys are kohya names (``lora_unet_...``), not parts."""
-        return bool(self.state_dict) and all(
-            k.startswith("lora_") for k in self.state_dict)
-
-    @property
-    def step_format(self) -> StepFormat:
-        """The loader that reads the file: diffusers' (LoRA and DoRA
-        files, kohya LoRA files), or the LyCORIS one (LoHa, LoKr)."""
-        if self.is_kohya and any(
-                kind_of_kohya(tensors).step_format is LYCORIS_FILE
-                for tensors in kohya_modules(self.state_dict).values()):
-            return LYCORIS_FILE
-        return DIFFUSERS_FILE
-
-    @property
-    def parts(self) -> list[str]:
-        """The model parts with adapters, e.g. ``["unet", "text_encoder"]``."""
-        if self.is_kohya:
-            return list(self.adapter_configs)
-        return list(dict.fromkeys(k.split(".", 1)[0] for k in self.state_dict))
-
-    def kind(self, part: str) -> AdapterKind:
-        """The adapter kind of ``part``: from its config, else its keys."""
-        if part in self.adapter_configs:
-            return kind_of_config(self.adapter_configs[part])
-        return kind_of_tensors(k for k in self.state_dict
-                               if k.startswith(f"{part}."))
-
-    def rank(self, part: str) -> int:
-        """The configured rank ``r`` of ``part`` (or the largest in the file)."""
-        if part in self.adapter_configs:
-            return int(self.adapter_configs[part]["r"])
-        return max(v.shape[0] for k, v in self.state_dict.items()
-                   if k.startswith(f"{part}.") and k.endswith(DOWN_SUFFIXES))
-
-    def alpha(self, part: str) -> float:
-        """The configured alpha of ``part``; the rank (strength 1) if not
-        saved."""
-        if part in self.adapter_configs:
-            config = self.adapter_configs[part]
-            return float(config[self.kind(part).alpha_option])
-        return float(self.rank(part))
-
-
-def read_lora_file(lora: str) -> LoRAFile:
-    """Read a step folder or an adapter ``.safetensors`` file."""
-    path = weights_path(lora)
-    state_dict = {}
-    with safe_open(path, framework="pt") as f:
-        metadata = f.metadata() or {}
-        for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
-            state_dict[key] = f.get_tensor(key)
-    adapter_configs: dict[str, dict] = {}
-    if ADAPTER_METADATA_KEY in metadata:
-        adapter_configs = unpack_adapter_configs(metadata[ADAPTER_METADATA_KEY])
-    training = {
-        k[len(TRAINING_METADATA_PREFIX):]: v for k, v in metadata.items()
-        if k.startswith(TRAINING_METADATA_PREFIX)
-    }
-    return LoRAFile(path, state_dict, adapter_configs, training)
-
-
-def base_model(lora: str, base: str | None = None) -> str:
-    """``base`` if given, else the base model recorded in the LoRA file."""
-    if base is not None:
-        return base
-    recorded = read_lora_file(lora).training.get("base_model")
-    if recorded is None:
-        raise ConfigError(
-            f"{lora!r} does not record its base model; pass --base.")
-    return recorded

@@ -1,8 +1,14 @@
 """generate / make_grid / load_pipeline: the images of training and demo."""
 import numpy as np
 import pytest
+from diffusers import (
+    FlowMatchEulerDiscreteScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+)
 
 from diffengine.inference import (
+    denoiser_of,
     generate,
     label_height,
     load_pipeline,
@@ -74,3 +80,23 @@ def test_prompt_slug_names_files_safely():
     assert prompt_slug(["yoda pokemon", "yoda pokemon"]) == "yoda-pokemon"
     assert prompt_slug(["?!"]) == "prompt"
     assert len(prompt_slug(["x" * 200])) == 80
+
+
+def test_the_denoiser_of_a_pipeline(tiny_sd):
+    """``unet`` in SD 1.x and SDXL pipelines, ``transformer`` in SD3's."""
+    pipe = load_pipeline(tiny_sd)
+    assert denoiser_of(pipe) is pipe.unet
+    transformer = SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, out_channels=4,
+        num_layers=1, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=16, caption_projection_dim=16,
+        pooled_projection_dim=16, pos_embed_max_size=16)
+    sd3 = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=None, text_encoder=None, tokenizer=None, text_encoder_2=None,
+        tokenizer_2=None, text_encoder_3=None, tokenizer_3=None)
+    assert denoiser_of(sd3) is transformer
+    pipe.unet = None
+    with pytest.raises(ValueError, match="has neither a transformer nor a "
+                       "unet"):
+        denoiser_of(pipe)

@@ -1,20 +1,24 @@
 """The adapter kinds a config may name, one module each.
 
 Each kind says how it is configured and injected (its peft config class and
-option checks), how a step folder holds it (:attr:`AdapterKind.step_format`:
-diffusers' LoRA file or the LyCORIS file, each with its loader for ``demo``,
-``merge_lora`` and the tests; the visualization samples use the in-memory
-model), and how one module converts to the kohya/LyCORIS single file. A new
-kind is a module with an :class:`AdapterKind` subclass and a line below.
+option checks), which file of a step folder holds it
+(:attr:`AdapterKind.weight_name`: diffusers' LoRA file or the LyCORIS file,
+whose writers and loaders live in :mod:`diffengine.adapters.formats`), and
+how one module converts to the kohya/LyCORIS single file. A new kind is a
+module with an :class:`AdapterKind` subclass and a line in
+:mod:`diffengine.adapters.kinds`.
+
+The modules are layered, each importing only those below it: the kinds
+(``base``, ``lora``, ``dora``, ``loha``, ``lokr``, ``kinds``, ``kohya``)
+at the bottom, the file record (:mod:`diffengine.adapter_file`) above them,
+the step-file formats (:mod:`diffengine.adapters.formats`) on top. This
+package imports the kinds only.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-
-from peft import PeftConfig
-from torch import nn
-
 from diffengine.adapters.base import (
+    DIFFUSERS_WEIGHT_NAME,
+    LYCORIS_WEIGHT_NAME,
     AdapterKind,
     AdapterPart,
     adapted_convolutions,
@@ -22,104 +26,28 @@ from diffengine.adapters.base import (
     count_trainable_parameters,
 )
 from diffengine.adapters.dora import DORA
-from diffengine.adapters.formats import STEP_FORMATS, StepFormat
+from diffengine.adapters.kinds import (
+    ADAPTER_KINDS,
+    KINDS_BY_NAME,
+    adapter_kind,
+    add_adapter,
+    kind_of_config,
+    kind_of_kohya,
+    kind_of_tensors,
+)
 from diffengine.adapters.loha import LOHA
 from diffengine.adapters.lokr import LOKR
 from diffengine.adapters.lora import LORA
-from diffengine.errors import ConfigError
-
-# Every kind, in the order saved configs and files are matched against them.
-ADAPTER_KINDS: tuple[AdapterKind, ...] = (
-    LORA,  # LoRA and LoCon; peft's LoraConfig
-    DORA,  # LoRA with use_dora=True (or type="DoRA")
-    LOHA,  # LyCORIS LoHa; peft's LoHaConfig
-    LOKR,  # LyCORIS LoKr; peft's LoKrConfig
-)
-KINDS_BY_NAME = {kind.name: kind for kind in ADAPTER_KINDS}
-
-
-def adapter_kind(cfg: Mapping, name: str) -> AdapterKind:
-    """The kind a config dict asks for: its ``type`` (``"LoRA"`` by
-    default), DoRA for ``type="LoRA"`` with ``use_dora=True``.
-
-    Raises:
-        ConfigError: If ``type`` names no kind.
-    """
-    kind_name = cfg.get("type", LORA.name)
-    if kind_name not in KINDS_BY_NAME:
-        raise ConfigError(
-            f"{name}.type={kind_name!r} is not supported; choose one of "
-            f"{sorted(KINDS_BY_NAME)}.")
-    kind = KINDS_BY_NAME[kind_name]
-    if kind is LORA and cfg.get("use_dora"):
-        return DORA
-    return kind
-
-
-def add_adapter(module: nn.Module, cfg: Mapping, name: str) -> PeftConfig:
-    """Inject the checked adapter of ``cfg`` into ``module`` (see
-    :meth:`AdapterKind.inject`)."""
-    return adapter_kind(cfg, name).inject(module, cfg, name)
-
-
-def kind_of_config(config: Mapping) -> AdapterKind:
-    """The kind of a saved peft config (``to_dict()``).
-
-    Raises:
-        ValueError: If no kind matches its ``peft_type``.
-    """
-    for kind in ADAPTER_KINDS:
-        if kind.matches(config):
-            return kind
-    raise ValueError(f"peft_type {config.get('peft_type')!r} is none of "
-                     f"{[k.name for k in ADAPTER_KINDS]}.")
-
-
-def kind_of_tensors(keys: Iterable[str]) -> AdapterKind:
-    """The kind of a part's peft tensors (``<module>.lora_A.weight``, ...),
-    for files saved without a config."""
-    keys = list(keys)
-    for kind in (DORA, LOHA, LOKR):
-        own = set(kind.parameters) - set(LORA.parameters)
-        if any(f".{p}" in k for k in keys for p in own):
-            return kind
-    return LORA
-
-
-def kind_of_kohya(names: Iterable[str]) -> AdapterKind:
-    """The kind of one kohya module from the names of its tensors."""
-    names = list(names)
-    for kind in (DORA, LOHA, LOKR, LORA):
-        if kind.owns_kohya(names):
-            return kind
-    raise ValueError(f"tensors {names} are no adapter kind's.")
-
-
-def step_format_of(kinds: Iterable[AdapterKind]) -> StepFormat:
-    """The step-file form that holds ``kinds``.
-
-    Raises:
-        ConfigError: If they need different forms (LoRA or DoRA, which
-            diffusers reads, beside LoHa or LoKr).
-    """
-    kinds = list(kinds)
-    formats = {kind.step_format for kind in kinds}
-    if len(formats) > 1:
-        raise ConfigError(
-            f"the adapters {[k.name for k in kinds]} need different step "
-            f"files ({', '.join(sorted(f.weight_name for f in formats))}); "
-            "pair LoRA or DoRA with LoRA or DoRA, LoHa or LoKr with LoHa or "
-            "LoKr.")
-    return formats.pop()
-
 
 __all__ = [
     "ADAPTER_KINDS",
+    "DIFFUSERS_WEIGHT_NAME",
     "DORA",
+    "KINDS_BY_NAME",
     "LOHA",
     "LOKR",
     "LORA",
-    "STEP_FORMATS",
+    "LYCORIS_WEIGHT_NAME",
     "AdapterKind",
     "AdapterPart",
     "adapted_convolutions",
@@ -130,5 +58,4 @@ __all__ = [
     "kind_of_config",
     "kind_of_kohya",
     "kind_of_tensors",
-    "step_format_of",
 ]

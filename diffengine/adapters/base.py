@@ -15,7 +15,7 @@ import numbers
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from peft import PeftConfig, inject_adapter_in_model
@@ -25,8 +25,11 @@ from torch import nn
 
 from diffengine.errors import ConfigError, did_you_mean
 
-if TYPE_CHECKING:
-    from diffengine.adapters.formats import StepFormat
+# The files of a step folder, one per loader (diffengine.adapters.formats
+# writes and loads them): diffusers' ``load_lora_weights`` reads the first,
+# LyCORIS' loaders (ComfyUI, AUTOMATIC1111) the second.
+DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+LYCORIS_WEIGHT_NAME = "lycoris_weights.safetensors"
 
 # transformers 5.x ``CLIPTextModel`` names its layers without this level;
 # every other stack (and kohya's names) has it.
@@ -48,7 +51,8 @@ class AdapterKind:
             peft state dict, after the module name (``lora_A.weight``).
         kohya_keys (tuple[str, ...]): Tensor names that mark a module of
             this kind in a kohya/LyCORIS file.
-        step_format (StepFormat): How a step folder holds the kind.
+        weight_name (str): The step file that holds the kind
+            (``DIFFUSERS_WEIGHT_NAME`` or ``LYCORIS_WEIGHT_NAME``).
         network_module (str): kohya's ``ss_network_module`` of its files.
         algo (str): LyCORIS' ``algo`` in ``ss_network_args``; empty for
             kohya's own LoRA.
@@ -66,7 +70,7 @@ class AdapterKind:
     alpha_option: ClassVar[str]
     parameters: ClassVar[tuple[str, ...]]
     kohya_keys: ClassVar[tuple[str, ...]]
-    step_format: ClassVar[StepFormat]
+    weight_name: ClassVar[str]
     network_module: ClassVar[str] = "lycoris.kohya"
     algo: ClassVar[str] = ""
     aliases: ClassVar[Mapping[str, str]] = {}

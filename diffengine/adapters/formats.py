@@ -23,18 +23,29 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
 
 import torch
 from diffusers import DiffusionPipeline
 from peft import inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from diffengine.adapters.base import AdapterPart, has_convolutions
+from diffengine.adapter_file import (
+    ADAPTER_METADATA_KEY,
+    TRAINING_METADATA_PREFIX,
+    AdapterFile,
+    add_training_metadata,
+    pack_adapter_configs,
+)
+from diffengine.adapters.base import (
+    DIFFUSERS_WEIGHT_NAME,
+    LYCORIS_WEIGHT_NAME,
+    AdapterKind,
+    AdapterPart,
+    has_convolutions,
+)
 from diffengine.adapters.kohya import (
     canonical_name,
     is_text_encoder,
@@ -42,49 +53,12 @@ from diffengine.adapters.kohya import (
     kohya_names,
     kohya_state_dict,
 )
+from diffengine.errors import ConfigError
 
-if TYPE_CHECKING:
-    from diffengine.lora_file import LoRAFile
-
-# Where diffusers keeps the adapter configs in a file's metadata.
-ADAPTER_METADATA_KEY = "lora_adapter_metadata"
-# Prefix of the training metadata (base model, step, dataset, config).
-TRAINING_METADATA_PREFIX = "diffengine."
 # The name adapters get when loaded into a pipeline.
 ADAPTER_NAME = "lora"
 # DoRA's magnitude in a peft state dict.
 MAGNITUDE = "lora_magnitude_vector"
-
-
-def pack_adapter_configs(configs: Mapping[str, Mapping]) -> str:
-    """``{part: config}`` as diffusers writes it: JSON of ``part.option``."""
-    return json.dumps({f"{part}.{option}": value
-                       for part, config in configs.items()
-                       for option, value in config.items()},
-                      indent=2, sort_keys=True)
-
-
-def unpack_adapter_configs(text: str) -> dict[str, dict]:
-    """Undo :func:`pack_adapter_configs`."""
-    configs: dict[str, dict] = {}
-    for key, value in json.loads(text).items():
-        part, option = key.split(".", 1)
-        configs.setdefault(part, {})[option] = value
-    return configs
-
-
-def add_training_metadata(path: str, training: Mapping[str, str]) -> None:
-    """Add ``diffengine.<key>`` entries to the metadata of a LoRA file.
-
-    The file is rewritten with the same tensors and its other metadata
-    (diffusers' ``lora_adapter_metadata`` among them) kept.
-    """
-    with safe_open(path, framework="pt") as f:
-        metadata = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    metadata.update({f"{TRAINING_METADATA_PREFIX}{k}": str(v)
-                     for k, v in training.items()})
-    save_file(tensors, path, metadata=metadata)
 
 
 def adapted_modules(pipe: DiffusionPipeline) -> dict[str, nn.Module]:
@@ -118,7 +92,7 @@ class StepFormat:
         """
         raise NotImplementedError
 
-    def load(self, pipe: DiffusionPipeline, lora: LoRAFile,
+    def load(self, pipe: DiffusionPipeline, lora: AdapterFile,
              prefixes: Mapping[str, str], scale: float) -> None:
         """Add the adapters of ``lora`` to ``pipe`` at strength ``scale``."""
         raise NotImplementedError
@@ -131,7 +105,7 @@ class StepFormat:
 class DiffusersFile(StepFormat):
     """``pytorch_lora_weights.safetensors``, read by ``load_lora_weights``."""
 
-    weight_name = "pytorch_lora_weights.safetensors"
+    weight_name = DIFFUSERS_WEIGHT_NAME
 
     def write(self, directory, parts, pipeline_class, prefixes, training):
         kwargs = {}
@@ -168,7 +142,7 @@ class LycorisFile(StepFormat):
     """``lycoris_weights.safetensors``: the LyCORIS file the UIs load, which
     this project loads with the peft configs it carries."""
 
-    weight_name = "lycoris_weights.safetensors"
+    weight_name = LYCORIS_WEIGHT_NAME
 
     def write(self, directory, parts, pipeline_class, prefixes, training):
         tensors = kohya_state_dict(parts, prefixes)
@@ -267,3 +241,27 @@ DIFFUSERS_FILE = DiffusersFile()
 LYCORIS_FILE = LycorisFile()
 # Every step-file form, in the order a step folder is searched.
 STEP_FORMATS = (DIFFUSERS_FILE, LYCORIS_FILE)
+FORMATS_BY_WEIGHT_NAME = {f.weight_name: f for f in STEP_FORMATS}
+
+
+def step_format_of(kinds: Iterable[AdapterKind]) -> StepFormat:
+    """The step-file form that holds ``kinds``.
+
+    Raises:
+        ConfigError: If they need different forms (LoRA or DoRA, which
+            diffusers reads, beside LoHa or LoKr).
+    """
+    kinds = list(kinds)
+    names = {kind.weight_name for kind in kinds}
+    if len(names) > 1:
+        raise ConfigError(
+            f"the adapters {[k.name for k in kinds]} need different step "
+            f"files ({', '.join(sorted(names))}); pair LoRA or DoRA with "
+            "LoRA or DoRA, LoHa or LoKr with LoHa or LoKr.")
+    return FORMATS_BY_WEIGHT_NAME[names.pop()]
+
+
+def file_format(lora: AdapterFile) -> StepFormat:
+    """The step-file form whose loader reads ``lora`` (see
+    :attr:`AdapterFile.weight_name`)."""
+    return FORMATS_BY_WEIGHT_NAME[lora.weight_name]

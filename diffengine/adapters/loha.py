@@ -20,8 +20,7 @@ from typing import ClassVar
 import torch
 from peft import LoHaConfig
 
-from diffengine.adapters.base import AdapterKind
-from diffengine.adapters.formats import LYCORIS_FILE
+from diffengine.adapters.base import LYCORIS_WEIGHT_NAME, AdapterKind
 
 # kohya's and LyCORIS' names for peft's options
 LYCORIS_ALIASES = {"rank": "r", "network_dim": "r", "network_alpha": "alpha",
@@ -39,7 +38,7 @@ class LoHa(AdapterKind):
     parameters = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b",
                   "hada_t1", "hada_t2")
     kohya_keys = ("hada_w1_a", )
-    step_format = LYCORIS_FILE
+    weight_name = LYCORIS_WEIGHT_NAME
     algo = "loha"
     aliases = LYCORIS_ALIASES
     # a LoRA config switched to LoHa keeps its alpha

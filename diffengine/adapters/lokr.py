@@ -29,8 +29,7 @@ from typing import ClassVar
 import torch
 from peft import LoKrConfig
 
-from diffengine.adapters.base import AdapterKind
-from diffengine.adapters.formats import LYCORIS_FILE
+from diffengine.adapters.base import LYCORIS_WEIGHT_NAME, AdapterKind
 from diffengine.adapters.loha import LYCORIS_ALIASES
 
 
@@ -73,7 +72,7 @@ class LoKr(AdapterKind):
     parameters = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2",
                   "lokr_w2_a", "lokr_w2_b", "lokr_t2")
     kohya_keys = parameters
-    step_format = LYCORIS_FILE
+    weight_name = LYCORIS_WEIGHT_NAME
     algo = "lokr"
     aliases: ClassVar[Mapping[str, str]] = {
         **LYCORIS_ALIASES, "factor": "decompose_factor"}

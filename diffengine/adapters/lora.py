@@ -15,8 +15,11 @@ from typing import Any, ClassVar
 import torch
 from peft import LoraConfig
 
-from diffengine.adapters.base import AdapterKind, pattern_value
-from diffengine.adapters.formats import DIFFUSERS_FILE
+from diffengine.adapters.base import (
+    DIFFUSERS_WEIGHT_NAME,
+    AdapterKind,
+    pattern_value,
+)
 
 
 class LoRA(AdapterKind):
@@ -28,7 +31,7 @@ class LoRA(AdapterKind):
     alpha_option = "lora_alpha"
     parameters = ("lora_A.weight", "lora_B.weight")
     kohya_keys = ("lora_down.weight", )
-    step_format = DIFFUSERS_FILE
+    weight_name = DIFFUSERS_WEIGHT_NAME
     network_module = "networks.lora"
     # kohya's and older diffengine's names for peft's options
     aliases: ClassVar[Mapping[str, str]] = {

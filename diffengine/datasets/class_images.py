@@ -31,6 +31,7 @@ from tqdm import tqdm
 from diffengine.datasets.kohya_folder import IMAGE_EXTENSIONS
 from diffengine.errors import DataError
 from diffengine.fileio import atomic_write, atomic_write_text
+from diffengine.inference import denoiser_of
 from diffengine.stop import raise_if_stop_requested
 
 # Image k of a folder that diffengine fills is generated with seed k.
@@ -89,13 +90,14 @@ def class_images_key(pipe, base_model: str, prompt: str,
     """
     modules = [c for c in pipe.components.values()
                if isinstance(c, torch.nn.Module)]
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    denoiser = denoiser_of(pipe)
+    size = denoiser.config.sample_size * pipe.vae_scale_factor
     scheduler = {k: v for k, v in pipe.scheduler.config.items()
                  if not k.startswith("_")}
     return {
         "base_model": base_model,
         "weights": sampled_weights_digest(modules),
-        "dtype": str(pipe.unet.dtype).removeprefix("torch."),
+        "dtype": str(denoiser.dtype).removeprefix("torch."),
         "scheduler": {"class": type(pipe.scheduler).__name__, **scheduler},
         "prompt": prompt,
         "height": options.get("height") or size,

@@ -155,12 +155,16 @@ def check_adapters(model: Any) -> None:
     """Check the adapter options of a model config, as the model does when
     it is built, but before its base loads.
 
+    Every ``*_lora_config`` is checked: the denoiser's (``unet_lora_config``
+    or ``transformer_lora_config``, as the family names it) and
+    ``text_encoder_lora_config``.
+
     Raises:
         ConfigError: Naming ``model.<part>_lora_config.<option>``.
     """
     if not isinstance(model, Mapping):
         return
-    for option in ("unet_lora_config", "text_encoder_lora_config"):
+    for option in sorted(o for o in model if str(o).endswith("_lora_config")):
         if isinstance(model.get(option), Mapping):
             name = f"model.{option}"
             adapter_kind(model[option], name).options(model[option], name)

@@ -473,7 +473,9 @@ class DiffEngineRunner(Runner):
                 f"{path} does not match the model's LoRA layers: "
                 f"{len(missing)} missing (e.g. {missing[:2]}), "
                 f"{len(unexpected)} unexpected (e.g. {unexpected[:2]}); was "
-                "it trained with other unet/text_encoder LoRA options?")
+                "it trained with other denoiser (unet_lora_config, "
+                "transformer_lora_config) or text_encoder_lora_config "
+                "options?")
         model.load_state_dict(state, strict=False)
         self.logger.info(
             f"loaded {len(state)} LoRA tensors from {path}; the frozen base "

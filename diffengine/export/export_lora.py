@@ -12,6 +12,7 @@ from diffengine.adapters.formats import (
     ADAPTER_METADATA_KEY,
     DIFFUSERS_FILE,
     LYCORIS_FILE,
+    file_format,
     pack_adapter_configs,
 )
 from diffengine.adapters.kohya import BaseWeights, module_path
@@ -103,12 +104,12 @@ def export_lora(lora: str,
                            dora_base_weights(source, base, dora_reader))
         metadata = {"format": "pt",
                     **export_metadata(source, title, tensors)}
-        if source.step_format is LYCORIS_FILE:
+        if file_format(source) is LYCORIS_FILE:
             # no other loader reads it; this project's loads with it
             metadata[ADAPTER_METADATA_KEY] = pack_adapter_configs(
                 source.adapter_configs)
     else:
-        if source.step_format is not DIFFUSERS_FILE:
+        if file_format(source) is not DIFFUSERS_FILE:
             kinds = "/".join(source.kind(part).name for part in source.parts)
             raise ConfigError(f"{source.path} holds {kinds}, which diffusers "
                              "does not read; use --format kohya.")

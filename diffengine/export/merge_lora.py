@@ -9,6 +9,7 @@ from diffusers import DiffusionPipeline, UNet2DConditionModel
 from torch import nn
 from tqdm import tqdm
 
+from diffengine.adapters.formats import file_format
 from diffengine.errors import ConfigError
 from diffengine.export.diffusers_folder import save_pipeline_folder
 from diffengine.export.single_file import (
@@ -194,7 +195,7 @@ def merge_lora(lora: str, base: str, out: str,
         if single:  # refused before the fuse, not after
             single_file_layout(single_file_unet(pipe), *text_encoders(pipe))
         next_stage(bar, "fuse LoRA")
-        load_adapters(pipe, lora, lora_scale).step_format.fuse(pipe)
+        file_format(load_adapters(pipe, lora, lora_scale)).fuse(pipe)
         next_stage(bar, "cast")
         if dtype != "float32":
             pipe.to(DTYPES[dtype])

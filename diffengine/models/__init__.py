@@ -3,6 +3,7 @@ from diffengine.models.editors import (
     LatentDiffusionModel,
     SDDataPreprocessor,
     StableDiffusion,
+    StableDiffusion3,
     StableDiffusionXL,
 )
 from diffengine.models.utils import noise, timesteps
@@ -11,6 +12,7 @@ __all__ = [
     "LatentDiffusionModel",
     "SDDataPreprocessor",
     "StableDiffusion",
+    "StableDiffusion3",
     "StableDiffusionXL",
     "losses",
     "noise",

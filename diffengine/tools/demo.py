@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     from PIL import Image
 
+    from diffengine.adapter_file import base_model
     from diffengine.hub import hub_download
     from diffengine.inference import (
         generate,
@@ -92,7 +93,6 @@ def main(argv: list[str] | None = None) -> None:
         make_grid,
         sampling_progress,
     )
-    from diffengine.lora_file import base_model
 
     settings = settings_of(args)
     seeds = settings.pop("seed")

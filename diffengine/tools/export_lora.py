@@ -47,8 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     # here, not at the top: --help needs neither torch nor diffusers
+    from diffengine.adapter_file import DOWN_SUFFIXES
     from diffengine.export.export_lora import export_lora
-    from diffengine.lora_file import DOWN_SUFFIXES
 
     tensors = export_lora(args.lora, args.out, args.format, args.title,
                           args.dtype, args.base, args.dora_reader)

@@ -45,13 +45,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     # here, not at the top: --help needs neither torch nor diffusers
+    from diffengine.adapter_file import base_model
     from diffengine.export.merge_lora import (
         from_single_file_caveat,
         loading_code,
         merge_lora,
     )
     from diffengine.hub import hub_download
-    from diffengine.lora_file import base_model
 
     base = base_model(args.lora, args.base)
     with hub_download(base, "--base /path/to/a/diffusers/folder"):

@@ -10,8 +10,8 @@ from diffengine.adapters import (
     LORA,
     adapter_kind,
     kind_of_config,
-    step_format_of,
 )
+from diffengine.adapters.formats import step_format_of
 from diffengine.errors import ConfigError
 
 

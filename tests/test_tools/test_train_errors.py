@@ -145,3 +145,15 @@ def test_hub_ids_without_network_or_cache(tmp_path, tiny_sd):
         "not in the Hugging Face cache; connect once to cache it, or use a "
         "local copy: --cfg-options train_dataloader.dataset.dataset="
         "/path/to/an/image/folder")
+
+
+@pytest.mark.parametrize("option", ["unet_lora_config",
+                                    "transformer_lora_config",
+                                    "text_encoder_lora_config"])
+def test_every_lora_option_is_checked_before_the_model_loads(option):
+    from diffengine.engine.config_check import check_adapters
+
+    with pytest.raises(ConfigError, match=(
+            rf"^model\.{option}\.rnak is not an option of peft's LoraConfig\. "
+            r"Did you mean 'r'\?$")):
+        check_adapters({"type": "StableDiffusion", option: {"rnak": 8}})

@@ -1,9 +1,16 @@
-from diffengine.models.editors.base import LatentDiffusionModel
+from diffengine.models.editors.base import LatentDiffusionModel, TextEncoder
 from diffengine.models.editors.stable_diffusion import (
     SDDataPreprocessor,
     StableDiffusion,
 )
+from diffengine.models.editors.stable_diffusion_3 import StableDiffusion3
 from diffengine.models.editors.stable_diffusion_xl import StableDiffusionXL
 
-__all__ = ["LatentDiffusionModel", "SDDataPreprocessor", "StableDiffusion",
-           "StableDiffusionXL"]
+__all__ = [
+    "LatentDiffusionModel",
+    "SDDataPreprocessor",
+    "StableDiffusion",
+    "StableDiffusion3",
+    "StableDiffusionXL",
+    "TextEncoder",
+]

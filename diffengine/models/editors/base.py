@@ -1,48 +1,35 @@
 """The training skeleton every latent-diffusion model family shares.
 
-A family (``StableDiffusion``, and siblings with other text encoders or
-UNet conditioning) subclasses :class:`LatentDiffusionModel` and gives its
-parts, its prompt encoding, the UNet's conditioning and its diffusers
-pipeline; everything else lives here once: adapter injection, the objective
-(latents → noise → timesteps → noisy input → prediction → loss) built from
-registered components, the trainable-only ``state_dict``, step files, the
-non-finite loss guard and ``infer()``.
+A family (``StableDiffusion``, ``StableDiffusionXL``, ...) subclasses
+:class:`LatentDiffusionModel`, declares its parts as data (denoiser, training
+scheduler, text encoders with their tokenizers, pipeline, architecture) and
+writes two methods: its prompt encoding and the call of its denoiser;
+everything else lives here once: loading the parts, adapter injection, the
+objective (latents → noise → timesteps → noisy input → prediction → loss)
+built from registered components, the non-finite loss guard and ``infer()``.
+The trainable weights and step files are :class:`~diffengine.models.
+adapter_io.AdapterIO`'s.
 """
 from __future__ import annotations
 
-import contextlib
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from diffusers import (
-    AutoencoderKL,
-    DDPMScheduler,
-    DiffusionPipeline,
-    UNet2DConditionModel,
-)
+from diffusers import AutoencoderKL, DiffusionPipeline, ModelMixin, SchedulerMixin
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from mmengine.logging import print_log
 from mmengine.model import BaseModel
-from peft import PeftConfig, get_peft_model_state_dict
-from transformers import CLIPTokenizer, PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from diffengine.adapters import (
-    AdapterKind,
-    AdapterPart,
-    adapted_convolutions,
-    adapter_kind,
-    count_trainable_parameters,
-    step_format_of,
-)
-from diffengine.adapters.kohya import canonical_text_encoder_keys, is_text_encoder
-from diffengine.architectures import ARCHITECTURES
 from diffengine.errors import ConfigError, NonFiniteLossError
 from diffengine.hub import hub_download
 from diffengine.inference import generate, quiet_loading
+from diffengine.models.adapter_io import AdapterIO
 from diffengine.models.losses import DiffusionLoss, LossContext
 from diffengine.models.schedules import build_schedule
 from diffengine.models.utils.components import build_component
@@ -58,42 +45,73 @@ from diffengine.registry import MODELS
 Conditioning = Any  # what a family's prompt encoding returns
 
 
+@dataclass(frozen=True)
+class TextEncoder:
+    """One text encoder of a family, as its diffusers folder holds it.
+
+    Attributes:
+        name (str): Its attribute and subfolder (``text_encoder``,
+            ``text_encoder_2``, ...); the tokenizer is in the matching
+            ``tokenizer*`` attribute and subfolder.
+        model_class (type[PreTrainedModel]): Its transformers class.
+        tokenizer_class (type[PreTrainedTokenizerBase]): Its tokenizer's.
+        lora (bool): Whether ``text_encoder_lora_config`` adapts it.
+            Defaults to True.
+    """
+
+    name: str
+    model_class: type[PreTrainedModel]
+    tokenizer_class: type[PreTrainedTokenizerBase]
+    lora: bool = True
+
+    @property
+    def tokenizer(self) -> str:
+        """The attribute and subfolder of its tokenizer."""
+        return self.name.replace("text_encoder", "tokenizer")
+
+
 def first_parameter(module: torch.nn.Module) -> torch.Tensor:
     """The first parameter of ``module``: its device and (for the frozen
     base) its dtype.
 
     diffusers' ``ModelMixin.dtype`` and ``.device`` walk every submodule
-    (about 2 ms for SD 1.5's UNet), too slow to ask at every step.
+    (about 2 ms for SD 1.5's denoiser), too slow to ask at every step.
     """
     return next(module.parameters())
 
 
-class LatentDiffusionModel(BaseModel):
+class LatentDiffusionModel(AdapterIO, BaseModel):
     """A latent diffusion model trained through adapters (LoRA, DoRA, LoHa,
     LoKr: :mod:`diffengine.adapters`).
 
-    The base (VAE, text encoders, UNet) is frozen; only the adapters train,
-    in fp32 whatever the dtype of the base or of autocast, so that small
-    updates are not lost to rounding.
+    The base (VAE, text encoders, denoiser) is frozen; only the adapters
+    train, in fp32 whatever the dtype of the base or of autocast, so that
+    small updates are not lost to rounding.
 
-    Subclasses set :attr:`pipeline_class`, :attr:`architecture` and
-    :attr:`text_encoder_classes` and implement :meth:`encode_text`,
-    :meth:`unet_conditioning` and :meth:`pipeline_parts` (what their
-    pipeline is built from); :meth:`load_parts` loads a diffusers folder of
-    a DDPM-trained latent UNet, a KL VAE and CLIP text encoders, and
-    :meth:`load_vae` can be overridden.
+    A family declares its parts in class attributes (:attr:`denoiser_name`,
+    :attr:`denoiser_class`, :attr:`scheduler_class`, :attr:`text_encoders`,
+    :attr:`pipeline_class`, :attr:`pipeline_options`, :attr:`architecture`),
+    from which :meth:`load_parts` loads a diffusers folder and
+    :meth:`pipeline_parts` builds the pipeline, and implements
+    :meth:`encode_text` and :meth:`denoise`; :meth:`load_vae` can be
+    overridden.
 
     Args:
         model (str): Hub id or local diffusers folder of the base model.
-        unet_lora_config (dict, optional): ``type`` (``"LoRA"``, with
-            ``use_dora=True`` for DoRA; ``"LoHa"``; ``"LoKr"``) and keyword
-            arguments of peft's ``LoraConfig`` / ``LoHaConfig`` /
-            ``LoKrConfig`` for the UNet; ``target_modules`` may name its
-            convolutions (``conv1``, ``conv2``, ``conv_shortcut``,
-            ``proj_in``, ``proj_out``, ``conv``). Defaults to None (the UNet
-            stays frozen).
+        unet_lora_config (dict, optional): The denoiser's adapter, for a
+            family whose denoiser is named ``unet``: ``type`` (``"LoRA"``,
+            with ``use_dora=True`` for DoRA; ``"LoHa"``; ``"LoKr"``) and
+            keyword arguments of peft's ``LoraConfig`` / ``LoHaConfig`` /
+            ``LoKrConfig``; ``target_modules`` may name convolutions
+            (``conv1``, ``conv2``, ``conv_shortcut``, ``proj_in``,
+            ``proj_out``, ``conv``). Defaults to None (the denoiser stays
+            frozen).
         text_encoder_lora_config (dict, optional): The same for the text
-            encoder(s). Defaults to None.
+            encoders whose :class:`TextEncoder` sets ``lora``. Defaults to
+            None.
+        transformer_lora_config (dict, optional): The denoiser's adapter,
+            as ``unet_lora_config``, for a family whose denoiser is named
+            ``transformer``. Defaults to None.
         prediction_type (str, optional): ``"epsilon"`` or ``"v_prediction"``
             under ``DDPMSchedule``; None takes the scheduler's. Defaults to
             None.
@@ -119,13 +137,16 @@ class LatentDiffusionModel(BaseModel):
             ``"bfloat16"`` (half its memory, and its matmuls run in that
             dtype); the adapters stay fp32. None keeps float32. Defaults to
             None.
-        channels_last (bool): Store the UNet's and VAE's convolution weights
-            channels-last (NHWC), which tensor cores and oneDNN prefer.
-            Defaults to False.
-        compile_unet (bool | dict): ``torch.compile`` the UNet in place
-            (``nn.Module.compile``, so parameter names stay the same); a dict
-            is passed to it as keyword arguments, e.g. ``dict(mode=
+        channels_last (bool): Store the denoiser's and VAE's convolution
+            weights channels-last (NHWC), which tensor cores and oneDNN
+            prefer. Defaults to False.
+        compile_denoiser (bool | dict): ``torch.compile`` the denoiser in
+            place (``nn.Module.compile``, so parameter names stay the same);
+            a dict is passed to it as keyword arguments, e.g. ``dict(mode=
             "max-autotune")``. Defaults to False.
+        compile_unet (bool | dict): The name ``compile_denoiser`` had when
+            every denoiser was a UNet; either may be set, not both.
+            Defaults to False.
         cache_text_embeddings (bool): Encode each distinct caption once and
             reuse its embedding; only with frozen text encoders. Defaults to
             False.
@@ -136,28 +157,45 @@ class LatentDiffusionModel(BaseModel):
             that says so.
     """
 
+    #: The denoiser's attribute, subfolder and adapter part name
+    #: (``"unet"``, ``"transformer"``); its adapter option is
+    #: ``<denoiser_name>_lora_config``.
+    denoiser_name: ClassVar[str]
+    #: The denoiser's diffusers class.
+    denoiser_class: ClassVar[type[ModelMixin]]
+    #: The training scheduler, loaded from the ``scheduler`` subfolder.
+    scheduler_class: ClassVar[type[SchedulerMixin]]
+    #: The text encoders, in the order the pipeline numbers them.
+    text_encoders: ClassVar[tuple[TextEncoder, ...]] = ()
     #: The diffusers pipeline class of the family.
-    pipeline_class: type[DiffusionPipeline] = DiffusionPipeline
+    pipeline_class: ClassVar[type[DiffusionPipeline]] = DiffusionPipeline
+    #: More keyword arguments of ``pipeline_class.from_pretrained``: the
+    #: parts training does without, switched off.
+    pipeline_options: ClassVar[dict[str, Any]] = {}
     #: Stability AI's model-spec name of the family (``modelspec.
     #: architecture`` of exported files is ``<architecture>/lora``).
-    architecture: str = ""
-    #: The text encoders, by attribute and subfolder (``text_encoder``,
-    #: ``text_encoder_2``, ...), each with the tokenizer of the matching
-    #: ``tokenizer*`` subfolder; ``text_encoder_lora_config`` adapts them.
-    text_encoder_classes: ClassVar[dict[str, type[PreTrainedModel]]] = {}
+    architecture: ClassVar[str] = ""
     #: The family's objective (:mod:`diffengine.models.schedules`), which
     #: ``schedule`` overrides.
-    default_schedule: ClassVar[dict] = dict(type="DDPMSchedule")
+    default_schedule: ClassVar[dict]
+
+    @property
+    def denoiser(self) -> ModelMixin:
+        """The denoiser (the attribute :attr:`denoiser_name` names)."""
+        return getattr(self, self.denoiser_name)
 
     @property
     def text_encoder_names(self) -> tuple[str, ...]:
-        """The attributes holding the text encoders."""
-        return tuple(self.text_encoder_classes)
+        """The attributes of the text encoders that
+        ``text_encoder_lora_config`` adapts (each :class:`TextEncoder` with
+        ``lora``); :attr:`text_encoders` lists them all."""
+        return tuple(e.name for e in self.text_encoders if e.lora)
 
     def __init__(self,
                  model: str,
                  unet_lora_config: dict | None = None,
                  text_encoder_lora_config: dict | None = None,
+                 transformer_lora_config: dict | None = None,
                  prediction_type: str | None = None,
                  schedule: dict | None = None,
                  loss: dict | None = None,
@@ -167,6 +205,7 @@ class LatentDiffusionModel(BaseModel):
                  gradient_checkpointing: bool = False,
                  weight_dtype: str | None = None,
                  channels_last: bool = False,
+                 compile_denoiser: bool | dict = False,
                  compile_unet: bool | dict = False,
                  cache_text_embeddings: bool = False,
                  data_preprocessor: dict | None = None,
@@ -180,10 +219,25 @@ class LatentDiffusionModel(BaseModel):
                 f"noise_offset={noise_offset} was replaced by "
                 f"noise_generator=dict(type='OffsetNoise', offset_weight="
                 f"{noise_offset}).")
-        if unet_lora_config is None and text_encoder_lora_config is None:
+        denoiser_option = f"{self.denoiser_name}_lora_config"
+        denoiser_lora_config = self._denoiser_lora_config(
+            {"unet_lora_config": unet_lora_config,
+             "transformer_lora_config": transformer_lora_config})
+        if denoiser_lora_config is None and text_encoder_lora_config is None:
             raise ConfigError(
-                "Neither unet_lora_config nor text_encoder_lora_config is "
+                f"Neither {denoiser_option} nor text_encoder_lora_config is "
                 "set: nothing would train.")
+        if text_encoder_lora_config is not None and not (
+                self.text_encoder_names):
+            raise ConfigError(
+                f"text_encoder_lora_config is set, but none of "
+                f"{type(self).__name__}'s text encoders takes an adapter; "
+                "drop it.")
+        if compile_denoiser and compile_unet:
+            raise ConfigError(
+                "compile_denoiser and compile_unet are both set; compile_unet "
+                "is compile_denoiser's earlier name: keep compile_denoiser.")
+        compile_denoiser = compile_denoiser or compile_unet
         if cache_text_embeddings and text_encoder_lora_config is not None:
             raise ConfigError(
                 "cache_text_embeddings=True with text_encoder_lora_config: "
@@ -194,19 +248,10 @@ class LatentDiffusionModel(BaseModel):
                 f"input_perturbation_gamma={input_perturbation_gamma} must be "
                 ">= 0.")
         dtype = resolve_dtype(weight_dtype, "weight_dtype")
-        self.lora_configs: dict[str, PeftConfig] = {}
-        self.adapter_kinds: dict[str, AdapterKind] = {}
-        parts = [("unet", unet_lora_config, "unet_lora_config")] + [
-            (name, text_encoder_lora_config, "text_encoder_lora_config")
-            for name in self.text_encoder_names
-        ]
-        for part, cfg, key in parts:
-            if cfg is not None:
-                self.adapter_kinds[part] = adapter_kind(cfg, key)
-                # checked before the model loads, so a typo fails at once
-                self.adapter_kinds[part].options(cfg, key)
-        # one step file holds every part: refuse a mix before any injection
-        self.step_format = step_format_of(self.adapter_kinds.values())
+        self.check_adapters({
+            self.denoiser_name: (denoiser_lora_config, denoiser_option),
+            **{name: (text_encoder_lora_config, "text_encoder_lora_config")
+               for name in self.text_encoder_names}})
         # Recorded in step files: an absolute path or a hub id, which any
         # working directory finds.
         self.base_model = resolve_model(model)
@@ -228,21 +273,18 @@ class LatentDiffusionModel(BaseModel):
         self.input_perturbation_gamma = input_perturbation_gamma
         self.requires_grad_(False)
 
-        for part, cfg, key in parts:
-            if cfg is not None:
-                self.lora_configs[part] = self.adapter_kinds[part].inject(
-                    getattr(self, part), cfg, key)
+        self.add_adapters()
         if gradient_checkpointing:
-            self.unet.enable_gradient_checkpointing()
+            self.denoiser.enable_gradient_checkpointing()
             for name in self.text_encoder_names:
-                if name in self.lora_configs:
+                if name in self.adapter_configs:
                     getattr(self, name).gradient_checkpointing_enable()
         if channels_last:
-            self.unet.to(memory_format=torch.channels_last)
+            self.denoiser.to(memory_format=torch.channels_last)
             self.vae.to(memory_format=torch.channels_last)
-        if compile_unet:
-            self.unet.compile(
-                **(compile_unet if isinstance(compile_unet, dict) else {}))
+        if compile_denoiser:
+            self.denoiser.compile(**(compile_denoiser if isinstance(
+                compile_denoiser, dict) else {}))
         self.text_embeddings = TextEmbeddingCache(
             self.encode_text) if cache_text_embeddings else None
         counts = self.trainable_parameter_counts()
@@ -254,27 +296,40 @@ class LatentDiffusionModel(BaseModel):
             + f"); frozen base in {str(dtype).removeprefix('torch.')}",
             logger="current")
 
+    def _denoiser_lora_config(self, given: dict[str, dict | None]
+                              ) -> dict | None:
+        """The denoiser's adapter config among the denoiser options
+        ``given``, refusing one that names another family's denoiser."""
+        own = f"{self.denoiser_name}_lora_config"
+        for option, cfg in given.items():
+            if cfg is not None and option != own:
+                raise ConfigError(
+                    f"{option} is set, but {type(self).__name__}'s denoiser "
+                    f"is its {self.denoiser_name}: rename it to {own}.")
+        return given.get(own)
+
     # ---- what a family gives ------------------------------------------
     def load_parts(self, model: str, dtype: torch.dtype) -> None:
-        """Load the frozen parts of ``model`` in ``dtype``: the DDPM
-        training scheduler, the tokenizers and text encoders, the VAE
-        (:meth:`load_vae`) and the UNet."""
-        tokenizers = [name.replace("text_encoder", "tokenizer")
-                      for name in self.text_encoder_classes]
-        check_model_path(model, (*tokenizers, *self.text_encoder_classes,
-                                 "vae", "unet", "scheduler"))
-        self.scheduler = DDPMScheduler.from_pretrained(
+        """Load the frozen parts that the family declares from ``model``,
+        in ``dtype``: the training scheduler, the tokenizers and text
+        encoders, the VAE (:meth:`load_vae`) and the denoiser."""
+        encoders = self.text_encoders
+        check_model_path(model, (*(e.tokenizer for e in encoders),
+                                 *(e.name for e in encoders), "vae",
+                                 self.denoiser_name, "scheduler"))
+        self.scheduler = self.scheduler_class.from_pretrained(
             model, subfolder="scheduler")
-        for (name, encoder_class), tokenizer in zip(
-                self.text_encoder_classes.items(), tokenizers, strict=True):
-            setattr(self, tokenizer, CLIPTokenizer.from_pretrained(
-                model, subfolder=tokenizer))
-            setattr(self, name, encoder_class.from_pretrained(
-                model, subfolder=name).to(dtype))
+        for encoder in encoders:
+            setattr(self, encoder.tokenizer,
+                    encoder.tokenizer_class.from_pretrained(
+                        model, subfolder=encoder.tokenizer))
+            setattr(self, encoder.name, encoder.model_class.from_pretrained(
+                model, subfolder=encoder.name).to(dtype))
         self.vae = self.load_vae(model, dtype)
-        # Loaded in the weight dtype: no float32 copy of the UNet in memory.
-        self.unet = UNet2DConditionModel.from_pretrained(
-            model, subfolder="unet", torch_dtype=dtype)
+        # Loaded in the weight dtype: no float32 copy of the denoiser in
+        # memory.
+        setattr(self, self.denoiser_name, self.denoiser_class.from_pretrained(
+            model, subfolder=self.denoiser_name, torch_dtype=dtype))
 
     def load_vae(self, model: str, dtype: torch.dtype) -> AutoencoderKL:
         """The VAE of ``model``, in ``dtype``."""
@@ -286,16 +341,33 @@ class LatentDiffusionModel(BaseModel):
         dimension of ``len(text)``, or a tuple of them)."""
         raise NotImplementedError
 
-    def unet_conditioning(self, inputs: dict,
-                          prompt: Conditioning) -> dict[str, Any]:
-        """Keyword arguments of the UNet besides the sample and timesteps,
-        from the batch and its prompt conditioning."""
+    def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor,
+                inputs: dict, prompt: Conditioning) -> torch.Tensor:
+        """The denoiser's prediction for noisy latents (fp32, cast here to
+        the denoiser's dtype), their timesteps, the batch (for conditioning
+        such as SDXL's ``time_ids``) and its prompt conditioning."""
         raise NotImplementedError
 
     def pipeline_parts(self) -> dict[str, Any]:
-        """Keyword arguments of ``pipeline_class.from_pretrained`` that hand
-        it the in-memory modules (and switch off what training lacks)."""
-        raise NotImplementedError
+        """Keyword arguments of ``pipeline_class.from_pretrained``: the
+        in-memory modules (VAE, denoiser, text encoders and tokenizers) and
+        :attr:`pipeline_options`."""
+        parts: dict[str, Any] = {"vae": self.vae,
+                                 self.denoiser_name: self.denoiser}
+        for encoder in self.text_encoders:
+            parts[encoder.name] = getattr(self, encoder.name)
+            parts[encoder.tokenizer] = getattr(self, encoder.tokenizer)
+        return {**parts, **self.pipeline_options}
+
+    def scale_latents(self, sample: torch.Tensor) -> torch.Tensor:
+        """The denoiser's latents of a VAE sample: ``(sample − shift_factor)
+        · scaling_factor`` when the VAE's config has a shift (SD3, Flux),
+        else ``sample · scaling_factor``."""
+        config = self.vae.config
+        shift = config.get("shift_factor")
+        if shift is not None:
+            sample = sample - shift
+        return sample * config.scaling_factor
 
     # ---- trainable weights -------------------------------------------
     def init_weights(self) -> None:
@@ -305,109 +377,6 @@ class LatentDiffusionModel(BaseModel):
         mmengine's default would read every parameter of the base to log
         its mean.
         """
-
-    @property
-    def trainable_parts(self) -> list[str]:
-        """Names of the submodules that carry trained adapters."""
-        return list(self.lora_configs)
-
-    def trainable_parameter_counts(self) -> dict[str, int]:
-        """Trainable parameters of each adapted part, e.g. ``{"unet": n}``."""
-        return {part: count_trainable_parameters(getattr(self, part))
-                for part in self.lora_configs}
-
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict:
-        """Only the trainable adapter weights: the frozen base is not saved."""
-        state = super().state_dict(*args, **kwargs)
-        prefix = kwargs.get("prefix", "")
-        trainable = {prefix + n for n, p in self.named_parameters()
-                     if p.requires_grad}
-        return type(state)((k, v) for k, v in state.items() if k in trainable)
-
-    @contextlib.contextmanager
-    def trainable_weights(self, state_dict: dict[str, torch.Tensor]
-                          ) -> Iterator[None]:
-        """Hold ``state_dict`` (as :meth:`state_dict` gives) in the adapters
-        inside the block, and the current weights again after it."""
-        current = {k: v.detach().clone() for k, v in self.state_dict().items()}
-        self.load_state_dict(state_dict, strict=False)
-        try:
-            yield
-        finally:
-            self.load_state_dict(current, strict=False)
-
-    def lora_state_dicts(self, state_dict: dict[str, torch.Tensor] | None = None
-                         ) -> dict[str, dict[str, torch.Tensor]]:
-        """The adapters of each trained part with peft's names
-        (``<module>.lora_A.weight``, ``<module>.hada_w1_a``, ...), text-encoder
-        modules named ``text_model.encoder.layers.N...``.
-
-        Args:
-            state_dict (dict, optional): Trainable weights as
-                :meth:`state_dict` gives them (e.g. a checkpoint's, which a
-                hook such as EMA may have changed). Defaults to the model's
-                own.
-        """
-        state_dict = self.state_dict() if state_dict is None else state_dict
-        state_dicts = {}
-        for part in self.lora_configs:
-            prefix = f"{part}."
-            part_state = {k[len(prefix):]: v for k, v in state_dict.items()
-                          if k.startswith(prefix)}
-            state = get_peft_model_state_dict(getattr(self, part),
-                                              state_dict=part_state)
-            if is_text_encoder(part):
-                state = canonical_text_encoder_keys(state)
-            state_dicts[part] = {
-                k: v.detach().float().cpu().contiguous()
-                for k, v in state.items()
-            }
-        return state_dicts
-
-    def adapter_metadata(self, part: str) -> dict:
-        """The peft config of ``part`` as a dict, with sets sorted so that
-        the same weights always give the same file."""
-        return {
-            k: sorted(v) if isinstance(v, (set, frozenset)) else v
-            for k, v in self.lora_configs[part].to_dict().items()
-        }
-
-    def save_lora_weights(self, save_directory: str,
-                          metadata: dict[str, str] | None = None,
-                          state_dict: dict[str, torch.Tensor] | None = None
-                          ) -> None:
-        """Write the step file: ``pytorch_lora_weights.safetensors`` for
-        ``load_lora_weights`` (LoRA, DoRA) or the LyCORIS file
-        ``lycoris_weights.safetensors`` (LoHa, LoKr).
-
-        The adapter configs go into the file's metadata, so that the alpha
-        (and with it the strength) survives the round trip; so do the base
-        model, the architecture, the prediction type and ``metadata``,
-        under ``diffengine.*`` keys that the loaders ignore and
-        ``export_lora`` reads.
-
-        Args:
-            save_directory (str): The step folder.
-            metadata (dict[str, str], optional): More training facts (step,
-                dataset, ...), keys without the ``diffengine.`` prefix.
-            state_dict (dict, optional): The trainable weights to write, as
-                :meth:`state_dict` gives them. Defaults to the model's own.
-        """
-        parts = {
-            part: AdapterPart(self.adapter_kinds[part],
-                              self.adapter_metadata(part), state)
-            for part, state in self.lora_state_dicts(state_dict).items()
-        }
-        training = {"base_model": self.base_model,
-                    "architecture": self.architecture,
-                    "prediction_type": self.prediction_type,
-                    "adapted_convolutions": sum(
-                        adapted_convolutions(getattr(self, part))
-                        for part in parts),
-                    **(metadata or {})}
-        self.step_format.write(
-            save_directory, parts, self.pipeline_class,
-            ARCHITECTURES[self.architecture].kohya_prefixes, training)
 
     # ---- encoding ------------------------------------------------------
     def encode_prompt(self, text: list[str]) -> Conditioning:
@@ -434,7 +403,9 @@ class LatentDiffusionModel(BaseModel):
     def latent_encoder_id(self) -> str:
         """A string that changes whenever :meth:`encode_images` would give
         other values: a digest of the VAE encoder's weights and dtype."""
-        return weights_fingerprint(self.vae.encoder, self.vae.quant_conv)
+        # SD3's and Flux's VAEs have no quant_conv
+        return weights_fingerprint(*(m for m in (
+            self.vae.encoder, self.vae.quant_conv) if m is not None))
 
     # ---- training --------------------------------------------------------
     def forward(self,
@@ -456,7 +427,7 @@ class LatentDiffusionModel(BaseModel):
         A batch without seeds (a model used outside ``DeterministicSampler``)
         gets seeds from the global torch generator, once.
         """
-        device = first_parameter(self.unet).device
+        device = first_parameter(self.denoiser).device
         batch_size = len(inputs["text"])
         if generator is not None:
             return Randomness([generator] * batch_size, device)
@@ -500,7 +471,7 @@ class LatentDiffusionModel(BaseModel):
                 noise: torch.Tensor | None = None,
                 timesteps: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, LossContext]:
-        """One denoising step: the UNet's prediction, its target and what
+        """One denoising step: the denoiser's prediction, its target and what
         the loss may weigh them by.
 
         Each sample draws, in this order: its latent from the VAE's
@@ -512,11 +483,11 @@ class LatentDiffusionModel(BaseModel):
         if moments is None:
             moments = self.encode_images(inputs["img"])
         # fp32 from here on: the target and the noisy input stay exact
-        # whatever the weight dtype; only the UNet's input is cast.
+        # whatever the weight dtype; only the denoiser's input is cast.
         latent_dist = DiagonalGaussianDistribution(moments.float())
         mean = latent_dist.mean
         latents = mean + latent_dist.std * randomness.randn(*mean.shape[1:])
-        latents = latents * self.vae.config.scaling_factor
+        latents = self.scale_latents(latents)
         if noise is None:
             noise = self.noise_generator(latents, randomness)
         noise = noise.to(latents)
@@ -531,9 +502,7 @@ class LatentDiffusionModel(BaseModel):
         noisy_latents = self.schedule.noisy(latents, input_noise, timesteps)
         target = self.schedule.target(latents, noise, timesteps)
         prompt = self.encode_prompt(list(inputs["text"]))
-        unet_dtype = first_parameter(self.unet).dtype
-        prediction = self.unet(noisy_latents.to(unet_dtype), timesteps,
-                               **self.unet_conditioning(inputs, prompt)).sample
+        prediction = self.denoise(noisy_latents, timesteps, inputs, prompt)
         weight = inputs.get("loss_weight")
         context = self.schedule.loss_context(
             timesteps, None if weight is None else torch.as_tensor(weight))
@@ -578,7 +547,7 @@ class LatentDiffusionModel(BaseModel):
             generator = torch.Generator().manual_seed(
                 stream_seed(int(seed), "validation"))
             randomness = Randomness([generator] * copies,
-                                    first_parameter(self.unet).device)
+                                    first_parameter(self.denoiser).device)
             prediction, target, context = self.predict(
                 sample, randomness, timesteps=fixed)
             losses.append(self.loss_fn.per_sample(prediction, target,
@@ -636,7 +605,7 @@ class LatentDiffusionModel(BaseModel):
         Args:
             prompts (list[str]): The prompts.
             negative_prompt (str, optional): Defaults to None.
-            height (int, optional): Defaults to the UNet's sample size × the
+            height (int, optional): Defaults to the denoiser's sample size × the
                 VAE scale factor.
             width (int, optional): Defaults likewise.
             num_inference_steps (int): Defaults to 50.

@@ -4,10 +4,14 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from diffusers import StableDiffusionPipeline
-from transformers import CLIPTextModel
+from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
 
-from diffengine.models.editors.base import LatentDiffusionModel, first_parameter
+from diffengine.models.editors.base import (
+    LatentDiffusionModel,
+    TextEncoder,
+    first_parameter,
+)
 from diffengine.registry import MODELS
 
 
@@ -16,12 +20,20 @@ class StableDiffusion(LatentDiffusionModel):
     """Stable Diffusion 1.x (and 2.x) trained through LoRA adapters.
 
     One CLIP text encoder whose last hidden states condition the UNet's
-    cross-attention. Every option is :class:`LatentDiffusionModel`'s.
+    cross-attention. Every option is :class:`LatentDiffusionModel`'s; the
+    UNet's adapter is ``unet_lora_config``.
     """
 
+    denoiser_name = "unet"
+    denoiser_class = UNet2DConditionModel
+    scheduler_class = DDPMScheduler
+    default_schedule: ClassVar[dict] = dict(type="DDPMSchedule")
+    text_encoders = (TextEncoder("text_encoder", CLIPTextModel, CLIPTokenizer),)
     pipeline_class = StableDiffusionPipeline
+    pipeline_options: ClassVar[dict[str, Any]] = dict(
+        safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False)
     architecture = "stable-diffusion-v1"
-    text_encoder_classes: ClassVar[dict] = {"text_encoder": CLIPTextModel}
 
     def encode_text(self, text: list[str]) -> torch.Tensor:
         """CLIP's last hidden states, B × 77 × D."""
@@ -34,16 +46,8 @@ class StableDiffusion(LatentDiffusionModel):
                 first_parameter(self.text_encoder).device)
         return self.text_encoder(input_ids)[0]
 
-    def unet_conditioning(self, inputs: dict,
-                          prompt: torch.Tensor) -> dict[str, Any]:
-        return {"encoder_hidden_states": prompt}
-
-    def pipeline_parts(self) -> dict[str, Any]:
-        return dict(
-            vae=self.vae,
-            text_encoder=self.text_encoder,
-            tokenizer=self.tokenizer,
-            unet=self.unet,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False)
+    def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor,
+                inputs: dict, prompt: torch.Tensor) -> torch.Tensor:
+        dtype = first_parameter(self.unet).dtype
+        return self.unet(noisy.to(dtype), timesteps,
+                         encoder_hidden_states=prompt).sample

@@ -4,11 +4,20 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from diffusers import AutoencoderKL, StableDiffusionXLPipeline
-from transformers import CLIPTextModel, CLIPTextModelWithProjection
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from diffengine.errors import ConfigError
-from diffengine.models.editors.base import LatentDiffusionModel, first_parameter
+from diffengine.models.editors.base import (
+    LatentDiffusionModel,
+    TextEncoder,
+    first_parameter,
+)
 from diffengine.registry import MODELS
 
 
@@ -37,10 +46,18 @@ class StableDiffusionXL(LatentDiffusionModel):
         **kwargs: Every option of :class:`LatentDiffusionModel`.
     """
 
+    denoiser_name = "unet"
+    denoiser_class = UNet2DConditionModel
+    scheduler_class = DDPMScheduler
+    default_schedule: ClassVar[dict] = dict(type="DDPMSchedule")
+    text_encoders = (
+        TextEncoder("text_encoder", CLIPTextModel, CLIPTokenizer),
+        TextEncoder("text_encoder_2", CLIPTextModelWithProjection,
+                    CLIPTokenizer),
+    )
     pipeline_class = StableDiffusionXLPipeline
+    pipeline_options: ClassVar[dict[str, Any]] = dict(add_watermarker=False)
     architecture = "stable-diffusion-xl-v1-base"
-    text_encoder_classes: ClassVar[dict] = {"text_encoder": CLIPTextModel,
-                            "text_encoder_2": CLIPTextModelWithProjection}
 
     def __init__(self, model: str, vae_model: str | None = None,
                  **kwargs: Any) -> None:
@@ -92,9 +109,12 @@ class StableDiffusionXL(LatentDiffusionModel):
         # the projection model's first output: its pooled text embedding
         return torch.cat(hidden_states, dim=-1), output[0]
 
-    def unet_conditioning(self, inputs: dict,
-                          prompt: tuple[torch.Tensor, torch.Tensor]
-                          ) -> dict[str, Any]:
+    def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor,
+                inputs: dict, prompt: tuple[torch.Tensor, torch.Tensor]
+                ) -> torch.Tensor:
+        """The UNet's prediction, conditioned on the prompt's hidden states
+        and, through its added conditioning, on the pooled projection and
+        each sample's ``time_ids``."""
         if "time_ids" not in inputs:
             raise ConfigError(
                 "StableDiffusionXL needs each sample's time_ids: add "
@@ -103,19 +123,11 @@ class StableDiffusionXL(LatentDiffusionModel):
                 "ImageToNormalizedTensor.")
         embeddings, pooled = prompt
         time_ids = inputs["time_ids"].to(embeddings.device, embeddings.dtype)
-        return {"encoder_hidden_states": embeddings,
-                "added_cond_kwargs": {"text_embeds": pooled,
-                                      "time_ids": time_ids}}
-
-    def pipeline_parts(self) -> dict[str, Any]:
-        return dict(
-            vae=self.vae,
-            text_encoder=self.text_encoder,
-            text_encoder_2=self.text_encoder_2,
-            tokenizer=self.tokenizer,
-            tokenizer_2=self.tokenizer_2,
-            unet=self.unet,
-            add_watermarker=False)
+        dtype = first_parameter(self.unet).dtype
+        return self.unet(noisy.to(dtype), timesteps,
+                         encoder_hidden_states=embeddings,
+                         added_cond_kwargs={"text_embeds": pooled,
+                                            "time_ids": time_ids}).sample
 
 
 def _to_own_dtype(module: torch.nn.Module, args: tuple) -> tuple:
