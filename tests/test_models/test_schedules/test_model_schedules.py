@@ -56,8 +56,15 @@ def predict_before_schedules(model, inputs, randomness):
     else:
         target = model.scheduler.get_velocity(latents, noise, timesteps)
     prompt = model.encode_prompt(list(inputs["text"]))
-    prediction = model.unet(noisy_latents, timesteps,
-                            **model.unet_conditioning(inputs, prompt)).sample
+    if isinstance(prompt, tuple):  # SDXL: added conditioning
+        embeddings, pooled = prompt
+        conditioning = {"encoder_hidden_states": embeddings,
+                        "added_cond_kwargs": {
+                            "text_embeds": pooled,
+                            "time_ids": inputs["time_ids"].to(embeddings)}}
+    else:
+        conditioning = {"encoder_hidden_states": prompt}
+    prediction = model.unet(noisy_latents, timesteps, **conditioning).sample
     alphas = model.scheduler.alphas_cumprod[timesteps]
     return (prediction.float(), target.float(), timesteps,
             (alphas / (1 - alphas)).float(),
