@@ -7,6 +7,7 @@ import torch
 from diffusers import DiffusionPipeline
 from safetensors.torch import save_file
 
+from diffengine.adapter_file import AdapterFile, read_adapter_file
 from diffengine.adapters import DORA
 from diffengine.adapters.formats import (
     ADAPTER_METADATA_KEY,
@@ -20,7 +21,6 @@ from diffengine.errors import ConfigError
 from diffengine.export.kohya import to_kohya
 from diffengine.export.metadata import export_metadata
 from diffengine.fileio import atomic_write
-from diffengine.lora_file import LoRAFile, read_lora_file
 from diffengine.models.utils.dtypes import DTYPES
 
 FORMATS = ("kohya", "diffusers")
@@ -42,7 +42,7 @@ def base_weights(base: str) -> BaseWeights:
     return weight
 
 
-def dora_base_weights(source: LoRAFile, base: str | None,
+def dora_base_weights(source: AdapterFile, base: str | None,
                       dora_reader: str) -> BaseWeights | None:
     """The base weights a DoRA kohya export needs for ``dora_reader``."""
     if dora_reader not in DORA_READERS:
@@ -97,7 +97,7 @@ def export_lora(lora: str,
         raise ConfigError(f"dtype={dtype!r}; choose one of {list(DTYPES)}.")
     if not out.endswith(".safetensors"):
         raise ConfigError(f"out={out!r} must end with .safetensors.")
-    source = read_lora_file(lora)
+    source = read_adapter_file(lora)
     title = title or os.path.splitext(os.path.basename(out))[0]
     if format == "kohya":
         tensors = to_kohya(source, DTYPES[dtype],

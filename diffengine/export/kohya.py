@@ -31,13 +31,13 @@ from diffusers.utils.state_dict_utils import (
     convert_unet_state_dict_to_peft,
 )
 
+from diffengine.adapter_file import AdapterFile
 from diffengine.adapters import LORA, AdapterPart
-from diffengine.adapters.formats import DIFFUSERS_FILE, MAGNITUDE
+from diffengine.adapters.formats import DIFFUSERS_FILE, MAGNITUDE, file_format
 from diffengine.adapters.kohya import BaseWeights, kohya_state_dict
 from diffengine.architectures import Architecture, architecture_of, is_sd3
 from diffengine.errors import ConfigError
 from diffengine.export.mmdit import mmdit_kohya_modules
-from diffengine.lora_file import LoRAFile
 from diffengine.progress import progress_bar
 
 # The parts that hold a family's denoiser.
@@ -52,7 +52,7 @@ def _peft_name(key: str) -> str:
     return key
 
 
-def to_peft(lora: LoRAFile) -> dict[str, AdapterPart]:
+def to_peft(lora: AdapterFile) -> dict[str, AdapterPart]:
     """The adapters of a diffusers-format file with peft's names,
     ``<module>.lora_A.weight``, by part.
 
@@ -93,14 +93,14 @@ def to_peft(lora: LoRAFile) -> dict[str, AdapterPart]:
     return parts
 
 
-def to_kohya(lora: LoRAFile,
+def to_kohya(lora: AdapterFile,
              dtype: torch.dtype = torch.float32,
              base_weights: BaseWeights | None = None
              ) -> dict[str, torch.Tensor]:
     """Convert a diffengine step file to kohya-ss keys with per-module alpha.
 
     Args:
-        lora (LoRAFile): The file, as :func:`read_lora_file` returns it.
+        lora (AdapterFile): The file, as :func:`read_adapter_file` returns it.
         dtype (torch.dtype): Of the weights; alphas stay float32. Defaults
             to float32.
         base_weights (BaseWeights, optional): The base model's weight of
@@ -140,7 +140,7 @@ def to_kohya(lora: LoRAFile,
     return converted
 
 
-def check_sd3_kinds(lora: LoRAFile) -> None:
+def check_sd3_kinds(lora: AdapterFile) -> None:
     """Refuse an SD3 file with adapters other than LoRA: DoRA's magnitudes
     and LoHa's and LoKr's products do not fuse into the original ``qkv``
     exactly."""
@@ -149,7 +149,7 @@ def check_sd3_kinds(lora: LoRAFile) -> None:
         if kind is not LORA:
             use = ("--format diffusers (the step file's own format, which "
                    "diffusers' load_lora_weights reads)"
-                   if lora.step_format is DIFFUSERS_FILE else
+                   if file_format(lora) is DIFFUSERS_FILE else
                    "the step folder itself, which diffengine loads")
             raise ConfigError(
                 f"{lora.path}: {part} is {kind.name}, which has no kohya "

@@ -25,16 +25,16 @@ import os
 
 import torch
 
+from diffengine.adapter_file import TRAINING_METADATA_PREFIX, AdapterFile
 from diffengine.adapters import kind_of_kohya
 from diffengine.adapters.base import has_convolutions
 from diffengine.adapters.kohya import kohya_modules, kohya_state_dict
 from diffengine.architectures import architecture_of, is_sd3
 from diffengine.export.kohya import DENOISERS, to_kohya, to_peft
-from diffengine.lora_file import TRAINING_METADATA_PREFIX, LoRAFile
 from diffengine.version import __version__
 
 
-def lora_summary(lora: LoRAFile) -> dict[str, str]:
+def lora_summary(lora: AdapterFile) -> dict[str, str]:
     """``diffengine.<part>.rank`` / ``.alpha`` for each part of the LoRA."""
     summary = {}
     for part in lora.parts:
@@ -55,7 +55,7 @@ PART_NAMES = {"unet": "UNet", "transformer": "transformer",
 
 
 def module_ranks_and_alphas(
-        lora: LoRAFile, kohya: dict[str, torch.Tensor] | None = None
+        lora: AdapterFile, kohya: dict[str, torch.Tensor] | None = None
 ) -> dict[str, list[tuple[int, float]]]:
     """(rank, kohya alpha) of every module, by part.
 
@@ -67,7 +67,7 @@ def module_ranks_and_alphas(
     alpha.
 
     Args:
-        lora (LoRAFile): The step file.
+        lora (AdapterFile): The step file.
         kohya (dict, optional): Its kohya tensors; None if it has no kohya
             form.
     """
@@ -86,7 +86,7 @@ def module_ranks_and_alphas(
     return modules
 
 
-def network_metadata(lora: LoRAFile,
+def network_metadata(lora: AdapterFile,
                      kohya: dict[str, torch.Tensor] | None
                      ) -> dict[str, str]:
     """``ss_network_module`` and ``ss_network_args`` as kohya's scripts
@@ -125,13 +125,13 @@ def describe_parts(modules: dict[str, list[tuple[int, float]]]) -> str:
         for part, pairs in modules.items())
 
 
-def export_metadata(lora: LoRAFile, title: str,
+def export_metadata(lora: AdapterFile, title: str,
                     kohya: dict[str, torch.Tensor] | None = None
                     ) -> dict[str, str]:
     """The metadata of an exported adapter file.
 
     Args:
-        lora (LoRAFile): The step file, with its training metadata (missing
+        lora (AdapterFile): The step file, with its training metadata (missing
             entries are left out).
         title (str): Shown as the LoRA's name (``modelspec.title``,
             ``ss_output_name``).

@@ -10,9 +10,9 @@ from diffusers import StableDiffusionPipeline
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors import safe_open
 
+from diffengine.adapter_file import read_adapter_file
 from diffengine.export import merge_lora
 from diffengine.inference import generate, load_pipeline
-from diffengine.lora_file import read_lora_file
 from diffengine.models import StableDiffusion
 from tests.comfyui_keys import comfyui_lora_key_map
 from tests.conftest import KIND_OPTIONS, kind_configs
@@ -76,7 +76,7 @@ def test_step_folder_reproduces_the_model(kind, kind_step, tiny_sd):
 @pytest.mark.parametrize("kind", ["LoHa", "LoKr-small"])
 def test_lycoris_step_file_is_the_file_uis_load(kind, kind_step, tiny_sd):
     step = kind_step(kind)
-    source = read_lora_file(step.step_dir)
+    source = read_adapter_file(step.step_dir)
     with safe_open(source.path, "pt") as f:
         metadata = f.metadata()
     names = {k.split(".")[0] for k in source.state_dict}
@@ -138,7 +138,7 @@ def test_loha_unet_with_lokr_text_encoder(tiny_sd, tmp_path):
                 param += 0.3 * torch.randn_like(param)
     model.eval()
     model.save_lora_weights(str(tmp_path))
-    source = read_lora_file(str(tmp_path))
+    source = read_adapter_file(str(tmp_path))
     assert {p: source.kind(p).name for p in source.parts} == {
         "unet": "LoHa", "text_encoder": "LoKr"}
     pipe = load_pipeline(tiny_sd, str(tmp_path))

@@ -9,12 +9,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from diffengine.adapter_file import DOWN_SUFFIXES, AdapterFile, read_adapter_file
 from diffengine.adapters import LORA
 from diffengine.adapters.kohya import canonical_text_encoder_keys
 from diffengine.export import export_lora, to_kohya
 from diffengine.export.metadata import export_metadata
 from diffengine.inference import generate, load_pipeline
-from diffengine.lora_file import DOWN_SUFFIXES, LoRAFile, read_lora_file
 from tests.comfyui_keys import comfyui_lora_key_map
 from tests.conftest import SAMPLE, SD1_LAYOUT_UNET, TEXT_TARGETS, UNET_TARGETS
 
@@ -48,7 +48,7 @@ def sd1_layout_lora(unet_targets, text_targets, text_layers=3,
             state = canonical_text_encoder_keys(state)
         state_dict.update({f"{part}.{k}": v for k, v in state.items()})
         configs[part] = config.to_dict()
-    lora = LoRAFile("memory", state_dict, configs)
+    lora = AdapterFile("memory", state_dict, configs)
     return lora, unet, text_encoder, modules
 
 
@@ -91,7 +91,7 @@ def test_kohya_file_loads_in_diffusers_with_the_same_images(lora_step, tiny_sd,
                                                             tmp_path):
     out = str(tmp_path / "my_lora.safetensors")
     kohya = export_lora(lora_step.step_dir, out, format="kohya")
-    source = read_lora_file(lora_step.step_dir)
+    source = read_adapter_file(lora_step.step_dir)
     assert sum(k.endswith(".lora_down.weight") for k in kohya) == sum(
         k.endswith(DOWN_SUFFIXES) for k in source.state_dict)
     # alpha != rank on both parts: unet 2 / 4, text encoder 8 / 2
@@ -173,7 +173,7 @@ def test_rank_and_alpha_metadata_say_what_they_describe(
 
 def test_unet_only_metadata(tmp_path):
     lora, *_ = sd1_layout_lora(["to_q"], ["q_proj"])
-    unet_only = LoRAFile(
+    unet_only = AdapterFile(
         str(tmp_path / "u.safetensors"),
         {k: v for k, v in lora.state_dict.items() if k.startswith("unet.")},
         {"unet": lora.adapter_configs["unet"]})
@@ -187,8 +187,8 @@ def test_unet_only_metadata(tmp_path):
 def test_diffusers_export_keeps_keys_and_strength(lora_step, tmp_path):
     out = str(tmp_path / "diffusers.safetensors")
     export_lora(lora_step.step_dir, out, format="diffusers")
-    source = read_lora_file(lora_step.step_dir)
-    exported = read_lora_file(out)
+    source = read_adapter_file(lora_step.step_dir)
+    exported = read_adapter_file(out)
     assert exported.state_dict.keys() == source.state_dict.keys()
     assert exported.adapter_configs == source.adapter_configs
     assert load_file(out)["unet.down_blocks.1.attentions.0.transformer_blocks."
@@ -238,7 +238,7 @@ def test_module_scale_reads_patterns_and_defaults():
 
 
 def test_unsupported_lora_files_are_refused(tmp_path):
-    odd = LoRAFile("odd.safetensors", {
+    odd = AdapterFile("odd.safetensors", {
         "unet.a.to_q.lora.down.weight": torch.zeros(2, 4),
         "unet.a.to_q.lora.up.weight": torch.zeros(4, 2),
         "unet.a.to_q.lora_embedding_A": torch.zeros(4)})
@@ -246,12 +246,12 @@ def test_unsupported_lora_files_are_refused(tmp_path):
                        r"not LoRA weights \(lora_A\.weight, lora_B\.weight\), "
                        r"e\.g\. \['a\.to_q\.lora_embedding_A'\]"):
         to_kohya(odd)
-    prior = LoRAFile("prior.safetensors", {
+    prior = AdapterFile("prior.safetensors", {
         "prior.a.q_proj.lora_linear_layer.down.weight": torch.zeros(2)})
     with pytest.raises(ValueError, match=r"\['prior'\] are not "
                        "stable-diffusion-v1's"):
         to_kohya(prior)
-    future = LoRAFile("flux.safetensors", {}, training={
+    future = AdapterFile("flux.safetensors", {}, training={
         "architecture": "flux-1-dev"})
     with pytest.raises(ValueError, match="architecture 'flux-1-dev' has no "
                        "export"):

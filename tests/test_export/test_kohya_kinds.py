@@ -7,11 +7,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from diffengine.adapter_file import AdapterFile, read_adapter_file
 from diffengine.adapters.kohya import kohya_modules
 from diffengine.export import export_lora
 from diffengine.export.export_lora import dora_base_weights
 from diffengine.inference import load_pipeline
-from diffengine.lora_file import LoRAFile, read_lora_file
 from tests.comfyui_weights import rebuild_error
 from tests.conftest import KIND_OPTIONS
 
@@ -105,8 +105,8 @@ def test_a_dora_export_is_not_loaded_where_diffusers_would_drop_it(
 
 
 def test_dora_export_needs_the_base(kind_step, tmp_path):
-    source = read_lora_file(kind_step("DoRA").step_dir)
-    unrecorded = LoRAFile(source.path, source.state_dict,
+    source = read_adapter_file(kind_step("DoRA").step_dir)
+    unrecorded = AdapterFile(source.path, source.state_dict,
                           source.adapter_configs, training={})
     with pytest.raises(ValueError, match="records no base model; its "
                        "dora_scale for ComfyUI depends on the base weights: "

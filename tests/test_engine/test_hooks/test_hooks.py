@@ -11,12 +11,12 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import diffengine.engine  # noqa: F401  (registers the hooks)
+from diffengine.adapter_file import read_adapter_file, weights_path
 from diffengine.demo_base import ShapeScorer
 from diffengine.engine import DiffEngineRunner
 from diffengine.engine.checkpoint import load_checkpoint_file
 from diffengine.engine.hooks import VisualizationHook
 from diffengine.inference import label_height, panel_box, prompt_slug
-from diffengine.lora_file import read_lora_file, weights_path
 from diffengine.tools.demo import main as demo
 from tests.conftest import UNET_CONV_TARGETS, tiny_train_config
 
@@ -51,7 +51,7 @@ def test_lora_checkpoint_hook_writes_and_rotates_step_dirs(
     for key, value in current.items():
         torch.testing.assert_close(saved[f"unet.{key}"], value)
     # the step file tells how it was trained, for export_lora
-    training = read_lora_file(str(tmp_path / "step6")).training
+    training = read_adapter_file(str(tmp_path / "step6")).training
     assert {k: training[k] for k in ("step", "epoch", "max_steps",
                                      "num_train_images", "resolution",
                                      "dataset", "base_model")} == {

@@ -3,8 +3,8 @@ import os
 
 from safetensors import safe_open
 
+from diffengine.adapter_file import read_adapter_file
 from diffengine.export import export_lora
-from diffengine.lora_file import read_lora_file
 from diffengine.models import StableDiffusion
 from diffengine.models.utils.model_folder import resolve_model
 from tests.conftest import UNET_TARGETS
@@ -27,7 +27,7 @@ def test_a_relative_base_is_recorded_absolute(tiny_sd, tmp_path, monkeypatch):
                                                   target_modules=UNET_TARGETS))
     step = tmp_path / "step1"
     model.save_lora_weights(str(step))
-    assert read_lora_file(str(step)).training["base_model"] == tiny_sd
+    assert read_adapter_file(str(step)).training["base_model"] == tiny_sd
 
     monkeypatch.chdir(tmp_path)  # export from elsewhere
     out = str(tmp_path / "lora.safetensors")
