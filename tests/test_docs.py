@@ -38,7 +38,7 @@ from diffengine.datasets.transforms import (
     ResizeShortestEdge,
     ShuffleCaptionTags,
 )
-from diffengine.demo_base import ShapeScorer
+from diffengine.demo_base import ShapeScorer, make_concept_dataset
 from diffengine.engine import (
     DenoisingLossMetric,
     LoRACheckpointHook,
@@ -48,7 +48,11 @@ from diffengine.engine import (
     ValidationLossLoop,
     VisualizationHook,
 )
-from diffengine.models import StableDiffusion, StableDiffusionXL
+from diffengine.models import (
+    StableDiffusion,
+    StableDiffusion3,
+    StableDiffusionXL,
+)
 from diffengine.models.losses import (
     DeBiasEstimationLoss,
     HuberLoss,
@@ -75,15 +79,21 @@ DOCS = os.path.join(REPO, "docs")
 # In the order of docs/README.md: later guides use what earlier ones train.
 GUIDES = ["lora.md", "text_encoder_lora.md", "techniques.md", "own_images.md",
           "dreambooth.md", "multi_gpu.md", "inference.md", "export.md",
-          "merging.md", "sdxl.md", "adapters.md"]
+          "merging.md", "sdxl.md", "sd3.md", "adapters.md"]
 # The tiny model that stands for each model family.
 TINY_MODELS = {"StableDiffusion": "data/demo/tiny-sd",
-               "StableDiffusionXL": "data/demo/tiny-sdxl"}
+               "StableDiffusionXL": "data/demo/tiny-sdxl",
+               "StableDiffusion3": "data/demo/tiny-sd3"}
 SUBSTITUTIONS = {
     "stable-diffusion-v1-5/stable-diffusion-v1-5": TINY_MODELS[
         "StableDiffusion"],
     "stabilityai/stable-diffusion-xl-base-1.0": TINY_MODELS[
         "StableDiffusionXL"],
+    # one tiny SD3.5-shaped model stands for Medium and Large
+    "stabilityai/stable-diffusion-3.5-medium": TINY_MODELS[
+        "StableDiffusion3"],
+    "stabilityai/stable-diffusion-3.5-large": TINY_MODELS[
+        "StableDiffusion3"],
 }
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```\n", re.S | re.M)
 MARKER = re.compile(r"<!-- docs-test: (\w+) ?(.*?) -->\s*$")
@@ -232,14 +242,18 @@ def check_names(block: Block) -> None:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, shapes_data, tiny_sdxl):
+def project(tmp_path_factory, shapes_data, tiny_sdxl, tiny_sd3):
     """A scratch folder as the repository root looks to a user, with the
-    tiny SDXL model beside the demo's."""
+    tiny SDXL and SD3.5 models beside the demo's, and the demo's images, so
+    that a guide after lora.md also runs alone (``-k sd3``)."""
     cwd = tmp_path_factory.mktemp("project")
     for name in ("configs", "tools"):
         os.symlink(os.path.join(REPO, name), cwd / name)
     os.makedirs(cwd / "data" / "demo")
     os.symlink(tiny_sdxl, cwd / TINY_MODELS["StableDiffusionXL"])
+    os.symlink(tiny_sd3, cwd / TINY_MODELS["StableDiffusion3"])
+    # what `python tools/make_demo.py` in lora.md writes again, identically
+    make_concept_dataset(str(cwd / "data" / "demo" / "zorbs"))
     write_kohya_folder(str(cwd / "data" / "my_images"), shapes_data)
     return str(cwd)
 
@@ -304,6 +318,13 @@ PROMISED = [
     "yoda_xl_diffusers.png",
     "pokemon_sd15.safetensors",
     "merged_single_file.png",
+    "work_dirs/stable_diffusion_3_5_large_lora_pokemon_blip/step*/"
+    "pytorch_lora_weights.safetensors",
+    "work_dirs/my_sd35/step*/pytorch_lora_weights.safetensors",
+    "yoda_sd35.png",
+    "pokemon_sd35.safetensors",
+    "pokemon_sd35/text_encoder_3/config.json",
+    "yoda_sd35_diffusers.png",
     "work_dirs/pokemon_loha/step*/lycoris_weights.safetensors",
     "yoda_loha.png",
     "pokemon_loha.safetensors",
@@ -331,10 +352,10 @@ def test_every_tool_is_in_a_guide():
                             "pretrain_demo_base"}
 
 
-REFERENCED = [StableDiffusion, StableDiffusionXL, HFDataset, KohyaFolderDataset,
-              ShapeScorer, ResumableEpochTrainLoop, ValidationLossLoop,
-              DenoisingLossMetric, DreamBoothDataset, AspectRatioBatchSampler,
-              BucketResizeCrop,
+REFERENCED = [StableDiffusion, StableDiffusionXL, StableDiffusion3, HFDataset,
+              KohyaFolderDataset, ShapeScorer, ResumableEpochTrainLoop,
+              ValidationLossLoop, DenoisingLossMetric, DreamBoothDataset,
+              AspectRatioBatchSampler, BucketResizeCrop,
               ResizeShortestEdge, RandomCrop, CenterCrop, RandomHorizontalFlip,
               RandomTextDrop, ShuffleCaptionTags, ComputeTimeIds,
               ImageToNormalizedTensor,
