@@ -178,6 +178,11 @@ class LatentDiffusionModel(AdapterIO, BaseModel):
     #: The family's objective (:mod:`diffengine.models.schedules`), which
     #: ``schedule`` overrides.
     default_schedule: ClassVar[dict]
+    #: ``num_inference_steps`` and ``guidance_scale`` of :meth:`infer`, the
+    #: sample hook and ``demo`` when neither the call nor the config gives
+    #: them: those of the family's pipeline or model card.
+    sampling_defaults: ClassVar[dict[str, Any]] = dict(
+        num_inference_steps=50, guidance_scale=7.5)
 
     @property
     def denoiser(self) -> ModelMixin:
@@ -585,14 +590,22 @@ class LatentDiffusionModel(AdapterIO, BaseModel):
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
+    @classmethod
+    def sampling_settings(cls, **given: Any) -> dict[str, Any]:
+        """``num_inference_steps`` and ``guidance_scale`` as given, the
+        family's :attr:`sampling_defaults` for those given as None or not
+        at all."""
+        return {name: default if given.get(name) is None else given[name]
+                for name, default in cls.sampling_defaults.items()}
+
     @torch.no_grad()
     def infer(self,
               prompts: list[str],
               negative_prompt: str | None = None,
               height: int | None = None,
               width: int | None = None,
-              num_inference_steps: int = 50,
-              guidance_scale: float = 7.5,
+              num_inference_steps: int | None = None,
+              guidance_scale: float | None = None,
               seed: int | Sequence[int] = 0,
               output_type: str = "pil",
               progress=None) -> list[np.ndarray]:
@@ -608,8 +621,10 @@ class LatentDiffusionModel(AdapterIO, BaseModel):
             height (int, optional): Defaults to the denoiser's sample size × the
                 VAE scale factor.
             width (int, optional): Defaults likewise.
-            num_inference_steps (int): Defaults to 50.
-            guidance_scale (float): Classifier-free guidance. Defaults to 7.5.
+            num_inference_steps (int, optional): Defaults to the family's
+                :attr:`sampling_defaults`.
+            guidance_scale (float, optional): Classifier-free guidance.
+                Defaults to the family's :attr:`sampling_defaults`.
             seed (int | Sequence[int]): One image per prompt and seed; each
                 seeds its own CPU generator, so that the same seed gives the
                 same image on any device. Defaults to 0.
@@ -623,6 +638,9 @@ class LatentDiffusionModel(AdapterIO, BaseModel):
             then those of the second, and so on.
         """
         seeds = [seed] if isinstance(seed, int) else list(seed)
+        settings = self.sampling_settings(
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale)
         was_training = self.training
         self.eval()
         try:
@@ -634,10 +652,9 @@ class LatentDiffusionModel(AdapterIO, BaseModel):
                     negative_prompt=negative_prompt,
                     height=height,
                     width=width,
-                    num_inference_steps=num_inference_steps,
-                    guidance_scale=guidance_scale,
                     output_type=output_type,
-                    progress=progress)
+                    progress=progress,
+                    **settings)
             ]
         finally:
             self.train(was_training)
