@@ -97,6 +97,14 @@ class VisualizationHook(Hook):
             guidance_scale=guidance_scale,
             negative_prompt=negative_prompt)
 
+    def before_run(self, runner) -> None:
+        # before the first step, rather than at the first sampling
+        if self._model(runner).text_encoders_dropped:
+            raise ConfigError(
+                "VisualizationHook samples with the text encoders, which "
+                "model.drop_text_encoders_after_caching=True freed: drop "
+                "the hook from custom_hooks or the option.")
+
     def before_train(self, runner) -> None:
         if self.at_start and runner.iter == 0:
             self._visualize(runner, 0)
