@@ -6,11 +6,14 @@ from typing import Any
 
 import torch
 
-from diffengine.datasets.transforms.processing import TEXT
 from diffengine.errors import ConfigError, DataError
 
 # The model option that frees the text encoders once every caption is cached.
 DROP_OPTION = "drop_text_encoders_after_caching"
+# The ``latent_cache`` role of a transform that touches only the caption
+# (``datasets.transforms.processing.TEXT``; not imported: the datasets
+# package imports the models for a type hint).
+CAPTION_TRANSFORM = "text"
 
 
 class TextEmbeddingCache:
@@ -87,7 +90,7 @@ def dataset_captions(dataset) -> list[str]:
             nothing could encode once the text encoders are freed.
     """
     for transform in dataset.pipeline.transforms:
-        if getattr(transform, "latent_cache", None) == TEXT:
+        if getattr(transform, "latent_cache", None) == CAPTION_TRANSFORM:
             raise ConfigError(
                 f"{DROP_OPTION}=True with {type(transform).__name__} in the "
                 "dataset pipeline: it makes new captions while training, "
