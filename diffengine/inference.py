@@ -65,6 +65,28 @@ def denoiser_of(pipe: DiffusionPipeline) -> torch.nn.Module:
                      "a unet.")
 
 
+def family_of(pipeline_class: type[DiffusionPipeline]) -> type | None:
+    """The model family (a registered ``LatentDiffusionModel``) whose
+    pipeline is ``pipeline_class``; None when no family has it."""
+    # here, not at the top: the families import this module
+    from diffengine.models.editors.base import LatentDiffusionModel
+    from diffengine.registry import MODELS
+    return next((family for family in MODELS.module_dict.values()
+                 if isinstance(family, type)
+                 and issubclass(family, LatentDiffusionModel)
+                 and family.pipeline_class is pipeline_class), None)
+
+
+def sampling_defaults_of(pipeline_class: type[DiffusionPipeline]
+                         ) -> dict[str, float | int]:
+    """``num_inference_steps`` and ``guidance_scale`` of the family whose
+    pipeline is ``pipeline_class`` (its ``sampling_defaults``); SD 1.x's 50
+    and 7.5 for a pipeline no family has."""
+    from diffengine.models.editors.base import LatentDiffusionModel
+    family = family_of(pipeline_class) or LatentDiffusionModel
+    return dict(family.sampling_defaults)
+
+
 @contextlib.contextmanager
 def quiet_loading() -> Iterator[None]:
     """Leave out diffusers' "Loading pipeline components" bar: sampling
@@ -112,8 +134,8 @@ def generate(pipe: DiffusionPipeline,
              negative_prompt: str | None = None,
              height: int | None = None,
              width: int | None = None,
-             num_inference_steps: int = 50,
-             guidance_scale: float = 7.5,
+             num_inference_steps: int | None = None,
+             guidance_scale: float | None = None,
              output_type: str = "pil",
              progress: tqdm | None = None) -> list[np.ndarray]:
     """One image of ``prompt`` per seed, in one batch.
@@ -124,15 +146,17 @@ def generate(pipe: DiffusionPipeline,
     at the next denoising step with :class:`diffengine.stop.StopRequested`.
 
     Args:
-        pipe (DiffusionPipeline): The pipeline (SD 1.x or SDXL), LoRA
-            loaded or not.
+        pipe (DiffusionPipeline): The pipeline of a family (SD 1.x, SDXL,
+            SD3), LoRA loaded or not.
         prompt (str): The prompt.
         seeds (Sequence[int]): One seed per image.
         negative_prompt (str, optional): Defaults to None.
         height (int, optional): Defaults to the pipeline's.
         width (int, optional): Defaults to the pipeline's.
-        num_inference_steps (int): Defaults to 50.
-        guidance_scale (float): Classifier-free guidance. Defaults to 7.5.
+        num_inference_steps (int, optional): Defaults to the family's
+            (:func:`sampling_defaults_of` the pipeline's class).
+        guidance_scale (float, optional): Classifier-free guidance.
+            Defaults to the family's.
         output_type (str): ``"pil"`` gives H×W×3 uint8 arrays, ``"np"``
             float arrays in [0, 1]. Defaults to ``"pil"``.
         progress (tqdm, optional): A bar advanced at every denoising step
@@ -144,6 +168,11 @@ def generate(pipe: DiffusionPipeline,
     if not seeds:
         raise ValueError("seeds is empty: give at least one seed.")
     raise_if_stop_requested()
+    defaults = sampling_defaults_of(type(pipe))
+    if num_inference_steps is None:
+        num_inference_steps = defaults["num_inference_steps"]
+    if guidance_scale is None:
+        guidance_scale = defaults["guidance_scale"]
     images = pipe(
         prompt,
         negative_prompt=negative_prompt,

@@ -51,14 +51,18 @@ def test_there_are_leaf_configs():
     assert {"stable_diffusion_v15_lora_pokemon_blip.py",
             "stable_diffusion_v15_lora_textencoder_pokemon_blip.py",
             "tiny_sd_lora_demo.py", "stable_diffusion_xl_lora_pokemon_blip.py",
-            "stable_diffusion_xl_lora_textencoder_pokemon_blip.py"} <= names
+            "stable_diffusion_xl_lora_textencoder_pokemon_blip.py",
+            "stable_diffusion_3_5_medium_lora_pokemon_blip.py",
+            "stable_diffusion_3_5_medium_lora_textencoder_pokemon_blip.py",
+            "stable_diffusion_3_5_large_lora_pokemon_blip.py"} <= names
 
 
 @pytest.mark.parametrize("config", LEAF_CONFIGS,
                          ids=[os.path.basename(p) for p in LEAF_CONFIGS])
-def test_leaf_config_builds(config, tiny_sd, tiny_sdxl, shapes_data, tmp_path):
-    tiny = {"StableDiffusion": tiny_sd, "StableDiffusionXL": tiny_sdxl}[
-        Config.fromfile(config).model.type]
+def test_leaf_config_builds(config, tiny_sd, tiny_sdxl, tiny_sd3, shapes_data,
+                            tmp_path):
+    tiny = {"StableDiffusion": tiny_sd, "StableDiffusionXL": tiny_sdxl,
+            "StableDiffusion3": tiny_sd3}[Config.fromfile(config).model.type]
     cfg = load(config, tiny, shapes_data, "train_dataloader.num_workers=0")
     unknown = set(cfg.keys()) - RUNNER_KEYS - HELPER_KEYS
     assert not unknown, f"keys no code reads: {unknown}"
@@ -66,7 +70,9 @@ def test_leaf_config_builds(config, tiny_sd, tiny_sdxl, shapes_data, tmp_path):
     runner = RUNNERS.build(cfg)  # builds the model and the hooks
     assert type(runner).__name__ == cfg.runner_type
     model = runner.model
-    parts = [("unet", "unet_lora_config")] + [
+    denoiser = model.denoiser_name
+    assert f"{denoiser}_lora_config" in cfg.model
+    parts = [(denoiser, f"{denoiser}_lora_config")] + [
         (name, "text_encoder_lora_config") for name in model.text_encoder_names]
     for part, lora in parts:
         if lora in cfg.model:

@@ -100,3 +100,61 @@ def test_the_denoiser_of_a_pipeline(tiny_sd):
     with pytest.raises(ValueError, match="has neither a transformer nor a "
                        "unet"):
         denoiser_of(pipe)
+
+
+def test_each_family_samples_with_its_own_defaults():
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    from diffengine.inference import sampling_defaults_of
+    assert sampling_defaults_of(StableDiffusionPipeline) == dict(
+        num_inference_steps=50, guidance_scale=7.5)
+    assert sampling_defaults_of(StableDiffusionXLPipeline) == dict(
+        num_inference_steps=50, guidance_scale=7.5)
+    # StableDiffusion3Pipeline's own defaults
+    assert sampling_defaults_of(StableDiffusion3Pipeline) == dict(
+        num_inference_steps=28, guidance_scale=7.0)
+
+
+def count_denoiser_calls(module):
+    calls = []
+    handle = module.register_forward_hook(lambda *args: calls.append(1))
+    return calls, handle
+
+
+@pytest.mark.parametrize("use_t5", [True, False])
+def test_sd3_infers_with_28_steps_at_guidance_7_unless_told(tiny_sd3, use_t5):
+    from diffengine.models.editors import StableDiffusion3
+    from tests.conftest import SD3_TARGETS, perturb_lora
+    model = StableDiffusion3(tiny_sd3, use_t5=use_t5, transformer_lora_config=dict(
+        r=4, target_modules=SD3_TARGETS))
+    perturb_lora(model)
+    calls, handle = count_denoiser_calls(model.transformer)
+    image = model.infer(["a red circle"], height=32, width=32,
+                        output_type="np")[0]
+    handle.remove()
+    assert len(calls) == 28  # guidance batches both halves in one call
+    model.eval()  # as infer() runs it: no dropout in T5
+    pipe = model.pipeline()
+    assert (pipe.text_encoder_3 is None) == (not use_t5)
+    told = generate(pipe, "a red circle", [0], height=32, width=32,
+                    num_inference_steps=28, guidance_scale=7.0,
+                    output_type="np")[0]
+    assert np.array_equal(image, told)
+    other = model.infer(["a red circle"], height=32, width=32,
+                        num_inference_steps=2, guidance_scale=7.0,
+                        output_type="np")[0]
+    assert not np.array_equal(image, other)
+
+
+def test_sd15_infers_with_50_steps_at_guidance_7_5_as_before(lora_step):
+    model = lora_step.model
+    calls, handle = count_denoiser_calls(model.unet)
+    image = model.infer(["a red circle"], height=32, width=32,
+                        output_type="np")[0]
+    handle.remove()
+    assert len(calls) == 50 + 1  # PNDM (the tiny SD's) takes a step more
+    model.eval()
+    told = generate(model.pipeline(), "a red circle", [0], height=32,
+                    width=32, num_inference_steps=50, guidance_scale=7.5,
+                    output_type="np")[0]
+    assert np.array_equal(image, told)

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from diffengine.datasets.kohya_folder import IMAGE_EXTENSIONS
 from diffengine.errors import DataError
 from diffengine.fileio import atomic_write, atomic_write_text
-from diffengine.inference import denoiser_of
+from diffengine.inference import denoiser_of, sampling_defaults_of
 from diffengine.stop import raise_if_stop_requested
 
 # Image k of a folder that diffengine fills is generated with seed k.
@@ -83,7 +83,8 @@ def class_images_key(pipe, base_model: str, prompt: str,
         prompt (str): The class prompt.
         options (dict): ``num_inference_steps``, ``guidance_scale``,
             ``negative_prompt``, ``height`` and ``width`` as given to
-            ``infer`` (missing ones take ``infer``'s defaults).
+            ``infer`` (missing ones take ``infer``'s defaults: the
+            family's ``sampling_defaults`` for steps and guidance).
 
     Returns:
         dict: Plain JSON data, the same for the same images.
@@ -94,6 +95,8 @@ def class_images_key(pipe, base_model: str, prompt: str,
     size = denoiser.config.sample_size * pipe.vae_scale_factor
     scheduler = {k: v for k, v in pipe.scheduler.config.items()
                  if not k.startswith("_")}
+    settings = {name: default if options.get(name) is None else options[name]
+                for name, default in sampling_defaults_of(type(pipe)).items()}
     return {
         "base_model": base_model,
         "weights": sampled_weights_digest(modules),
@@ -102,8 +105,7 @@ def class_images_key(pipe, base_model: str, prompt: str,
         "prompt": prompt,
         "height": options.get("height") or size,
         "width": options.get("width") or size,
-        "num_inference_steps": options.get("num_inference_steps", 50),
-        "guidance_scale": options.get("guidance_scale", 7.5),
+        **settings,
         "negative_prompt": options.get("negative_prompt"),
         "seeds": SEED_RULE,
     }

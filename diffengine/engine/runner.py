@@ -209,6 +209,7 @@ class DiffEngineRunner(Runner):
         loop = super().build_train_loop(loop)
         if isinstance(loop.dataloader.dataset, CaptionedImageDataset):
             loop.dataloader.dataset.preflight()
+            self.bare_model.prepare_text_embeddings(loop.dataloader.dataset)
         self.prepare_latent_cache(loop.dataloader)
         return loop
 

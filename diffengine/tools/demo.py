@@ -7,15 +7,18 @@ Images are made as the training samples are (same scheduler, per-image CPU
 seeds, steps and guidance). Steps, guidance, size, negative prompt and seeds
 default to those the step's training sampled with (its VisualizationHook,
 recorded in the step file), so ``demo`` on ``stepN`` redraws the samples
-saved at step N; flags override them.
+saved at step N; flags override them. Steps and guidance that neither give
+are the model family's (50 and 7.5 for SD 1.x and SDXL, 28 and 7.0 for
+SD3), found from the base's pipeline class.
 """
 from __future__ import annotations
 
 import argparse
 import os
 
-# Where neither the flags nor the step's training say.
-FALLBACK_SETTINGS = dict(num_inference_steps=50, guidance_scale=7.5,
+# Where neither the flags nor the step's training say; None steps and
+# guidance are the family's (``inference.sampling_defaults_of``).
+FALLBACK_SETTINGS = dict(num_inference_steps=None, guidance_scale=None,
                          height=None, width=None, negative_prompt=None,
                          seed=[0])
 # The flag of each setting.
@@ -38,7 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="PNG to write (default: demo.png)")
     parser.add_argument(
         "--steps", type=int,
-        help="denoising steps (default: the training samples', else 50)")
+        help="denoising steps (default: the training samples', else the "
+        "model family's: 50 for SD 1.x and SDXL, 28 for SD3)")
     parser.add_argument(
         "--seed", type=int, nargs="+",
         help="one image per seed, side by side (default: the training "
@@ -49,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--guidance-scale", type=float,
         help="classifier-free guidance (default: the training samples', "
-        "else 7.5)")
+        "else the model family's: 7.5 for SD 1.x and SDXL, 7.0 for SD3)")
     parser.add_argument(
         "--negative", help="negative prompt (default: the training samples')")
     parser.add_argument(
@@ -67,7 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def settings_of(args: argparse.Namespace) -> dict:
     """The sampling settings: the flags given, else those the step's
-    training sampled with, else ``FALLBACK_SETTINGS``."""
+    training sampled with, else ``FALLBACK_SETTINGS`` (where steps and
+    guidance stay None for the family's)."""
     from diffengine.inference import sampling_settings
 
     trained = sampling_settings(args.lora)
@@ -91,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         generate,
         load_pipeline,
         make_grid,
+        sampling_defaults_of,
         sampling_progress,
     )
 
@@ -102,6 +108,9 @@ def main(argv: list[str] | None = None) -> None:
         pipe = load_pipeline(
             base, args.lora, args.lora_scale, device=device,
             torch_dtype=torch.float16 if args.fp16 else torch.float32)
+    for name, default in sampling_defaults_of(type(pipe)).items():
+        if settings[name] is None:
+            settings[name] = default
     with sampling_progress(settings["num_inference_steps"], "demo") as bar:
         images = generate(pipe, args.prompt, seeds, progress=bar, **settings)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -65,3 +65,22 @@ def test_demo_samples_as_the_steps_training_did_unless_told(lora_step,
                     height=32, width=32, num_inference_steps=2)
     assert np.array_equal(np.asarray(Image.open(out)), told[0])
     assert not np.array_equal(told[0], trained[0])
+
+
+def test_demo_on_an_sd3_step_takes_the_familys_defaults(tiny_sd3, tmp_path,
+                                                         capsys):
+    from tests.conftest import save_perturbed_sd3_step
+    step_dir = str(tmp_path / "step3")  # no training config recorded
+    save_perturbed_sd3_step(tiny_sd3, step_dir)
+    out = tmp_path / "demo.png"
+    main(["a red circle", step_dir, "--out", str(out), "--height", "32",
+          "--width", "32"])
+    assert "28 steps, guidance 7.0" in capsys.readouterr().out
+    images = generate(load_pipeline(tiny_sd3, step_dir), "a red circle", [0],
+                      height=32, width=32, num_inference_steps=28,
+                      guidance_scale=7.0)
+    assert np.array_equal(np.asarray(Image.open(out)), images[0])
+    # a flag still wins
+    main(["a red circle", step_dir, "--out", str(out), "--height", "32",
+          "--width", "32", "--steps", "2"])
+    assert "2 steps, guidance 7.0" in capsys.readouterr().out

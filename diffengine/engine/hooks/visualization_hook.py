@@ -43,8 +43,12 @@ class VisualizationHook(Hook):
             True.
         height (int, optional): Image height. Defaults to the model's.
         width (int, optional): Image width. Defaults to the model's.
-        num_inference_steps (int): Denoising steps. Defaults to 50.
-        guidance_scale (float): Classifier-free guidance. Defaults to 7.5.
+        num_inference_steps (int, optional): Denoising steps. Defaults to
+            the model family's ``sampling_defaults`` (50 for SD 1.x and
+            SDXL, 28 for SD3).
+        guidance_scale (float, optional): Classifier-free guidance.
+            Defaults to the family's (7.5 for SD 1.x and SDXL, 7.0 for
+            SD3).
         seed (int | Sequence[int]): Seeds, one column each, the same at every
             interval. Defaults to 0.
         negative_prompt (str, optional): Defaults to None.
@@ -66,8 +70,8 @@ class VisualizationHook(Hook):
                  by_epoch: bool = True,
                  height: int | None = None,
                  width: int | None = None,
-                 num_inference_steps: int = 50,
-                 guidance_scale: float = 7.5,
+                 num_inference_steps: int | None = None,
+                 guidance_scale: float | None = None,
                  seed: int | Sequence[int] = 0,
                  negative_prompt: str | None = None,
                  at_start: bool = False,
@@ -93,6 +97,14 @@ class VisualizationHook(Hook):
             guidance_scale=guidance_scale,
             negative_prompt=negative_prompt)
 
+    def before_run(self, runner) -> None:
+        # before the first step, rather than at the first sampling
+        if self._model(runner).text_encoders_dropped:
+            raise ConfigError(
+                "VisualizationHook samples with the text encoders, which "
+                "model.drop_text_encoders_after_caching=True freed: drop "
+                "the hook from custom_hooks or the option.")
+
     def before_train(self, runner) -> None:
         if self.at_start and runner.iter == 0:
             self._visualize(runner, 0)
@@ -111,11 +123,23 @@ class VisualizationHook(Hook):
             self._visualize(runner, runner.iter)
             runner.stop_if_signalled()
 
+    @staticmethod
+    def _model(runner):
+        return runner.model.module if is_model_wrapper(
+            runner.model) else runner.model
+
+    def _settings(self, runner) -> dict:
+        """The keyword arguments of ``infer``, the family's defaults in
+        place of those not given."""
+        model = self._model(runner)
+        return {**self.infer_kwargs,
+                **model.sampling_settings(**self.infer_kwargs)}
+
     def _visualize(self, runner, step: int) -> None:
         if not is_main_process():
             return
         start = time.perf_counter()
-        steps = self.infer_kwargs["num_inference_steps"]
+        steps = self._settings(runner)["num_inference_steps"]
         runner.logger.info(
             f"sampling {len(self.prompt)} prompt(s) × {len(self.seeds)} "
             f"seed(s) at step {step}, {steps} denoising steps each")
@@ -138,17 +162,17 @@ class VisualizationHook(Hook):
             self._log_scores(runner, images, step)
 
     def _sample(self, runner, step: int) -> list[np.ndarray]:
-        model = runner.model.module if is_model_wrapper(
-            runner.model) else runner.model
+        model = self._model(runner)
+        settings = self._settings(runner)
         # The weights a step folder of this step holds (the averages, with
         # LoRAEMAHook), so that ``demo`` on it reproduces the samples.
         exported = getattr(runner, "exported_state_dict", None)
-        total = len(self.prompt) * self.infer_kwargs["num_inference_steps"]
+        total = len(self.prompt) * settings["num_inference_steps"]
         with (model.trainable_weights(exported()) if exported
               else contextlib.nullcontext()), sampling_progress(
                   total, f"samples of step {step}") as progress:
             return model.infer(self.prompt, seed=self.seeds,
-                               progress=progress, **self.infer_kwargs)
+                               progress=progress, **settings)
 
     def _log_scores(self, runner, images, step: int) -> None:
         columns = len(self.seeds)

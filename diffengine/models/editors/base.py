@@ -37,7 +37,11 @@ from diffengine.models.utils.dtypes import resolve_dtype
 from diffengine.models.utils.fingerprint import weights_fingerprint
 from diffengine.models.utils.model_folder import check_model_path, resolve_model
 from diffengine.models.utils.noise import WhiteNoise
-from diffengine.models.utils.text_embedding_cache import TextEmbeddingCache
+from diffengine.models.utils.text_embedding_cache import (
+    DROP_OPTION,
+    TextEmbeddingCache,
+    dataset_captions,
+)
 from diffengine.models.utils.timesteps import TimeStepSampler
 from diffengine.randomness import Randomness, stream_seed
 from diffengine.registry import MODELS
@@ -178,6 +182,11 @@ class LatentDiffusionModel(AdapterIO, BaseModel):
     #: The family's objective (:mod:`diffengine.models.schedules`), which
     #: ``schedule`` overrides.
     default_schedule: ClassVar[dict]
+    #: ``num_inference_steps`` and ``guidance_scale`` of :meth:`infer`, the
+    #: sample hook and ``demo`` when neither the call nor the config gives
+    #: them: those of the family's pipeline or model card.
+    sampling_defaults: ClassVar[dict[str, Any]] = dict(
+        num_inference_steps=50, guidance_scale=7.5)
 
     @property
     def denoiser(self) -> ModelMixin:
@@ -208,6 +217,7 @@ class LatentDiffusionModel(AdapterIO, BaseModel):
                  compile_denoiser: bool | dict = False,
                  compile_unet: bool | dict = False,
                  cache_text_embeddings: bool = False,
+                 drop_text_encoders_after_caching: bool = False,
                  data_preprocessor: dict | None = None,
                  noise_offset: float | None = None) -> None:
         # Built here from diffengine's registry: BaseModel would look it up
@@ -243,6 +253,10 @@ class LatentDiffusionModel(AdapterIO, BaseModel):
                 "cache_text_embeddings=True with text_encoder_lora_config: "
                 "the text encoder trains, so its embeddings change every "
                 "step; drop one of the two.")
+        if drop_text_encoders_after_caching and not cache_text_embeddings:
+            raise ConfigError(
+                f"{DROP_OPTION}=True needs the text-embedding cache: set "
+                "cache_text_embeddings=True too.")
         if input_perturbation_gamma < 0:
             raise ConfigError(
                 f"input_perturbation_gamma={input_perturbation_gamma} must be "
@@ -287,6 +301,8 @@ class LatentDiffusionModel(AdapterIO, BaseModel):
                 compile_denoiser, dict) else {}))
         self.text_embeddings = TextEmbeddingCache(
             self.encode_text) if cache_text_embeddings else None
+        self.drop_text_encoders_after_caching = (
+            drop_text_encoders_after_caching)
         counts = self.trainable_parameter_counts()
         kinds = "/".join(dict.fromkeys(
             kind.name for kind in self.adapter_kinds.values()))
@@ -369,6 +385,19 @@ class LatentDiffusionModel(AdapterIO, BaseModel):
             sample = sample - shift
         return sample * config.scaling_factor
 
+    def train(self, mode: bool = True) -> LatentDiffusionModel:
+        """``nn.Module.train``, but the text encoders without an adapter stay
+        in eval mode: T5's dropout (0.1 in SD3's config) would otherwise
+        draw each step's prompt conditioning at random, which neither the
+        pipeline nor diffusers' training scripts do."""
+        super().train(mode)
+        adapted = getattr(self, "adapter_configs", {})
+        for encoder in self.text_encoders:
+            module = getattr(self, encoder.name, None)
+            if module is not None and encoder.name not in adapted:
+                module.eval()
+        return self
+
     # ---- trainable weights -------------------------------------------
     def init_weights(self) -> None:
         """Nothing to initialise: the base is pretrained and the adapters
@@ -385,6 +414,40 @@ class LatentDiffusionModel(AdapterIO, BaseModel):
         if self.text_embeddings is not None:
             return self.text_embeddings(text)
         return self.encode_text(text)
+
+    def prepare_text_embeddings(self, dataset) -> None:
+        """With ``drop_text_encoders_after_caching``, cache every caption
+        of ``dataset`` (a ``CaptionedImageDataset``, after its pre-flight
+        scan) and free the text encoders; else nothing (the cache, if any,
+        fills as captions come).
+
+        Each process encodes every caption: with shuffling, any of them may
+        reach any process.
+
+        Raises:
+            ConfigError: If the dataset's pipeline makes captions while
+                training (``RandomTextDrop``, ``ShuffleCaptionTags``).
+        """
+        if not self.drop_text_encoders_after_caching or (
+                self.text_embeddings is None or self.text_embeddings.frozen):
+            return
+        captions = dataset_captions(dataset)
+        encoded = self.text_embeddings.fill(captions)
+        self.text_embeddings.freeze()
+        for encoder in self.text_encoders:
+            setattr(self, encoder.name, None)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        print_log(
+            f"text embeddings: {encoded} captions encoded and cached; "
+            f"{', '.join(e.name for e in self.text_encoders)} freed "
+            f"({DROP_OPTION})", logger="current")
+
+    @property
+    def text_encoders_dropped(self) -> bool:
+        """Whether :meth:`prepare_text_embeddings` freed the text
+        encoders."""
+        return self.text_embeddings is not None and self.text_embeddings.frozen
 
     @torch.no_grad()
     def encode_images(self, img: torch.Tensor) -> torch.Tensor:
@@ -585,14 +648,22 @@ class LatentDiffusionModel(AdapterIO, BaseModel):
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
+    @classmethod
+    def sampling_settings(cls, **given: Any) -> dict[str, Any]:
+        """``num_inference_steps`` and ``guidance_scale`` as given, the
+        family's :attr:`sampling_defaults` for those given as None or not
+        at all."""
+        return {name: default if given.get(name) is None else given[name]
+                for name, default in cls.sampling_defaults.items()}
+
     @torch.no_grad()
     def infer(self,
               prompts: list[str],
               negative_prompt: str | None = None,
               height: int | None = None,
               width: int | None = None,
-              num_inference_steps: int = 50,
-              guidance_scale: float = 7.5,
+              num_inference_steps: int | None = None,
+              guidance_scale: float | None = None,
               seed: int | Sequence[int] = 0,
               output_type: str = "pil",
               progress=None) -> list[np.ndarray]:
@@ -608,8 +679,10 @@ class LatentDiffusionModel(AdapterIO, BaseModel):
             height (int, optional): Defaults to the denoiser's sample size × the
                 VAE scale factor.
             width (int, optional): Defaults likewise.
-            num_inference_steps (int): Defaults to 50.
-            guidance_scale (float): Classifier-free guidance. Defaults to 7.5.
+            num_inference_steps (int, optional): Defaults to the family's
+                :attr:`sampling_defaults`.
+            guidance_scale (float, optional): Classifier-free guidance.
+                Defaults to the family's :attr:`sampling_defaults`.
             seed (int | Sequence[int]): One image per prompt and seed; each
                 seeds its own CPU generator, so that the same seed gives the
                 same image on any device. Defaults to 0.
@@ -622,7 +695,16 @@ class LatentDiffusionModel(AdapterIO, BaseModel):
             list[np.ndarray]: The images of the first prompt (one per seed),
             then those of the second, and so on.
         """
+        if self.text_encoders_dropped:
+            raise ConfigError(
+                f"infer() needs the text encoders, which {DROP_OPTION}=True "
+                "freed: sample the step folders with demo after training, or "
+                "leave the option off (and drop VisualizationHook from "
+                "custom_hooks while it is on).")
         seeds = [seed] if isinstance(seed, int) else list(seed)
+        settings = self.sampling_settings(
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale)
         was_training = self.training
         self.eval()
         try:
@@ -634,10 +716,9 @@ class LatentDiffusionModel(AdapterIO, BaseModel):
                     negative_prompt=negative_prompt,
                     height=height,
                     width=width,
-                    num_inference_steps=num_inference_steps,
-                    guidance_scale=guidance_scale,
                     output_type=output_type,
-                    progress=progress)
+                    progress=progress,
+                    **settings)
             ]
         finally:
             self.train(was_training)

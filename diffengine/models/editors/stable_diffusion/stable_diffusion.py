@@ -34,6 +34,9 @@ class StableDiffusion(LatentDiffusionModel):
         safety_checker=None, feature_extractor=None,
         requires_safety_checker=False)
     architecture = "stable-diffusion-v1"
+    #: The pipeline's own defaults.
+    sampling_defaults: ClassVar[dict[str, Any]] = dict(
+        num_inference_steps=50, guidance_scale=7.5)
 
     def encode_text(self, text: list[str]) -> torch.Tensor:
         """CLIP's last hidden states, B × 77 × D."""

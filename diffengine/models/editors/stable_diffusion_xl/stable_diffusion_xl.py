@@ -58,6 +58,9 @@ class StableDiffusionXL(LatentDiffusionModel):
     pipeline_class = StableDiffusionXLPipeline
     pipeline_options: ClassVar[dict[str, Any]] = dict(add_watermarker=False)
     architecture = "stable-diffusion-xl-v1-base"
+    #: The pipeline's own defaults.
+    sampling_defaults: ClassVar[dict[str, Any]] = dict(
+        num_inference_steps=50, guidance_scale=7.5)
 
     def __init__(self, model: str, vae_model: str | None = None,
                  **kwargs: Any) -> None:
