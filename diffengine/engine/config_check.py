@@ -236,6 +236,23 @@ def check_optimizer(optimizer: Any, key: str = "optim_wrapper.optimizer"
     raise ConfigError(f"{where}: {err}") from err
 
 
+def check_dropped_text_encoders(cfg: Mapping) -> None:
+    """Refuse a validation loss beside ``drop_text_encoders_after_caching``,
+    which frees the text encoders once the training captions are cached:
+    the validation captions would find no encoder."""
+    model = cfg.get("model")
+    if not (isinstance(model, Mapping)
+            and model.get("drop_text_encoders_after_caching")):
+        return
+    if cfg.get("val_dataloader") is not None and cfg.get("val_cfg"):
+        raise ConfigError(
+            "model.drop_text_encoders_after_caching=True frees the text "
+            "encoders before the first step, but val_cfg computes a "
+            "validation loss, whose captions need them: set "
+            "val_dataloader=None val_cfg=None val_evaluator=None, or drop "
+            "the option.")
+
+
 def check_config(cfg: Mapping) -> None:
     """Check the registry types, data loaders and optimizer of a runner
     config (the keyword arguments of ``Runner``), before anything loads.
@@ -247,6 +264,7 @@ def check_config(cfg: Mapping) -> None:
         check_type(part, registry, key)
         check_options(part, registry, key)
     check_adapters(cfg.get("model"))
+    check_dropped_text_encoders(cfg)
     for name in DATALOADERS:
         check_dataloader(cfg.get(name), name)
     optim_wrapper = cfg.get("optim_wrapper")

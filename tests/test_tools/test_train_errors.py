@@ -72,6 +72,20 @@ def test_config_mistake_is_named_by_its_key(option, line, tmp_path, capsys):
     assert status == 1 and last == f"diffengine: error: {line}"
 
 
+def test_a_validation_loss_with_dropped_text_encoders_is_one_line(
+        tmp_path, capsys):
+    status, last = train_line(
+        capsys, DEMO, "--work-dir", str(tmp_path), "--cfg-options",
+        "model.cache_text_embeddings=True",
+        "model.drop_text_encoders_after_caching=True")
+    assert status == 1 and last == (
+        "diffengine: error: model.drop_text_encoders_after_caching=True "
+        "frees the text encoders before the first step, but val_cfg "
+        "computes a validation loss, whose captions need them: set "
+        "val_dataloader=None val_cfg=None val_evaluator=None, or drop the "
+        "option.")
+
+
 def test_every_leaf_config_passes_the_checks():
     from mmengine.config import Config
 
