@@ -12,16 +12,29 @@ from mmengine.dataset import pseudo_collate
 
 from diffengine.datasets import HFDataset
 from diffengine.engine import DenoisingLossMetric
-from diffengine.models import StableDiffusion
-from tests.conftest import UNET_TARGETS, perturb_lora, tiny_pipeline
+from diffengine.models import StableDiffusion, StableDiffusion3
+from tests.conftest import (
+    SD3_TARGETS,
+    UNET_TARGETS,
+    perturb_lora,
+    tiny_pipeline,
+)
 from tests.test_engine.test_runner import DEMO
 
 MIM = os.path.join(os.path.dirname(sys.executable), "mim")
 
 
-def test_validation_loss_depends_on_the_sample_alone(tiny_sd, shapes_data):
-    model = StableDiffusion(tiny_sd, unet_lora_config=dict(
-        r=2, target_modules=UNET_TARGETS))
+@pytest.mark.parametrize("family", ["sd", "sd3"])
+def test_validation_loss_depends_on_the_sample_alone(family, request,
+                                                     shapes_data):
+    if family == "sd3":  # flow matching: timestep t is the level σ = t/1000
+        model = StableDiffusion3(
+            request.getfixturevalue("tiny_sd3"), max_sequence_length=16,
+            transformer_lora_config=dict(r=2, target_modules=SD3_TARGETS))
+    else:
+        model = StableDiffusion(
+            request.getfixturevalue("tiny_sd"),
+            unet_lora_config=dict(r=2, target_modules=UNET_TARGETS))
     perturb_lora(model)
     dataset = HFDataset(shapes_data, pipeline=tiny_pipeline())
     samples = [dataset[(i, 100 + i)] for i in range(4)]
