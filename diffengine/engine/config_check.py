@@ -151,33 +151,20 @@ def accepted_options(cls: type) -> set[str] | None:
     return None
 
 
-# The denoiser adapter options of the families (diffusers' spellings).
-DENOISER_OPTIONS = ("unet_lora_config", "transformer_lora_config")
-
-
 def check_adapters(model: Any) -> None:
     """Check the adapter options of a model config, as the model does when
     it is built, but before its base loads.
 
     Every ``*_lora_config`` is checked: the denoiser's (``unet_lora_config``
     or ``transformer_lora_config``, as the family names it) and
-    ``text_encoder_lora_config``. The other family's denoiser option is left
-    to the model, whose error names the option to use.
+    ``text_encoder_lora_config``.
 
     Raises:
         ConfigError: Naming ``model.<part>_lora_config.<option>``.
     """
     if not isinstance(model, Mapping):
         return
-    family = MODELS.get(model.get("type")) if isinstance(
-        model.get("type"), str) else None
-    denoiser = getattr(family, "denoiser_name", None)
     for option in sorted(o for o in model if str(o).endswith("_lora_config")):
-        if denoiser and option in DENOISER_OPTIONS and (
-                option != f"{denoiser}_lora_config"):
-            # another family's denoiser option: the model names the right
-            # one when it is built, before its base loads
-            continue
         if isinstance(model.get(option), Mapping):
             name = f"model.{option}"
             adapter_kind(model[option], name).options(model[option], name)

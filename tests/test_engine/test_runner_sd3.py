@@ -135,7 +135,10 @@ def test_unet_lora_config_names_transformer_lora_config(tmp_path, tiny_sd3,
                                                         stripes):
     code, line = mim_error(MEDIUM, tmp_path,
                            *shrink(tiny_sd3, stripes, tmp_path / "work"),
-                           "model.unet_lora_config.r=4")
+                           # an SD 1.x adapter config, whole
+                           "model.unet_lora_config.r=4",
+                           "model.unet_lora_config.target_modules="
+                           "[to_q,to_k,to_v,to_out.0]")
     assert code == 1
     assert line == (
         "diffengine: error: unet_lora_config is set, but StableDiffusion3's "
