@@ -19,7 +19,9 @@ from diffengine.datasets.transforms import (
     ShuffleCaptionTags,
 )
 from diffengine.errors import ConfigError
+from diffengine.models import StableDiffusion3
 from diffengine.randomness import Randomness
+from tests.conftest import SD3_TARGETS
 
 
 def pipeline(crop=RandomCrop, flip=0.5):
@@ -115,3 +117,19 @@ def test_keys_depend_on_image_settings_and_encoder(tmp_path):
     loaded = cache.load(key)
     assert torch.equal(loaded["latents"], torch.arange(8.0).view(1, 8, 1, 1))
     assert torch.equal(loaded["time_ids"], torch.ones(1, 6))
+
+
+def test_the_encoder_id_of_a_vae_without_quant_conv(tiny_sd3):
+    """SD3's VAE has no quant_conv: the id digests its encoder alone, the
+    same for the same weights, another once a weight changes."""
+    def build():
+        return StableDiffusion3(tiny_sd3, transformer_lora_config=dict(
+            r=2, target_modules=SD3_TARGETS))
+
+    model = build()
+    assert model.vae.quant_conv is None
+    encoder_id = model.latent_encoder_id()
+    assert encoder_id == build().latent_encoder_id()
+    with torch.no_grad():
+        model.vae.encoder.conv_in.weight[0, 0, 0, 0] += 1e-3
+    assert model.latent_encoder_id() != encoder_id

@@ -1,9 +1,11 @@
 """DreamBooth end to end: `mim train` draws the class images once, a later
-run reuses them, and the step folder loads in diffusers."""
+run reuses them, and the step folder loads in diffusers (SD 1.x; SD3.5's
+class images drawn by its own pipeline)."""
 import os
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline
+from PIL import Image
 
 from diffengine.datasets.class_images import list_images
 from tests.conftest import REPO
@@ -65,3 +67,57 @@ def test_class_images_are_drawn_once_and_the_step_loads(tmp_path, tiny_sd,
                   **kwargs).images[0]
     assert abs(loaded - trained).max() <= 1e-5
     assert abs(loaded - base).max() > 1e-4
+
+
+SD3_DREAMBOOTH = """
+_base_ = [
+    {base}/models/stable_diffusion_3_5_lora.py",
+    {base}/datasets/dog_dreambooth.py",
+    {base}/schedules/stable_diffusion_3_50e.py",
+    {base}/default_runtime.py",
+]
+"""
+
+
+def test_sd3_class_images_are_drawn_by_the_sd3_pipeline_and_the_step_loads(
+        tmp_path, tiny_sd3, shapes_data):
+    config = tmp_path / "sd3_dreambooth.py"
+    config.write_text(SD3_DREAMBOOTH.replace(
+        "{base}", '"' + os.path.join(REPO, "configs", "_base_")))
+    work = tmp_path / "work"
+    model_options = [f"model.model={tiny_sd3}"]
+    log = mim_train(
+        str(config), tmp_path, *model_options, f"work_dir={work}",
+        "train_dataloader.dataset.dataset="
+        + instance_folder(tmp_path / "sks", shapes_data),
+        "train_dataloader.dataset.num_class_images=2",
+        "train_dataloader.dataset.class_generation.num_inference_steps=2",
+        "train_dataloader.dataset.class_generation.guidance_scale=1.0",
+        "train_dataloader.dataset.pipeline.0.size=32",
+        "train_dataloader.dataset.pipeline.1.size=32",
+        "train_dataloader.batch_size=2", "train_dataloader.num_workers=0",
+        "train_cfg.max_epochs=1", "custom_hooks=[]", "randomness.seed=0",
+        "optim_wrapper.optimizer.lr=1e-2")
+    [folder] = (work / "class_images").glob("a_photo_of_a_dog-*")
+    assert f"class images: generating 2 of 2 in {folder}" in log
+    images = list_images(str(folder))
+    assert len(images) == 2
+    # at the base's own size (the transformer's sample size × 8), which
+    # the SD3 pipeline draws in 16-px patches
+    sizes = {Image.open(p).size for p in images}
+    assert len(sizes) == 1 and all(side % 16 == 0 for side in sizes.pop())
+    # each of the 3 instance images paired with a class image, batch 2
+    assert "an epoch pairs each of 3 instance samples" in log
+    assert (work / "step3").is_dir() and not (work / "step4").exists()
+
+    model = trained_model(str(config), work, "epoch_1.pth", *model_options)
+    kwargs = dict(num_inference_steps=2, guidance_scale=4.5, height=32,
+                  width=32, output_type="np")
+    trained = model.infer(["a photo of sks dog"], seed=3, **kwargs)[0]
+    pipe = StableDiffusion3Pipeline.from_pretrained(tiny_sd3)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(work / "step3"))
+    loaded = pipe("a photo of sks dog",
+                  generator=torch.Generator().manual_seed(3),
+                  **kwargs).images[0]
+    assert abs(loaded - trained).max() <= 1e-5

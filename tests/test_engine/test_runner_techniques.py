@@ -1,7 +1,7 @@
-"""Every training technique on at once keeps the promises, for SD 1.x and
-SDXL: 2 processes × batch 4 train the weights of 1 × batch 8, and a kill at
-a random step then a resume ends bit-identical; with both caches and a
-half-precision base too."""
+"""Every training technique on at once keeps the promises, for SD 1.x,
+SDXL and SD3.5 (under flow matching): 2 processes × batch 4 train the
+weights of 1 × batch 8, and a kill at a random step then a resume ends
+bit-identical; with both caches and a half-precision base too."""
 import json
 import os
 import random
@@ -23,10 +23,11 @@ from tests.test_engine.test_runner import (
     run_until_checkpoint,
 )
 
-# On the tiny demo's config, or for SDXL on its seed config set as the demo
-# is but at the seed config's rate (1e-4): at the demo's 1e-3, Adam turns the
-# tiny SDXL's fp32 rounding in near-zero gradients into 1e-4 differences
-# between batch splits, which vanish in fp64.
+# On the tiny demo's config, or for SDXL and SD3.5 on their seed configs set
+# as the demo is but at the seed config's rate (1e-4): at the demo's 1e-3,
+# Adam turns the tiny SDXL's fp32 rounding in near-zero gradients into 1e-4
+# differences between batch splits, which vanish in fp64. SD3.5's T5 reads
+# 32 tokens instead of 256, for speed.
 BASES = {
     "sd": ("_base_ = [{demo!r}]", ""),
     "sdxl": ("""
@@ -34,7 +35,16 @@ _base_ = [{sdxl!r}]
 randomness = dict(seed=0)
 default_hooks = dict(logger=dict(interval=10))
 """, "batch_size=4, num_workers=0, "),
+    "sd3": ("""
+_base_ = [{sd3!r}]
+model = dict(max_sequence_length=32)
+randomness = dict(seed=0)
+default_hooks = dict(logger=dict(interval=10))
+""", "batch_size=4, num_workers=0, "),
 }
+# SDXL's size conditioning: no such input in SD3.
+TIME_IDS = {"sd": '    dict(type="ComputeTimeIds"),\n',
+            "sdxl": '    dict(type="ComputeTimeIds"),\n', "sd3": ""}
 EVERYTHING_ON = """
 model = dict(
     loss=dict(type="SNRL2Loss", snr_gamma=5.0),
@@ -48,8 +58,7 @@ train_pipeline = [
     dict(type="RandomHorizontalFlip", p=0.5),
     dict(type="RandomTextDrop", p=0.2),
     dict(type="ShuffleCaptionTags", keep_tokens=1),
-    dict(type="ComputeTimeIds"),
-    dict(type="ImageToNormalizedTensor"),
+{time_ids}    dict(type="ImageToNormalizedTensor"),
     dict(type="PackInputs"),
 ]
 # all 24 images, no validation split (the demo config holds some out)
@@ -62,6 +71,8 @@ custom_hooks = [dict(type="LoRAEMAHook", momentum=0.2)]
 """
 SDXL = os.path.join(REPO, "configs", "stable_diffusion_xl_lora",
                     "stable_diffusion_xl_lora_pokemon_blip.py")
+SD3 = os.path.join(REPO, "configs", "stable_diffusion_3_lora",
+                   "stable_diffusion_3_5_medium_lora_pokemon_blip.py")
 # 24 images, batch 4: 6 iterations an epoch, 3 epochs, a checkpoint each.
 SCHEDULE = [
     "train_cfg.max_epochs=3",
@@ -72,7 +83,8 @@ SCHEDULE = [
 
 
 @pytest.fixture(scope="module", params=list(BASES))
-def everything(request, tmp_path_factory, tiny_sd, tiny_sdxl, shapes_data):
+def everything(request, tmp_path_factory, tiny_sd, tiny_sdxl, tiny_sd3,
+               shapes_data):
     """The config and its tiny model, and the shapes with tag captions
     ("red, circle, white background") for the shuffle to shuffle."""
     root = tmp_path_factory.mktemp(f"everything-{request.param}")
@@ -90,9 +102,10 @@ def everything(request, tmp_path_factory, tiny_sd, tiny_sdxl, shapes_data):
     (data / "metadata.jsonl").write_text("\n".join(rows) + "\n")
     config = root / "everything_on.py"
     base, loader = BASES[request.param]
-    config.write_text(base.format(demo=DEMO, sdxl=SDXL)
-                      + EVERYTHING_ON.format(loader=loader))
-    tiny = tiny_sdxl if request.param == "sdxl" else tiny_sd
+    config.write_text(base.format(demo=DEMO, sdxl=SDXL, sd3=SD3)
+                      + EVERYTHING_ON.format(
+                          loader=loader, time_ids=TIME_IDS[request.param]))
+    tiny = {"sd": tiny_sd, "sdxl": tiny_sdxl, "sd3": tiny_sd3}[request.param]
     return str(config), str(data), tiny
 
 

@@ -407,6 +407,17 @@ class LatentDiffusionModel(AdapterIO, BaseModel):
         its mean.
         """
 
+    def train(self, mode: bool = True) -> LatentDiffusionModel:
+        """Set ``mode`` on the model and its adapted parts; the frozen text
+        encoders and the VAE stay in eval mode, as diffusers' training
+        scripts run them: T5's config keeps a dropout of 0.1, which would
+        draw from the global generator at every step."""
+        super().train(mode)
+        for name in (*(e.name for e in self.text_encoders), "vae"):
+            if name not in getattr(self, "adapter_configs", {}):
+                getattr(self, name).eval()
+        return self
+
     # ---- encoding ------------------------------------------------------
     def encode_prompt(self, text: list[str]) -> Conditioning:
         """:meth:`encode_text`, from the cache when
