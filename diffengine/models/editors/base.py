@@ -385,19 +385,6 @@ class LatentDiffusionModel(AdapterIO, BaseModel):
             sample = sample - shift
         return sample * config.scaling_factor
 
-    def train(self, mode: bool = True) -> LatentDiffusionModel:
-        """``nn.Module.train``, but the text encoders without an adapter stay
-        in eval mode: T5's dropout (0.1 in SD3's config) would otherwise
-        draw each step's prompt conditioning at random, which neither the
-        pipeline nor diffusers' training scripts do."""
-        super().train(mode)
-        adapted = getattr(self, "adapter_configs", {})
-        for encoder in self.text_encoders:
-            module = getattr(self, encoder.name, None)
-            if module is not None and encoder.name not in adapted:
-                module.eval()
-        return self
-
     # ---- trainable weights -------------------------------------------
     def init_weights(self) -> None:
         """Nothing to initialise: the base is pretrained and the adapters
@@ -413,9 +400,11 @@ class LatentDiffusionModel(AdapterIO, BaseModel):
         scripts run them: T5's config keeps a dropout of 0.1, which would
         draw from the global generator at every step."""
         super().train(mode)
+        adapted = getattr(self, "adapter_configs", {})
         for name in (*(e.name for e in self.text_encoders), "vae"):
-            if name not in getattr(self, "adapter_configs", {}):
-                getattr(self, name).eval()
+            module = getattr(self, name, None)  # None once dropped
+            if module is not None and name not in adapted:
+                module.eval()
         return self
 
     # ---- encoding ------------------------------------------------------
