@@ -11,6 +11,7 @@ import inspect
 import json
 import re
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import diffusers
 import numpy as np
@@ -137,7 +138,8 @@ def generate(pipe: DiffusionPipeline,
              num_inference_steps: int | None = None,
              guidance_scale: float | None = None,
              output_type: str = "pil",
-             progress: tqdm | None = None) -> list[np.ndarray]:
+             progress: tqdm | None = None,
+             **options: Any) -> list[np.ndarray]:
     """One image of ``prompt`` per seed, in one batch.
 
     Each image gets its own CPU generator seeded with its seed, so that an
@@ -161,6 +163,8 @@ def generate(pipe: DiffusionPipeline,
             float arrays in [0, 1]. Defaults to ``"pil"``.
         progress (tqdm, optional): A bar advanced at every denoising step
             (:func:`sampling_progress`). Defaults to None.
+        **options: More arguments of the pipeline's call, e.g. SD3's
+            ``max_sequence_length``.
 
     Returns:
         list[np.ndarray]: One image per seed.
@@ -183,8 +187,8 @@ def generate(pipe: DiffusionPipeline,
         num_images_per_prompt=len(seeds),
         generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
         output_type=output_type,
-        callback_on_step_end=step_callback(num_inference_steps,
-                                           progress)).images
+        callback_on_step_end=step_callback(num_inference_steps, progress),
+        **options).images
     if output_type == "pil":
         return [np.asarray(image) for image in images]
     return list(images)

@@ -385,6 +385,11 @@ class LatentDiffusionModel(AdapterIO, BaseModel):
             sample = sample - shift
         return sample * config.scaling_factor
 
+    def pipeline_call_options(self) -> dict[str, Any]:
+        """More arguments of the pipeline's call in :meth:`infer`, so that
+        samples are conditioned as training is (SD3: its T5 length)."""
+        return {}
+
     # ---- trainable weights -------------------------------------------
     def init_weights(self) -> None:
         """Nothing to initialise: the base is pretrained and the adapters
@@ -718,7 +723,8 @@ class LatentDiffusionModel(AdapterIO, BaseModel):
                     width=width,
                     output_type=output_type,
                     progress=progress,
-                    **settings)
+                    **settings,
+                    **self.pipeline_call_options())
             ]
         finally:
             self.train(was_training)

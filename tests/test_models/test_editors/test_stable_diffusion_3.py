@@ -158,3 +158,20 @@ def test_sizes_the_patches_cannot_split_are_refused(tiny_sd3):
     model = build(tiny_sd3, text_encoder=False)
     with pytest.raises(ConfigError, match="multiples of 16"):
         model.denoising_loss(batch(size=72))
+
+
+def test_samples_are_conditioned_with_the_trained_t5_length(tiny_sd3):
+    model = build(tiny_sd3, text_encoder=False, max_sequence_length=16)
+    image = model.infer(["a red circle"], num_inference_steps=2, height=64,
+                        width=64, output_type="np")[0]
+    pipe = StableDiffusion3Pipeline.from_pretrained(tiny_sd3)
+    pipe.set_progress_bar_config(disable=True)
+
+    def drawn(length):
+        return pipe("a red circle", num_inference_steps=2, height=64,
+                    width=64, guidance_scale=7.0, max_sequence_length=length,
+                    generator=torch.Generator().manual_seed(0),
+                    output_type="np").images[0]
+
+    assert abs(image - drawn(16)).max() < 1e-5
+    assert abs(image - drawn(256)).max() > 1e-4

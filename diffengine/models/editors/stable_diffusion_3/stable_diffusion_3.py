@@ -148,7 +148,7 @@ class StableDiffusion3(LatentDiffusionModel):
                 f"latents of {height}×{width} do not split into the "
                 f"transformer's {patch}×{patch} patches: give image sides "
                 f"that are multiples of {self.size_multiple} (e.g. "
-                "BucketResizeCrop's multiple=64).")
+                "BucketResizeCrop's bucket_reso_steps=64).")
         embeddings, pooled = prompt
         dtype = first_parameter(self.transformer).dtype
         return self.transformer(
@@ -156,6 +156,9 @@ class StableDiffusion3(LatentDiffusionModel):
             timestep=timesteps,
             encoder_hidden_states=embeddings.to(dtype),
             pooled_projections=pooled.to(dtype)).sample
+
+    def pipeline_call_options(self) -> dict[str, Any]:
+        return {"max_sequence_length": self.max_sequence_length}
 
     def pipeline_parts(self) -> dict[str, Any]:
         parts = super().pipeline_parts()
