@@ -14,7 +14,7 @@ def test_sample_flops_per_family():
     assert sample_gflop(True, 1024, "sdxl") == pytest.approx(2.15 * 6761)
     assert sample_gflop(False, 512, "sdxl") == pytest.approx(
         (2.15 * 6761 + 4879 + 111) / 4)
-    assert sample_gflop(True, 1024, "sd35") == pytest.approx(2.15 * 10800)
+    assert sample_gflop(True, 1024, "sd35") == pytest.approx(2.36 * 10783)
 
 
 def test_sdxl_rows_run_on_the_cpu(tiny_sdxl, tmp_path, capsys):
