@@ -22,11 +22,37 @@ CONFIG = os.path.join(REPO, "configs", "stable_diffusion_lora",
 SDXL_CONFIG = os.path.join(REPO, "configs", "stable_diffusion_xl_lora",
                            "stable_diffusion_xl_lora_pokemon_blip.py")
 
+# The same for an SD3 model (one with a transformer): SD3.5 Medium's, LoRA
+# on both attentions of every block.
+SD3_CONFIG = os.path.join(REPO, "configs", "stable_diffusion_3_lora",
+                          "stable_diffusion_3_5_medium_lora_pokemon_blip.py")
+
+
+def is_sd3(model: str) -> bool:
+    """Whether ``model`` is an SD3 folder (a transformer, not a UNet)."""
+    return os.path.isdir(os.path.join(model, "transformer"))
+
 
 def config_for(model: str) -> str:
     """The seed config of ``model``'s family."""
+    if is_sd3(model):
+        return SD3_CONFIG
     sdxl = os.path.isdir(os.path.join(model, "text_encoder_2"))
     return SDXL_CONFIG if sdxl else CONFIG
+
+
+def family_options(model: str, rank: int, use_t5: bool,
+                   max_sequence_length: int) -> list[str]:
+    """The adapter's rank, and for SD3 what diffusers' SD3 script does:
+    logit-normal timesteps, T5 or not, T5's tokens per prompt."""
+    if not is_sd3(model):
+        return [f"model.unet_lora_config.r={rank}",
+                f"model.unet_lora_config.lora_alpha={rank}"]
+    return [f"model.transformer_lora_config.r={rank}",
+            f"model.transformer_lora_config.lora_alpha={rank}",
+            "model.timesteps_generator.type=LogitNormalTimeSteps",
+            f"model.use_t5={use_t5}",
+            f"model.max_sequence_length={max_sequence_length}"]
 
 
 class StepClockHook(Hook):
@@ -45,17 +71,18 @@ class StepClockHook(Hook):
 def framework_config(model: str, data: str, resolution: int, batch_size: int,
                      rank: int, steps: int, warmup: int, work_dir: str,
                      num_workers: int = 0, mixed_precision: str | None = None,
-                     options: tuple[str, ...] = (), config: str | None = None
+                     options: tuple[str, ...] = (), config: str | None = None,
+                     use_t5: bool = True, max_sequence_length: int = 77
                      ) -> Config:
     """``config`` (default: the seed config of the model's family) set to
     the benchmark's work, through ``tools/train.py``'s ``--cfg-options``
-    (``options`` come last, e.g. ``model.weight_dtype=bfloat16``)."""
+    (``options`` come last, e.g. ``model.weight_dtype=bfloat16``).
+    ``use_t5`` and ``max_sequence_length`` apply to SD3 models."""
     config = config or config_for(model)
     argv = [
         config, "--work-dir", work_dir, "--cfg-options",
         f"model.model={model}",
-        f"model.unet_lora_config.r={rank}",
-        f"model.unet_lora_config.lora_alpha={rank}",
+        *family_options(model, rank, use_t5, max_sequence_length),
         f"train_dataloader.dataset.dataset={data}",
         "train_dataloader.dataset.caption_column=text",
         f"train_dataloader.dataset.pipeline.0.size={resolution}",

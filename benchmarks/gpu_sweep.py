@@ -1,14 +1,16 @@
-"""SD1.5- or SDXL-shaped LoRA training on one GPU: samples/s, peak memory
-and MFU.
+"""SD1.5-, SDXL- or SD3.5-Medium-shaped LoRA training on one GPU:
+samples/s, peak memory and MFU.
 
-Builds the SD1.5 (``--family sd15``) or SDXL base 1.0 (``--family sdxl``)
-architecture with random weights on the GPU (no download), then trains it
-through ``DiffEngineRunner`` at its native resolution (512 / 1024 px) in
-bf16 (autocast and the frozen base in bf16, LoRA rank 4 on the UNet's
-attention) for each batch size, with and without cached latents (and text
-embeddings), with and without gradient checkpointing. Each configuration
-runs in this process with a fresh runner; rows print as they finish.
-``benchmarks/gpu.sh`` runs both; see benchmarks/README.md.
+Builds the SD1.5 (``--family sd15``), SDXL base 1.0 (``--family sdxl``) or
+SD3.5 Medium (``--family sd35``, its T5 cut to 2 layers as
+``make_sd35_medium_shaped`` writes it) architecture with random weights on
+the GPU (no download), then trains it through ``DiffEngineRunner`` at its
+native resolution (512 / 1024 / 1024 px) in bf16 (autocast and the frozen
+base in bf16, LoRA rank 4 on the denoiser's attention) for each batch
+size, with and without cached latents (and text embeddings), with and
+without gradient checkpointing. Each configuration runs in this process
+with a fresh runner; rows print as they finish. ``benchmarks/gpu.sh``
+runs the three; see benchmarks/README.md.
 
 MFU counts model FLOPs per sample at the native resolution (recomputation
 under gradient checkpointing is not counted; measured with
@@ -17,6 +19,12 @@ frozen base is about 2.15 × the UNet forward (SD1.5 803 GFLOP at 512 px,
 SDXL 6,761 GFLOP at 1024 px), plus encoding the image with the VAE (1,117 /
 4,879 GFLOP) and the caption with the text encoders (13 / 13 + 98 GFLOP);
 cached latents and text embeddings remove the last two.
+
+SD3.5 Medium, measured the same way for 4,096 image and 154 text tokens at
+1024 px (CLIP's 77 and T5's 77, the benchmark's ``max_sequence_length``):
+a LoRA step (rank 4 on both attentions) is 2.36 × the transformer forward
+of 10,783 GFLOP; its VAE is SDXL's with 16 latent channels, and its text
+encoders are SDXL's two plus the 2-layer T5 (60 GFLOP).
 """
 from __future__ import annotations
 
@@ -33,16 +41,17 @@ if REPO not in sys.path:  # run as a script: make `benchmarks` importable
 
 from benchmarks.train_step import VARIANTS  # noqa: E402
 
-# Per family: (native resolution, UNet forward, VAE encode, text encoders)
-# in GFLOP for one sample at that resolution.
+# Per family: native resolution, the LoRA step over the denoiser forward,
+# and the denoiser forward, VAE encode and text encoders in GFLOP for one
+# sample at that resolution.
 FAMILIES = {
-    "sd15": dict(resolution=512, unet=803, vae=1117, text=13,
+    "sd15": dict(resolution=512, step=2.15, denoiser=803, vae=1117, text=13,
                  folder="sd15-shaped"),
-    "sdxl": dict(resolution=1024, unet=6761, vae=4879, text=111,
+    "sdxl": dict(resolution=1024, step=2.15, denoiser=6761, vae=4879, text=111,
                  folder="sdxl-shaped"),
+    "sd35": dict(resolution=1024, step=2.36, denoiser=10783, vae=4879,
+                 text=171, folder="sd35-medium-shaped"),
 }
-# backward through the frozen base for the LoRA gradients, over the forward
-LORA_STEP_FACTOR = 2.15
 # Options of every configuration: bf16 frozen base, channels-last weights,
 # cuDNN picking its fastest convolutions for the fixed 512 px shapes.
 BASE_OPTIONS = ["model.weight_dtype=bfloat16", "model.channels_last=True",
@@ -57,7 +66,7 @@ def sample_gflop(cached: bool, resolution: int = 512,
     """Model GFLOP of one training sample (scaled by the pixel count away
     from the native resolution, which undercounts attention a little)."""
     figures = FAMILIES[family]
-    gflop = LORA_STEP_FACTOR * figures["unet"]
+    gflop = figures["step"] * figures["denoiser"]
     if not cached:
         gflop += figures["vae"] + figures["text"]
     return gflop * (resolution / figures["resolution"]) ** 2
@@ -71,6 +80,7 @@ def build_inputs(folder: str, num_images: int, build_model: bool = True,
 
     from diffengine.demo import (
         make_sd15_shaped,
+        make_sd35_medium_shaped,
         make_sdxl_shaped,
         make_shapes_dataset,
     )
@@ -83,7 +93,8 @@ def build_inputs(folder: str, num_images: int, build_model: bool = True,
         default = torch.get_default_dtype()
         torch.set_default_dtype(torch.bfloat16)  # half the bytes to write
         try:
-            build = make_sdxl_shaped if family == "sdxl" else make_sd15_shaped
+            build = {"sd15": make_sd15_shaped, "sdxl": make_sdxl_shaped,
+                     "sd35": make_sd35_medium_shaped}[family]
             build(model, device="cuda")
         finally:
             torch.set_default_dtype(default)

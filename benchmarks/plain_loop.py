@@ -14,6 +14,16 @@ An SDXL folder (one with ``text_encoder_2``) trains as diffusers'
 ``train_text_to_image_lora_sdxl.py`` does: both text encoders'
 penultimate states, the pooled projection and the time ids (original
 size, crop top-left, target size) as the UNet's added conditioning.
+
+An SD3 folder (one with ``transformer``) trains as diffusers'
+``examples/dreambooth/train_dreambooth_lora_sd3.py`` does with captions:
+latents ``(sample − shift_factor)·scaling_factor``, a logit-normal draw
+indexing the scheduler's shifted sigmas, the noisy input
+``(1 − σ)·x + σ·ε``, the transformer at timestep ``σ·1000`` with the
+prompt of ``StableDiffusion3Pipeline.encode_prompt`` (both CLIPs'
+penultimate states zero-padded to T5's width, then T5's tokens, or zeros
+without T5; the pooled projections concatenated), the target ``ε − x``
+and LoRA on both attentions of every block.
 """
 from __future__ import annotations
 
@@ -24,15 +34,38 @@ import random
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    SD3Transformer2DModel,
+    UNet2DConditionModel,
+)
+from diffusers.training_utils import (
+    compute_density_for_timestep_sampling,
+    compute_loss_weighting_for_sd3,
+)
 from peft import LoraConfig
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import (
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
 
 from benchmarks.measure import StepClock, summary
 
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+# Both attentions of every SD3 block, image and text streams, by suffix (as
+# the SD3.5 configs: this reaches SD3.5 Medium's attn2 too).
+SD3_TARGETS = [*UNET_TARGETS, "add_q_proj", "add_k_proj", "add_v_proj",
+               "to_add_out"]
+# diffusers' SD3 script's default: logit-normal draws (mean 0, std 1),
+# whose loss weighting is 1.
+WEIGHTING_SCHEME = "logit_normal"
 
 
 class ImageFolder(Dataset):
@@ -40,13 +73,15 @@ class ImageFolder(Dataset):
     script does (``Resize``, ``RandomCrop``, ``RandomHorizontalFlip``,
     ``ToTensor``, ``Normalize([0.5], [0.5])``), captions tokenized."""
 
-    def __init__(self, folder: str, resolution: int,
-                 tokenizers: list[CLIPTokenizer]) -> None:
+    def __init__(self, folder: str, resolution: int, tokenizers: list,
+                 max_lengths: list[int] | None = None) -> None:
         with open(os.path.join(folder, "metadata.jsonl")) as f:
             self.rows = [json.loads(line) for line in f if line.strip()]
         self.folder = folder
         self.resolution = resolution
         self.tokenizers = tokenizers
+        self.max_lengths = max_lengths or [
+            tokenizer.model_max_length for tokenizer in tokenizers]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -69,9 +104,10 @@ class ImageFolder(Dataset):
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32))
         pixels = pixels.permute(2, 0, 1) / 127.5 - 1.0
         input_ids = [tokenizer(
-            row["text"], max_length=tokenizer.model_max_length,
-            padding="max_length", truncation=True,
-            return_tensors="pt").input_ids[0] for tokenizer in self.tokenizers]
+            row["text"], max_length=max_length, padding="max_length",
+            truncation=True, return_tensors="pt").input_ids[0]
+            for tokenizer, max_length in zip(
+                self.tokenizers, self.max_lengths, strict=True)]
         time_ids = torch.tensor([*original_size, top, left, size, size],
                                 dtype=torch.float32)
         return {"pixel_values": pixels, "input_ids": input_ids,
@@ -103,16 +139,32 @@ def encode_prompt(text_encoders: list, input_ids: list[torch.Tensor],
             "added_cond_kwargs": {"text_embeds": output[0]}}
 
 
-def run_plain(model: str, data: str, resolution: int, batch_size: int,
-              rank: int, steps: int, warmup: int, num_workers: int = 0,
-              device: str = "cpu", mixed_precision: str | None = None,
-              **_: object) -> dict:
-    """Train ``warmup + steps`` steps; return :func:`summary`'s dict."""
-    device = torch.device(device)
-    torch.manual_seed(0)
-    random.seed(0)
-    weight_dtype = {None: torch.float32, "bf16": torch.bfloat16,
-                    "fp16": torch.float16}[mixed_precision]
+def encode_sd3_prompt(text_encoders: list, input_ids: list[torch.Tensor],
+                      max_sequence_length: int, joint_attention_dim: int,
+                      device: torch.device
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``StableDiffusion3Pipeline.encode_prompt``: both CLIPs' penultimate
+    states concatenated and zero-padded to T5's width, then T5's last
+    states (zeros without T5); the pooled projections concatenated."""
+    states, pooled = [], []
+    for text_encoder, ids in zip(text_encoders[:2], input_ids, strict=False):
+        output = text_encoder(ids.to(device), output_hidden_states=True)
+        states.append(output.hidden_states[-2])
+        pooled.append(output[0])
+    clip = torch.cat(states, dim=-1)
+    if len(text_encoders) == 3:
+        t5 = text_encoders[2](input_ids[2].to(device))[0]
+    else:
+        t5 = clip.new_zeros(clip.shape[0], max_sequence_length,
+                            joint_attention_dim)
+    clip = F.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
+    return torch.cat([clip, t5], dim=-2), torch.cat(pooled, dim=-1)
+
+
+def unet_parts(model: str, rank: int, device: torch.device,
+               weight_dtype: torch.dtype, **_: object) -> dict:
+    """SD 1.x or SDXL: the text encoders, the UNet with LoRA and the step's
+    loss as diffusers' text-to-image LoRA scripts compute it."""
     sdxl = os.path.isdir(os.path.join(model, "text_encoder_2"))
     tokenizers = [CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")]
     text_encoders = [CLIPTextModel.from_pretrained(model,
@@ -136,40 +188,137 @@ def run_plain(model: str, data: str, resolution: int, batch_size: int,
         weight_dtype == torch.float16) else weight_dtype)
     for text_encoder in text_encoders:
         text_encoder.to(device, dtype=weight_dtype)
-    lora_layers = [p for p in unet.parameters() if p.requires_grad]
+
+    def loss(batch: dict) -> torch.Tensor:
+        pixels = batch["pixel_values"].to(device, dtype=vae.dtype)
+        latents = vae.encode(pixels).latent_dist.sample()
+        latents = latents * vae.config.scaling_factor
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(
+            0, noise_scheduler.config.num_train_timesteps,
+            (latents.shape[0], ), device=device).long()
+        noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
+        conditioning = encode_prompt(text_encoders, batch["input_ids"],
+                                     device)
+        if sdxl:
+            conditioning["added_cond_kwargs"]["time_ids"] = batch[
+                "time_ids"].to(device)
+        model_pred = unet(noisy_latents, timesteps, **conditioning,
+                          return_dict=False)[0]
+        return F.mse_loss(model_pred.float(), noise.float())
+
+    return dict(denoiser=unet, tokenizers=tokenizers, max_lengths=None,
+                loss=loss)
+
+
+def sd3_parts(model: str, rank: int, device: torch.device,
+              weight_dtype: torch.dtype, use_t5: bool = True,
+              max_sequence_length: int = 77, **_: object) -> dict:
+    """SD3 and SD3.5: the text encoders (T5 only with ``use_t5``), the
+    transformer with LoRA and the step's loss as diffusers'
+    ``train_dreambooth_lora_sd3.py`` computes it."""
+    tokenizers = [CLIPTokenizer.from_pretrained(model, subfolder=name)
+                  for name in ("tokenizer", "tokenizer_2")]
+    text_encoders = [CLIPTextModelWithProjection.from_pretrained(
+        model, subfolder=name) for name in ("text_encoder", "text_encoder_2")]
+    max_lengths = [tokenizer.model_max_length for tokenizer in tokenizers]
+    if use_t5:
+        tokenizers.append(T5TokenizerFast.from_pretrained(
+            model, subfolder="tokenizer_3"))
+        text_encoders.append(T5EncoderModel.from_pretrained(
+            model, subfolder="text_encoder_3"))
+        max_lengths.append(max_sequence_length)
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(
+        model, subfolder="scheduler")
+    vae = AutoencoderKL.from_pretrained(model, subfolder="vae")
+    transformer = SD3Transformer2DModel.from_pretrained(
+        model, subfolder="transformer")
+    for module in (transformer, vae, *text_encoders):
+        module.requires_grad_(False)
+    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank,
+                                       init_lora_weights="gaussian",
+                                       target_modules=SD3_TARGETS))
+    for module in (transformer, *text_encoders):
+        module.to(device, dtype=weight_dtype)
+    vae.to(device, dtype=torch.float32)  # as the script keeps it
+    num_train_timesteps = scheduler.config.num_train_timesteps
+    shift_factor = vae.config.shift_factor
+    scaling_factor = vae.config.scaling_factor
+    joint_attention_dim = transformer.config.joint_attention_dim
+
+    def loss(batch: dict) -> torch.Tensor:
+        pixels = batch["pixel_values"].to(device, dtype=vae.dtype)
+        latents = vae.encode(pixels).latent_dist.sample()
+        latents = (latents - shift_factor) * scaling_factor
+        latents = latents.to(weight_dtype)
+        noise = torch.randn_like(latents)
+        batch_size = latents.shape[0]
+        u = compute_density_for_timestep_sampling(
+            weighting_scheme=WEIGHTING_SCHEME, batch_size=batch_size,
+            logit_mean=0.0, logit_std=1.0)
+        # the scheduler's table holds the shifted sigmas and σ·1000
+        indices = (u * num_train_timesteps).long()
+        timesteps = scheduler.timesteps[indices].to(device)
+        sigmas = scheduler.sigmas[indices].to(device, latents.dtype)
+        sigmas = sigmas.view(-1, 1, 1, 1)
+        noisy = (1.0 - sigmas) * latents + sigmas * noise
+        with torch.no_grad():
+            prompt_embeds, pooled = encode_sd3_prompt(
+                text_encoders, batch["input_ids"], max_sequence_length,
+                joint_attention_dim, device)
+        model_pred = transformer(
+            hidden_states=noisy, timestep=timesteps,
+            encoder_hidden_states=prompt_embeds,
+            pooled_projections=pooled, return_dict=False)[0]
+        weighting = compute_loss_weighting_for_sd3(
+            weighting_scheme=WEIGHTING_SCHEME, sigmas=sigmas)
+        target = noise - latents
+        error = weighting.float() * (model_pred.float() - target.float())**2
+        return error.reshape(batch_size, -1).mean(1).mean()
+
+    return dict(denoiser=transformer, tokenizers=tokenizers,
+                max_lengths=max_lengths, loss=loss)
+
+
+def run_plain(model: str, data: str, resolution: int, batch_size: int,
+              rank: int, steps: int, warmup: int, num_workers: int = 0,
+              device: str = "cpu", mixed_precision: str | None = None,
+              use_t5: bool = True, max_sequence_length: int = 77,
+              **_: object) -> dict:
+    """Train ``warmup + steps`` steps; return :func:`summary`'s dict.
+
+    ``use_t5`` and ``max_sequence_length`` apply to SD3 models: T5 or its
+    zeros, and its tokens per prompt (77, the default of diffusers' SD3
+    script)."""
+    device = torch.device(device)
+    torch.manual_seed(0)
+    random.seed(0)
+    weight_dtype = {None: torch.float32, "bf16": torch.bfloat16,
+                    "fp16": torch.float16}[mixed_precision]
+    sd3 = os.path.isdir(os.path.join(model, "transformer"))
+    parts = (sd3_parts if sd3 else unet_parts)(
+        model, rank, device, weight_dtype, use_t5=use_t5,
+        max_sequence_length=max_sequence_length)
+    denoiser = parts["denoiser"]
+    lora_layers = [p for p in denoiser.parameters() if p.requires_grad]
     for param in lora_layers:
         param.data = param.data.float()
     optimizer = torch.optim.AdamW(lora_layers, lr=1e-4, betas=(0.9, 0.999),
                                   weight_decay=1e-2, eps=1e-8)
-    loader = DataLoader(ImageFolder(data, resolution, tokenizers),
+    loader = DataLoader(ImageFolder(data, resolution, parts["tokenizers"],
+                                    parts["max_lengths"]),
                         batch_size=batch_size, shuffle=True,
                         collate_fn=collate, num_workers=num_workers,
                         drop_last=True)
     autocast = torch.autocast(device.type, dtype=weight_dtype,
                               enabled=mixed_precision is not None)
-    unet.train()
+    denoiser.train()
     clock = StepClock(device)
     step = 0
     while step < warmup + steps:
         for batch in loader:
             with autocast:
-                pixels = batch["pixel_values"].to(device, dtype=vae.dtype)
-                latents = vae.encode(pixels).latent_dist.sample()
-                latents = latents * vae.config.scaling_factor
-                noise = torch.randn_like(latents)
-                timesteps = torch.randint(
-                    0, noise_scheduler.config.num_train_timesteps,
-                    (latents.shape[0], ), device=device).long()
-                noisy_latents = noise_scheduler.add_noise(latents, noise,
-                                                          timesteps)
-                conditioning = encode_prompt(text_encoders,
-                                             batch["input_ids"], device)
-                if sdxl:
-                    conditioning["added_cond_kwargs"]["time_ids"] = batch[
-                        "time_ids"].to(device)
-                model_pred = unet(noisy_latents, timesteps, **conditioning,
-                                  return_dict=False)[0]
-                loss = F.mse_loss(model_pred.float(), noise.float())
+                loss = parts["loss"](batch)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(lora_layers, 1.0)
             optimizer.step()

@@ -13,8 +13,11 @@ to the plain loop, as a table and as JSON.
 downsamples 8× like SD's) or the SD1.5 architecture with random weights
 under ``--build-dir`` on first use, ``--model tiny-sdxl`` and ``--model
 sdxl`` the same for SDXL (trained with the SDXL seed config on both
-sides); ``--data shapes`` writes captioned
-images there. The framework side starts as ``mim train`` does (importing
+sides), ``--model tiny-sd3`` and ``--model sd35`` a tiny SD3.5 model or
+SD3.5 Medium's architecture (trained with the SD3.5 Medium config, and as
+diffusers' ``train_dreambooth_lora_sd3.py`` does; ``--no-t5`` leaves T5
+out on both sides); ``--data shapes`` writes captioned images there.
+The framework side starts as ``mim train`` does (importing
 ``tools/train.py`` first, which turns on THP for CPU tensors); ``no_thp``
 and ``plain_thp`` show that setting's share. ``--diffusers-script PATH``
 adds diffusers' own ``train_text_to_image_lora.py`` as a third side. See
@@ -23,6 +26,7 @@ benchmarks/README.md for the recorded runs.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -65,13 +69,27 @@ ENVIRONMENTS = {
     "plain_thp": {"THP_MEM_ALLOC_ENABLE": "1"},
 }
 PLAIN_SIDES = {"plain", "plain_thp"}
+# --model names written on first use: (folder, maker in diffengine.demo).
+BUILDERS = {
+    "tiny": ("tiny-sd", "make_tiny_sd"),
+    "sd15": ("sd15-shaped", "make_sd15_shaped"),
+    "tiny-sdxl": ("tiny-sdxl", "make_tiny_sdxl"),
+    "sdxl": ("sdxl-shaped", "make_sdxl_shaped"),
+    "tiny-sd3": ("tiny-sd35", "make_tiny_sd3"),
+    "sd35": ("sd35-medium-shaped", "make_sd35_medium_shaped"),
+}
+# Written in bfloat16 (loaded in float32): SDXL 7 GB instead of 14, SD3.5
+# Medium 7 GB instead of 14.
+BF16_BUILDS = {"sdxl", "sd35"}
+# Work settings that only the two SD3 sides read.
+SD3_WORK = ("use_t5", "max_sequence_length")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny",
-                        help="diffusers SD 1.x or SDXL folder, or 'tiny' / "
-                        "'sd15' / 'tiny-sdxl' / 'sdxl' (random weights, "
+                        help="diffusers SD 1.x, SDXL or SD3 folder, or "
+                        f"one of {sorted(BUILDERS)} (random weights, "
                         "written under --build-dir)")
     parser.add_argument("--data", default="shapes",
                         help="image folder with metadata.jsonl (file_name, "
@@ -93,6 +111,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "with THP_MEM_ALLOC_ENABLE=1)")
     parser.add_argument("--options", nargs="+", default=[],
                         help="extra --cfg-options for every framework run")
+    parser.add_argument("--no-t5", dest="use_t5", action="store_false",
+                        help="SD3: leave T5 out on both sides (its tokens "
+                        "are zeros, as the pipeline's text_encoder_3=None)")
+    parser.add_argument("--max-sequence-length", type=int, default=77,
+                        help="SD3: T5 tokens per prompt on both sides "
+                        "(default: 77, diffusers' SD3 script's)")
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--device", default=None,
                         help="cpu or cuda; defaults to cuda when present")
@@ -123,21 +147,18 @@ def prepare_inputs(args: argparse.Namespace) -> tuple[str, str]:
 
     from diffengine import demo
 
-    builders = {  # name: (folder, builder)
-        # four VAE levels: 8× smaller latents, as SD's VAE gives
-        "tiny": ("tiny-sd", lambda path: demo.make_tiny_sd(
-            path, vae_block_out_channels=(32, 32, 64, 64))),
-        "sd15": ("sd15-shaped", demo.make_sd15_shaped),
-        "tiny-sdxl": ("tiny-sdxl", demo.make_tiny_sdxl),
-        "sdxl": ("sdxl-shaped", demo.make_sdxl_shaped),
-    }
     model, data = args.model, args.data
-    if model in builders:
-        folder, build = builders[model]
+    if model in BUILDERS:
+        folder, builder = BUILDERS[model]
+        build = getattr(demo, builder)
+        if model == "tiny":
+            # four VAE levels: 8× smaller latents, as SD's VAE gives
+            build = functools.partial(
+                build, vae_block_out_channels=(32, 32, 64, 64))
         model = os.path.join(args.build_dir, folder)
         if not os.path.isfile(os.path.join(model, "model_index.json")):
             default = torch.get_default_dtype()
-            if args.model == "sdxl":  # 7 GB to write instead of 14
+            if args.model in BF16_BUILDS:  # half the bytes to write
                 torch.set_default_dtype(torch.bfloat16)
             try:
                 build(model)
@@ -265,7 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     work = dict(model=model, data=data, resolution=args.resolution,
                 batch_size=args.batch_size, rank=args.rank, steps=args.steps,
                 warmup=args.warmup, num_workers=args.num_workers,
-                device=device, mixed_precision=args.mixed_precision)
+                device=device, mixed_precision=args.mixed_precision,
+                use_t5=args.use_t5,
+                max_sequence_length=args.max_sequence_length)
     sides = ["plain", *args.variants]
     if args.diffusers_script:
         sides.append("diffusers_script")
@@ -278,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
             for side in sides if repeat % 2 == 0 else sides[::-1]:
                 if side == "diffusers_script":
                     result = run_diffusers_script(
-                        args.diffusers_script, **work, threads=args.threads,
+                        args.diffusers_script, **{
+                            k: v for k, v in work.items()
+                            if k not in SD3_WORK}, threads=args.threads,
                         extra_args=args.diffusers_script_args)
                 else:
                     spec = dict(side=side, work=work, threads=args.threads,

@@ -14,6 +14,7 @@ def test_sample_flops_per_family():
     assert sample_gflop(True, 1024, "sdxl") == pytest.approx(2.15 * 6761)
     assert sample_gflop(False, 512, "sdxl") == pytest.approx(
         (2.15 * 6761 + 4879 + 111) / 4)
+    assert sample_gflop(True, 1024, "sd35") == pytest.approx(2.36 * 10783)
 
 
 def test_sdxl_rows_run_on_the_cpu(tiny_sdxl, tmp_path, capsys):
@@ -27,3 +28,15 @@ def test_sdxl_rows_run_on_the_cpu(tiny_sdxl, tmp_path, capsys):
         (True, False), (True, True), (False, False), (False, True)]
     assert all(r["samples_per_s"] > 0 for r in rows)
     assert "all rows:" in capsys.readouterr().out
+
+
+def test_sd35_rows_run_on_the_cpu(tiny_sd3, tmp_path):
+    out = tmp_path / "rows.json"
+    assert main(["--family", "sd35", "--device", "cpu", "--model", tiny_sd3,
+                 "--resolution", "32", "--batch-sizes", "1", "--steps", "1",
+                 "--warmup", "1", "--num-workers", "0", "--no-compile",
+                 "--folder", str(tmp_path), "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["cached"], r["checkpointing"]) for r in rows] == [
+        (True, False), (True, True), (False, False), (False, True)]
+    assert all(r["samples_per_s"] > 0 for r in rows)
