@@ -138,18 +138,9 @@ def make_tiny_sd(path: str,
         latent_channels=4,
         norm_num_groups=min(32, min(vae_block_out_channels)),
         sample_size=64)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=text_hidden_size,
-            intermediate_size=text_hidden_size * 4,
-            num_hidden_layers=text_layers,
-            num_attention_heads=4,
-            max_position_embeddings=tokenizer.model_max_length,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            projection_dim=text_hidden_size))
+    text_encoder = CLIPTextModel(tiny_clip_config(
+        tokenizer, text_hidden_size, text_layers, text_hidden_size,
+        mlp_ratio=4))
     return save_pipeline(path, unet, vae, text_encoder, tokenizer)
 
 
@@ -296,13 +287,15 @@ def tiny_vae(**options) -> AutoencoderKL:
 
 
 def tiny_clip_config(tokenizer: CLIPTokenizer, hidden_size: int,
-                     layers: int, projection: int) -> CLIPTextConfig:
-    """A small CLIP text config for ``tokenizer``: 4 heads, an MLP twice as
-    wide as the model, ``projection`` wide pooled outputs."""
+                     layers: int, projection: int,
+                     mlp_ratio: int = 2) -> CLIPTextConfig:
+    """A small CLIP text config for ``tokenizer``: 4 heads, an MLP
+    ``mlp_ratio`` times as wide as the model, ``projection`` wide pooled
+    outputs."""
     return CLIPTextConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
+        intermediate_size=hidden_size * mlp_ratio,
         num_hidden_layers=layers,
         num_attention_heads=4,
         max_position_embeddings=tokenizer.model_max_length,
