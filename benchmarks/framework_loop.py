@@ -44,7 +44,8 @@ def config_for(model: str) -> str:
 def family_options(model: str, rank: int, use_t5: bool,
                    max_sequence_length: int) -> list[str]:
     """The adapter's rank, and for SD3 what diffusers' SD3 script does:
-    logit-normal timesteps, T5 or not, T5's tokens per prompt."""
+    logit-normal timesteps (the seed config's too), T5 or not, T5's tokens
+    per prompt."""
     if not is_sd3(model):
         return [f"model.unet_lora_config.r={rank}",
                 f"model.unet_lora_config.lora_alpha={rank}"]

@@ -13,4 +13,7 @@ model = dict(
         target_modules=["to_q", "to_k", "to_v", "to_out.0", "add_q_proj",
                         "add_k_proj", "add_v_proj", "to_add_out"],
     ),
+    # the SD3 paper's logit-normal draw of the noise level, before the
+    # scheduler config's shift, as diffusers' SD3 script draws it
+    timesteps_generator=dict(type="LogitNormalTimeSteps"),
 )
