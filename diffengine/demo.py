@@ -21,6 +21,8 @@ from diffusers import (
     DDPMScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
     PNDMScheduler,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
@@ -487,6 +489,87 @@ def make_tiny_sd3(path: str, seed: int = 0, variant: str = "sd3.5") -> str:
     return save_sd3_pipeline(path, transformer, vae,
                              (text_encoder, text_encoder_2, text_encoder_3),
                              (tokenizer, tokenizer_2, tokenizer_3))
+
+
+# Each tiny Flux variant: whether the transformer embeds a guidance scale
+# (FLUX.1 [dev] is guidance-distilled, [schnell] timestep-distilled) and its
+# scheduler config (scheduler/scheduler_config.json of
+# black-forest-labs/FLUX.1-dev and FLUX.1-schnell).
+FLUX_VARIANTS = {
+    "dev": dict(
+        guidance_embeds=True,
+        scheduler=dict(shift=3.0, use_dynamic_shifting=True,
+                       base_shift=0.5, max_shift=1.15,
+                       base_image_seq_len=256, max_image_seq_len=4096)),
+    "schnell": dict(
+        guidance_embeds=False,
+        scheduler=dict(shift=1.0, use_dynamic_shifting=False,
+                       base_shift=0.5, max_shift=1.15,
+                       base_image_seq_len=256, max_image_seq_len=4096)),
+}
+
+
+def make_tiny_flux(path: str, seed: int = 0, variant: str = "dev") -> str:
+    """Write a tiny FLUX.1 pipeline in diffusers format.
+
+    Flux's layout at a toy size: a transformer with one double-stream and
+    one single-stream block over 2×2-packed latents (64 input channels = 4
+    × the VAE's 16), rotary axes summing to the head size of 16, a VAE with
+    16 latent channels, Flux's scaling and shift factors and no quant
+    convolutions, CLIP-L (its pooled output is the transformer's pooled
+    projection), T5 as wide as the transformer's text input, and Flux's
+    flow-matching Euler scheduler.
+
+    Args:
+        path (str): Output folder (``model_index.json`` and subfolders).
+        seed (int): Seeds the random weights. Defaults to 0.
+        variant (str): ``"dev"`` (guidance embedding, resolution-dependent
+            shift) or ``"schnell"`` (neither). Defaults to "dev".
+
+    Returns:
+        str: ``path``.
+
+    Raises:
+        ConfigError: If ``variant`` is not one of :data:`FLUX_VARIANTS`.
+    """
+    if variant not in FLUX_VARIANTS:
+        raise ConfigError(f"variant={variant!r}; choose one of "
+                          f"{list(FLUX_VARIANTS)}.")
+    options = FLUX_VARIANTS[variant]
+    torch.manual_seed(seed)
+    tokenizer = write_char_tokenizer(os.path.join(path, "tokenizer"))
+    tokenizer_2 = write_t5_tokenizer(os.path.join(path, "tokenizer_2"))
+    width, t5_width = 32, 64
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=t5_width,
+        pooled_projection_dim=width,
+        guidance_embeds=options["guidance_embeds"],
+        axes_dims_rope=(4, 6, 6))
+    vae = tiny_vae(latent_channels=16, sample_size=64, scaling_factor=0.3611,
+                   shift_factor=0.1159, use_quant_conv=False,
+                   use_post_quant_conv=False)
+    text_encoder = CLIPTextModel(tiny_clip_config(tokenizer, width, 2, width))
+    text_encoder_2 = T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer_2), d_model=t5_width, d_kv=16, d_ff=128,
+        num_layers=2, num_heads=4, feed_forward_proj="gated-gelu",
+        pad_token_id=tokenizer_2.pad_token_id,
+        eos_token_id=tokenizer_2.eos_token_id, decoder_start_token_id=0))
+    pipe = FluxPipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(**options["scheduler"]),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2)
+    save_pipeline_folder(pipe, path)
+    return path
 
 
 # Stable Diffusion 3.5 Medium's configs (transformer/, vae/, text_encoder*/
