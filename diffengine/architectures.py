@@ -61,7 +61,21 @@ SD35_LARGE = Architecture(
     base_model_version="3-5-large",
     resolution=1024)
 SD3_ARCHITECTURES = (SD3_MEDIUM, SD35_MEDIUM, SD35_LARGE)
-ARCHITECTURES = {a.name: a for a in (SD1, SDXL, *SD3_ARCHITECTURES)}
+# FLUX.1 [dev] and [schnell]: kohya's sd-scripts writes lora_unet_ for the
+# transformer and lora_te1_ for CLIP-L, and "flux1" as the base version.
+FLUX_PREFIXES = {"transformer": "lora_unet_", "text_encoder": "lora_te1_"}
+FLUX_DEV = Architecture(
+    name="flux-1-dev",
+    kohya_prefixes=FLUX_PREFIXES,
+    base_model_version="flux1",
+    resolution=1024)
+FLUX_SCHNELL = Architecture(
+    name="flux-1-schnell",
+    kohya_prefixes=FLUX_PREFIXES,
+    base_model_version="flux1",
+    resolution=1024)
+ARCHITECTURES = {a.name: a for a in (SD1, SDXL, *SD3_ARCHITECTURES,
+                                     FLUX_DEV, FLUX_SCHNELL)}
 
 
 def is_sd3(architecture: Architecture) -> bool:

@@ -15,6 +15,7 @@ from diffengine.adapters.formats import DIFFUSERS_FILE
 from diffengine.architectures import sd3_architecture
 from diffengine.demo import (
     make_shapes_dataset,
+    make_tiny_flux,
     make_tiny_sd,
     make_tiny_sd3,
     make_tiny_sdxl,
@@ -119,6 +120,21 @@ def tiny_sd3_medium(tmp_path_factory) -> str:
     """A tiny SD3-Medium-shaped pipeline folder in diffusers format."""
     return make_tiny_sd3(str(tmp_path_factory.mktemp("models") / "tiny-sd3"),
                          variant="sd3")
+
+
+@pytest.fixture(scope="session")
+def tiny_flux(tmp_path_factory) -> str:
+    """A tiny FLUX.1 [dev]-shaped pipeline folder in diffusers format."""
+    return make_tiny_flux(
+        str(tmp_path_factory.mktemp("models") / "tiny-flux-dev"))
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_schnell(tmp_path_factory) -> str:
+    """A tiny FLUX.1 [schnell]-shaped pipeline folder in diffusers format."""
+    return make_tiny_flux(
+        str(tmp_path_factory.mktemp("models") / "tiny-flux-schnell"),
+        variant="schnell")
 
 
 @pytest.fixture(scope="session")

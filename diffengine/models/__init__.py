@@ -1,5 +1,6 @@
 from diffengine.models import losses, schedules
 from diffengine.models.editors import (
+    Flux,
     LatentDiffusionModel,
     SDDataPreprocessor,
     StableDiffusion,
@@ -9,6 +10,7 @@ from diffengine.models.editors import (
 from diffengine.models.utils import noise, timesteps
 
 __all__ = [
+    "Flux",
     "LatentDiffusionModel",
     "SDDataPreprocessor",
     "StableDiffusion",

@@ -1,4 +1,5 @@
 from diffengine.models.editors.base import LatentDiffusionModel, TextEncoder
+from diffengine.models.editors.flux import Flux
 from diffengine.models.editors.stable_diffusion import (
     SDDataPreprocessor,
     StableDiffusion,
@@ -7,6 +8,7 @@ from diffengine.models.editors.stable_diffusion_3 import StableDiffusion3
 from diffengine.models.editors.stable_diffusion_xl import StableDiffusionXL
 
 __all__ = [
+    "Flux",
     "LatentDiffusionModel",
     "SDDataPreprocessor",
     "StableDiffusion",

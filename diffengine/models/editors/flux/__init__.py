@@ -1,0 +1,3 @@
+from diffengine.models.editors.flux.flux import Flux
+
+__all__ = ["Flux"]
