@@ -54,15 +54,18 @@ def test_there_are_leaf_configs():
             "stable_diffusion_xl_lora_textencoder_pokemon_blip.py",
             "stable_diffusion_3_5_medium_lora_pokemon_blip.py",
             "stable_diffusion_3_5_medium_lora_textencoder_pokemon_blip.py",
-            "stable_diffusion_3_5_large_lora_pokemon_blip.py"} <= names
+            "stable_diffusion_3_5_large_lora_pokemon_blip.py",
+            "flux_dev_lora_pokemon_blip.py",
+            "flux_schnell_lora_pokemon_blip.py"} <= names
 
 
 @pytest.mark.parametrize("config", LEAF_CONFIGS,
                          ids=[os.path.basename(p) for p in LEAF_CONFIGS])
-def test_leaf_config_builds(config, tiny_sd, tiny_sdxl, tiny_sd3, shapes_data,
-                            tmp_path):
+def test_leaf_config_builds(config, tiny_sd, tiny_sdxl, tiny_sd3, tiny_flux,
+                            shapes_data, tmp_path):
     tiny = {"StableDiffusion": tiny_sd, "StableDiffusionXL": tiny_sdxl,
-            "StableDiffusion3": tiny_sd3}[Config.fromfile(config).model.type]
+            "StableDiffusion3": tiny_sd3,
+            "Flux": tiny_flux}[Config.fromfile(config).model.type]
     cfg = load(config, tiny, shapes_data, "train_dataloader.num_workers=0")
     unknown = set(cfg.keys()) - RUNNER_KEYS - HELPER_KEYS
     assert not unknown, f"keys no code reads: {unknown}"
