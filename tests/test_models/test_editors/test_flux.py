@@ -169,3 +169,22 @@ def test_sizes_the_patches_cannot_pack_are_refused(tiny_flux):
     model = build(tiny_flux, text_encoder=False)
     with pytest.raises(ConfigError, match="multiples of 16"):
         model.denoising_loss(batch(size=72))
+
+
+def test_samples_are_the_pipelines_with_the_trained_t5_length(tiny_flux):
+    model = build(tiny_flux, text_encoder=False, max_sequence_length=16)
+    image = model.infer(["a red circle"], num_inference_steps=2, height=64,
+                        width=64, output_type="np")[0]
+    pipe = FluxPipeline.from_pretrained(tiny_flux)
+    pipe.set_progress_bar_config(disable=True)
+
+    def drawn(length, guidance_scale=3.5):
+        return pipe("a red circle", num_inference_steps=2, height=64,
+                    width=64, guidance_scale=guidance_scale,
+                    max_sequence_length=length,
+                    generator=torch.Generator().manual_seed(0),
+                    output_type="np").images[0]
+
+    assert abs(image - drawn(16)).max() < 1e-5
+    assert abs(image - drawn(512)).max() > 1e-4
+    assert abs(image - drawn(16, guidance_scale=1.0)).max() > 1e-4
