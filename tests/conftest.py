@@ -12,7 +12,7 @@ from PIL import Image
 
 from diffengine.adapters import LORA, AdapterPart
 from diffengine.adapters.formats import DIFFUSERS_FILE
-from diffengine.architectures import sd3_architecture
+from diffengine.architectures import flux_architecture, sd3_architecture
 from diffengine.demo import (
     make_shapes_dataset,
     make_tiny_sd,
@@ -349,8 +349,6 @@ def save_perturbed_flux_step(pipe, step_dir: str, transformer_config: dict,
     """
     from diffusers import FluxPipeline
     from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
-
-    from diffengine.architectures import flux_architecture
 
     configs = {"transformer": transformer_config}
     if text_encoder_config:
