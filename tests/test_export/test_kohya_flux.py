@@ -32,9 +32,11 @@ EVERY_MODULE = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj",
 UNEVEN = dict(r=4, lora_alpha=2, target_modules=["to_q", "to_k"],
               rank_pattern={"to_k": 2}, alpha_pattern={"to_k": 6})
 TEXT = dict(r=2, lora_alpha=8, target_modules=[*TEXT_TARGETS, "fc1", "fc2"])
-# What diffusers' kohya Flux converter reads exactly: it splits a single
-# block's linear1 at Flux.1's full width (3072) and reads the final layer
-# without its alpha, so those are left out of the round trip.
+# What diffusers' kohya Flux converter (``_convert_kohya_flux_lora_to_
+# diffusers``) reads: it splits a single block's linear1 at Flux.1's full
+# width (3072), reads the final layer without its alpha, and names the
+# embedders without ``transformer.``, so its loader drops them; those are
+# left out of the round trip (ComfyUI's test above covers them).
 DIFFUSERS_READABLE = dict(
     r=4, lora_alpha=2, rank_pattern={"to_k": 2},
     alpha_pattern={"to_k": 6},
@@ -42,8 +44,7 @@ DIFFUSERS_READABLE = dict(
         r"transformer_blocks\.\d+\.(attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj"
         r"|add_k_proj|add_v_proj|to_add_out)|ff\.net\.(0\.proj|2)"
         r"|ff_context\.net\.(0\.proj|2)|norm1\.linear|norm1_context\.linear)"
-        r"|single_transformer_blocks\.\d+\.(proj_out|norm\.linear)"
-        r"|x_embedder|context_embedder|time_text_embed\..*linear_\d"))
+        r"|single_transformer_blocks\.\d+\.(proj_out|norm\.linear)"))
 
 
 def tiny_flux(guidance_embeds: bool = True) -> FluxPipeline:
