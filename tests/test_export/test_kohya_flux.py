@@ -119,6 +119,8 @@ def comfyui_patched(base_pipe, kohya, key_map):
 @pytest.mark.parametrize("transformer_config, text_config", [
     (dict(r=4, lora_alpha=2, target_modules=EVERY_MODULE), TEXT),
     (UNEVEN, None),
+    # the MLP input alone: q, k and v of linear1 as zero blocks
+    (dict(r=2, lora_alpha=4, target_modules=["proj_mlp"]), None),
 ])
 def test_comfyui_weights_equal_diffusers_fused_weights(
         tmp_path, transformer_config, text_config):
