@@ -132,14 +132,14 @@ def to_kohya(lora: AdapterFile,
     """
     architecture = architecture_of(lora)
     if fuses_projections(architecture):
-        check_sd3_kinds(lora)
+        check_fused_kinds(lora)
     if lora.is_kohya:
         tensors = dict(lora.state_dict)
     else:
         parts = to_peft(lora)
         try:
             if fuses_projections(architecture):
-                tensors = sd3_kohya_state_dict(parts, architecture)
+                tensors = fused_kohya_state_dict(parts, architecture)
             else:
                 tensors = kohya_state_dict(
                     parts, architecture.kohya_prefixes, base_weights)
@@ -155,7 +155,7 @@ def to_kohya(lora: AdapterFile,
     return converted
 
 
-def check_sd3_kinds(lora: AdapterFile) -> None:
+def check_fused_kinds(lora: AdapterFile) -> None:
     """Refuse an SD3 or Flux.1 file with adapters other than LoRA: DoRA's
     magnitudes and LoHa's and LoKr's products do not fuse into the original
     ``qkv`` exactly."""
@@ -174,7 +174,7 @@ def check_sd3_kinds(lora: AdapterFile) -> None:
                 f"exactly); use {use}.")
 
 
-def sd3_kohya_state_dict(parts: dict[str, AdapterPart],
+def fused_kohya_state_dict(parts: dict[str, AdapterPart],
                          architecture: Architecture
                          ) -> dict[str, torch.Tensor]:
     """The kohya tensors of an SD3 or Flux.1 LoRA: the transformer's under
