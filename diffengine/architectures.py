@@ -61,8 +61,10 @@ SD35_LARGE = Architecture(
     base_model_version="3-5-large",
     resolution=1024)
 SD3_ARCHITECTURES = (SD3_MEDIUM, SD35_MEDIUM, SD35_LARGE)
-# FLUX.1 [dev] and [schnell]: kohya's sd-scripts writes lora_unet_ for the
-# transformer and lora_te1_ for CLIP-L, and "flux1" as the base version.
+# Flux.1, named as sd-scripts names it: sai_model_spec's "flux-1-dev" and
+# "flux-1-schnell", and flux_utils.MODEL_VERSION_FLUX_V1 ("flux1") as
+# ss_base_model_version for both. kohya's LoRA takes lora_te1_ for CLIP-L;
+# T5 (lora_te3_) takes none here.
 FLUX_PREFIXES = {"transformer": "lora_unet_", "text_encoder": "lora_te1_"}
 FLUX_DEV = Architecture(
     name="flux-1-dev",
@@ -74,13 +76,31 @@ FLUX_SCHNELL = Architecture(
     kohya_prefixes=FLUX_PREFIXES,
     base_model_version="flux1",
     resolution=1024)
+FLUX_ARCHITECTURES = (FLUX_DEV, FLUX_SCHNELL)
 ARCHITECTURES = {a.name: a for a in (SD1, SDXL, *SD3_ARCHITECTURES,
-                                     FLUX_DEV, FLUX_SCHNELL)}
+                                     *FLUX_ARCHITECTURES)}
 
 
 def is_sd3(architecture: Architecture) -> bool:
     """Whether ``architecture`` is one of the SD3 / SD3.5 MMDiT models."""
     return architecture in SD3_ARCHITECTURES
+
+
+def is_flux(architecture: Architecture) -> bool:
+    """Whether ``architecture`` is one of the Flux.1 models."""
+    return architecture in FLUX_ARCHITECTURES
+
+
+def flux_architecture(transformer_config: Mapping) -> Architecture:
+    """The Flux.1 variant of a ``FluxTransformer2DModel`` config: dev
+    embeds the guidance scale (``guidance_embeds``), schnell does not, as
+    sd-scripts tells them apart (``guidance_in`` in the checkpoint).
+
+    Args:
+        transformer_config (Mapping): The transformer's config.
+    """
+    return FLUX_DEV if transformer_config.get("guidance_embeds") else (
+        FLUX_SCHNELL)
 
 
 def sd3_architecture(transformer_config: Mapping) -> Architecture:

@@ -257,3 +257,107 @@ def comfyui_sd3_lora_key_map(transformer_config, text_layers: int,
                          "text_model."),
             **_clip_keys("lora_te2_", "clip_g", "text_encoder_2",
                          text_layers_2, "text_model.")}
+
+
+# ComfyUI's Flux map (``comfy/utils.py``: ``flux_to_diffusers``): original
+# (Black Forest Labs) name → diffusers name outside the blocks, inside a
+# double block and inside a single block.
+FLUX_BASIC = {
+    "img_in": "x_embedder",
+    "txt_in": "context_embedder",
+    "time_in.in_layer": "time_text_embed.timestep_embedder.linear_1",
+    "time_in.out_layer": "time_text_embed.timestep_embedder.linear_2",
+    "vector_in.in_layer": "time_text_embed.text_embedder.linear_1",
+    "vector_in.out_layer": "time_text_embed.text_embedder.linear_2",
+    "guidance_in.in_layer": "time_text_embed.guidance_embedder.linear_1",
+    "guidance_in.out_layer": "time_text_embed.guidance_embedder.linear_2",
+    "final_layer.linear": "proj_out",
+}
+FLUX_DOUBLE = {
+    "img_attn.proj": "attn.to_out.0",
+    "img_mod.lin": "norm1.linear",
+    "txt_mod.lin": "norm1_context.linear",
+    "txt_attn.proj": "attn.to_add_out",
+    "img_mlp.0": "ff.net.0.proj",
+    "img_mlp.2": "ff.net.2",
+    "txt_mlp.0": "ff_context.net.0.proj",
+    "txt_mlp.2": "ff_context.net.2",
+}
+FLUX_DOUBLE_NORMS = {
+    "img_attn.norm.query_norm": "attn.norm_q",
+    "img_attn.norm.key_norm": "attn.norm_k",
+    "txt_attn.norm.query_norm": "attn.norm_added_q",
+    "txt_attn.norm.key_norm": "attn.norm_added_k",
+}
+FLUX_SINGLE = {"modulation.lin": "norm.linear", "linear2": "proj_out"}
+FLUX_SINGLE_NORMS = {"norm.query_norm": "attn.norm_q",
+                     "norm.key_norm": "attn.norm_k"}
+
+
+def flux_diffusers_to_original(config) -> dict[str, object]:
+    """diffusers weight → where ComfyUI puts it in the original Flux, for a
+    ``FluxTransformer2DModel`` config: an original name, ``(name, start,
+    rows)`` for a slice of a fused ``qkv`` or ``linear1``, or ``(name,
+    SWAPPED)``.
+
+    As ComfyUI does: q, k and v take ``hidden_size`` rows each, a single
+    block's ``proj_mlp`` the 4 × ``hidden_size`` after them.
+    """
+    hidden = config.num_attention_heads * config.attention_head_dim
+    names: dict[str, object] = {}
+    for i in range(config.num_layers):
+        source, target = f"transformer_blocks.{i}", f"double_blocks.{i}"
+        for end in ("weight", "bias"):
+            for fused, projections in (
+                    ("img_attn.qkv", ("to_q", "to_k", "to_v")),
+                    ("txt_attn.qkv", ("add_q_proj", "add_k_proj",
+                                      "add_v_proj"))):
+                for slot, projection in enumerate(projections):
+                    names[f"{source}.attn.{projection}.{end}"] = (
+                        f"{target}.{fused}.{end}", slot * hidden, hidden)
+            for original, diffusers in FLUX_DOUBLE.items():
+                names[f"{source}.{diffusers}.{end}"] = (
+                    f"{target}.{original}.{end}")
+        for original, diffusers in FLUX_DOUBLE_NORMS.items():
+            names[f"{source}.{diffusers}.weight"] = (
+                f"{target}.{original}.weight")
+    for i in range(config.num_single_layers):
+        source, target = f"single_transformer_blocks.{i}", f"single_blocks.{i}"
+        for end in ("weight", "bias"):
+            for slot, projection in enumerate(
+                    ("attn.to_q", "attn.to_k", "attn.to_v")):
+                names[f"{source}.{projection}.{end}"] = (
+                    f"{target}.linear1.{end}", slot * hidden, hidden)
+            names[f"{source}.proj_mlp.{end}"] = (
+                f"{target}.linear1.{end}", 3 * hidden, 4 * hidden)
+            for original, diffusers in FLUX_SINGLE.items():
+                names[f"{source}.{diffusers}.{end}"] = (
+                    f"{target}.{original}.{end}")
+        for original, diffusers in FLUX_SINGLE_NORMS.items():
+            names[f"{source}.{diffusers}.weight"] = (
+                f"{target}.{original}.weight")
+    for end in ("weight", "bias"):
+        for original, diffusers in FLUX_BASIC.items():
+            names[f"{diffusers}.{end}"] = f"{original}.{end}"
+        names[f"norm_out.linear.{end}"] = (
+            f"final_layer.adaLN_modulation.1.{end}", SWAPPED)
+    return names
+
+
+def comfyui_flux_lora_key_map(transformer_config, text_layers: int
+                              ) -> dict[str, tuple[str, str]]:
+    """kohya LoRA name → (ComfyUI weight, diffusers part) for Flux.1.
+
+    ``model_lora_keys_unet`` maps ``lora_unet_`` + each original Flux
+    weight with dots turned into underscores to the weight
+    (``diffusion_model.<name>``); ``model_lora_keys_clip`` maps Flux's
+    CLIP-L as SDXL's first (``lora_te1_``).
+    """
+    names = flux_diffusers_to_original(transformer_config)
+    unet = {
+        "lora_unet_" + weight[:-len(".weight")].replace(".", "_"): (
+            f"diffusion_model.{weight}", "transformer")
+        for weight in original_mmdit_weights(names)
+    }
+    return {**unet, **_clip_keys("lora_te1_", "clip_l", "text_encoder",
+                                 text_layers, "text_model.")}

@@ -12,7 +12,7 @@ from PIL import Image
 
 from diffengine.adapters import LORA, AdapterPart
 from diffengine.adapters.formats import DIFFUSERS_FILE
-from diffengine.architectures import sd3_architecture
+from diffengine.architectures import flux_architecture, sd3_architecture
 from diffengine.demo import (
     make_shapes_dataset,
     make_tiny_flux,
@@ -342,3 +342,51 @@ def write_orientation_folder(path: str) -> str:
 def orientation_data(tmp_path_factory) -> str:
     return write_orientation_folder(
         str(tmp_path_factory.mktemp("data") / "orientations"))
+
+
+def save_perturbed_flux_step(pipe, step_dir: str, transformer_config: dict,
+                             text_encoder_config: dict | None = None,
+                             training: dict | None = None, seed: int = 1):
+    """A Flux pipeline with LoRA injected by peft into its transformer and
+    CLIP text encoder, moved off its initialisation and saved as
+    ``step_dir`` as a diffengine step file, as
+    :func:`save_perturbed_sd3_step` does for SD3; the pipeline.
+
+    Args:
+        pipe (FluxPipeline): Its transformer and ``text_encoder`` are
+            injected in place.
+        step_dir (str): The step folder (its step the name's number).
+        transformer_config (dict): ``LoraConfig`` options of the
+            transformer.
+        text_encoder_config (dict, optional): The same for CLIP-L; None for
+            no text-encoder LoRA.
+        training (dict, optional): More ``diffengine.*`` metadata.
+        seed (int): Seeds the perturbation.
+    """
+    from diffusers import FluxPipeline
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+
+    configs = {"transformer": transformer_config}
+    if text_encoder_config:
+        configs["text_encoder"] = text_encoder_config
+    parts = {}
+    for index, (part, options) in enumerate(configs.items()):
+        module = getattr(pipe, part)
+        module.requires_grad_(False)
+        config = LoraConfig(**options)
+        inject_adapter_in_model(config, module)
+        perturb_lora(module, seed + index)
+        metadata = {k: sorted(v) if isinstance(v, (set, frozenset)) else v
+                    for k, v in config.to_dict().items()}
+        state = {k: v.detach().clone().contiguous() for k, v in
+                 get_peft_model_state_dict(module).items()}
+        parts[part] = AdapterPart(LORA, metadata, state)
+    architecture = flux_architecture(pipe.transformer.config)
+    step = os.path.basename(step_dir).removeprefix("step")
+    DIFFUSERS_FILE.write(step_dir, parts, FluxPipeline,
+                         architecture.kohya_prefixes,
+                         {"base_model": "tiny-flux",
+                          "architecture": architecture.name,
+                          "step": step, "resolution": "64x64",
+                          **(training or {})})
+    return pipe

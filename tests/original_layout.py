@@ -46,6 +46,7 @@ import torch
 
 from tests.comfyui_keys import (
     SWAPPED,
+    flux_diffusers_to_original,
     mmdit_diffusers_to_original,
     unet_diffusers_to_ldm,
 )
@@ -235,7 +236,22 @@ def original_mmdit_state_dict(state_dict: dict, config) -> dict:
 
     Every weight must have a place in :func:`mmdit_diffusers_to_original`.
     """
-    names = mmdit_diffusers_to_original(config)
+    return original_state_dict(state_dict,
+                               mmdit_diffusers_to_original(config))
+
+
+def original_flux_state_dict(state_dict: dict, config) -> dict:
+    """A ``FluxTransformer2DModel``'s weights laid out as ComfyUI's Flux
+    holds them (names without ``diffusion_model.``): q, k and v (and a
+    single block's ``proj_mlp``) stacked into their ``qkv`` / ``linear1``,
+    the final modulation swapped."""
+    return original_state_dict(state_dict,
+                               flux_diffusers_to_original(config))
+
+
+def original_state_dict(state_dict: dict, names: dict[str, object]) -> dict:
+    """``state_dict`` placed by a diffusers → original map (see
+    :func:`tests.comfyui_keys.mmdit_diffusers_to_original`)."""
     converted, slices = {}, {}
     for key, value in state_dict.items():
         assert key in names, f"{key} has no original name"

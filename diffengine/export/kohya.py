@@ -20,7 +20,10 @@ A LoHa or LoKr step file already is such a file and is copied.
 SD3 and SD3.5 transformers are written under the original MMDiT names that
 sd-scripts writes and ComfyUI maps, q, k and v fused (see
 :mod:`diffengine.export.mmdit`); their CLIP-L and CLIP-G under
-``lora_te1_`` / ``lora_te2_`` as SDXL's. Only LoRA is written for them.
+``lora_te1_`` / ``lora_te2_`` as SDXL's. Flux.1's transformer is written
+under Black Forest Labs' names, its fused projections fused the same way
+(see :mod:`diffengine.export.flux`), its CLIP-L under ``lora_te1_``. Only
+LoRA is written for them.
 """
 from __future__ import annotations
 
@@ -35,13 +38,25 @@ from diffengine.adapter_file import AdapterFile
 from diffengine.adapters import LORA, AdapterPart
 from diffengine.adapters.formats import DIFFUSERS_FILE, MAGNITUDE, file_format
 from diffengine.adapters.kohya import BaseWeights, kohya_state_dict
-from diffengine.architectures import Architecture, architecture_of, is_sd3
+from diffengine.architectures import (
+    Architecture,
+    architecture_of,
+    is_flux,
+    is_sd3,
+)
 from diffengine.errors import ConfigError
+from diffengine.export.flux import flux_kohya_modules
 from diffengine.export.mmdit import mmdit_kohya_modules
 from diffengine.progress import progress_bar
 
 # The parts that hold a family's denoiser.
 DENOISERS = ("unet", "transformer")
+
+
+def fuses_projections(architecture: Architecture) -> bool:
+    """Whether the family's kohya file fuses diffusers' separate
+    projections (SD3's MMDiT, Flux.1): only LoRA is written for it."""
+    return is_sd3(architecture) or is_flux(architecture)
 
 
 def _peft_name(key: str) -> str:
@@ -116,15 +131,15 @@ def to_kohya(lora: AdapterFile,
         ValueError: If the file has parts or tensors no kohya file holds.
     """
     architecture = architecture_of(lora)
-    if is_sd3(architecture):
-        check_sd3_kinds(lora)
+    if fuses_projections(architecture):
+        check_fused_kinds(lora)
     if lora.is_kohya:
         tensors = dict(lora.state_dict)
     else:
         parts = to_peft(lora)
         try:
-            if is_sd3(architecture):
-                tensors = sd3_kohya_state_dict(parts, architecture)
+            if fuses_projections(architecture):
+                tensors = fused_kohya_state_dict(parts, architecture)
             else:
                 tensors = kohya_state_dict(
                     parts, architecture.kohya_prefixes, base_weights)
@@ -140,10 +155,12 @@ def to_kohya(lora: AdapterFile,
     return converted
 
 
-def check_sd3_kinds(lora: AdapterFile) -> None:
-    """Refuse an SD3 file with adapters other than LoRA: DoRA's magnitudes
-    and LoHa's and LoKr's products do not fuse into the original ``qkv``
-    exactly."""
+def check_fused_kinds(lora: AdapterFile) -> None:
+    """Refuse an SD3 or Flux.1 file with adapters other than LoRA: DoRA's
+    magnitudes and LoHa's and LoKr's products do not fuse into the original
+    ``qkv`` exactly."""
+    architecture = architecture_of(lora)
+    family = "Flux.1" if is_flux(architecture) else "SD3"
     for part in lora.parts:
         kind = lora.kind(part)
         if kind is not LORA:
@@ -153,15 +170,15 @@ def check_sd3_kinds(lora: AdapterFile) -> None:
                    "the step folder itself, which diffengine loads")
             raise ConfigError(
                 f"{lora.path}: {part} is {kind.name}, which has no kohya "
-                "form for SD3 (only LoRA fuses into the original qkv "
+                f"form for {family} (only LoRA fuses into the original qkv "
                 f"exactly); use {use}.")
 
 
-def sd3_kohya_state_dict(parts: dict[str, AdapterPart],
+def fused_kohya_state_dict(parts: dict[str, AdapterPart],
                          architecture: Architecture
                          ) -> dict[str, torch.Tensor]:
-    """The kohya tensors of an SD3 LoRA: the transformer's under the
-    original MMDiT names, the text encoders' as for SDXL."""
+    """The kohya tensors of an SD3 or Flux.1 LoRA: the transformer's under
+    the original MMDiT or Flux names, the text encoders' as for SDXL."""
     prefixes = architecture.kohya_prefixes
     tensors = {}
     if "transformer" in parts:
@@ -171,7 +188,9 @@ def sd3_kohya_state_dict(parts: dict[str, AdapterPart],
             rank = LORA.module_rank(adapter.config, module, weights)
             scale = LORA.module_scale(adapter.config, module, weights)
             modules[module] = LORA.to_kohya(weights, scale, rank)
-        tensors = mmdit_kohya_modules(modules, prefixes["transformer"])
+        original_names = (flux_kohya_modules if is_flux(architecture)
+                          else mmdit_kohya_modules)
+        tensors = original_names(modules, prefixes["transformer"])
     text = {part: adapter for part, adapter in parts.items()
             if part != "transformer"}
     tensors.update(kohya_state_dict(text, prefixes))

@@ -29,8 +29,13 @@ from diffengine.adapter_file import TRAINING_METADATA_PREFIX, AdapterFile
 from diffengine.adapters import kind_of_kohya
 from diffengine.adapters.base import has_convolutions
 from diffengine.adapters.kohya import kohya_modules, kohya_state_dict
-from diffengine.architectures import architecture_of, is_sd3
-from diffengine.export.kohya import DENOISERS, to_kohya, to_peft
+from diffengine.architectures import architecture_of, is_flux
+from diffengine.export.kohya import (
+    DENOISERS,
+    fuses_projections,
+    to_kohya,
+    to_peft,
+)
 from diffengine.version import __version__
 
 
@@ -146,7 +151,7 @@ def export_metadata(lora: AdapterFile, title: str,
     training = lora.training
     architecture = architecture_of(lora)
     try:
-        if is_sd3(architecture) and not lora.is_kohya:
+        if fuses_projections(architecture) and not lora.is_kohya:
             # each module as trained: a fused qkv's rank 3r and alpha 3a
             # (see diffengine.export.mmdit) are the r and a of q, k and v
             kohya = kohya_state_dict(to_peft(lora),
@@ -190,6 +195,9 @@ def export_metadata(lora: AdapterFile, title: str,
         "ss_epoch": training.get("epoch"),
         "ss_num_train_images": training.get("num_train_images"),
         "ss_seed": training.get("seed"),
+        # the guidance Flux.1 dev embeds in training, as sd-scripts keeps it
+        "ss_guidance_scale": training.get("guidance_scale")
+        if is_flux(architecture) else None,
     }
     metadata.update({k: v for k, v in optional.items() if v is not None})
     metadata.update({f"{TRAINING_METADATA_PREFIX}{k}": v

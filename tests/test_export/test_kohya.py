@@ -251,9 +251,9 @@ def test_unsupported_lora_files_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"\['prior'\] are not "
                        "stable-diffusion-v1's"):
         to_kohya(prior)
-    future = AdapterFile("flux.safetensors", {}, training={
-        "architecture": "flux-1-dev"})
-    with pytest.raises(ValueError, match="architecture 'flux-1-dev' has no "
+    future = AdapterFile("flux2.safetensors", {}, training={
+        "architecture": "flux-2-dev"})
+    with pytest.raises(ValueError, match="architecture 'flux-2-dev' has no "
                        "export"):
         to_kohya(future)
     with pytest.raises(ValueError, match=r"must end with \.safetensors"):

@@ -1,0 +1,282 @@
+"""kohya export of a Flux.1 LoRA: the original (Black Forest Labs) names
+ComfyUI maps, the weights it makes of them equal diffusers' fused ones, and
+diffusers' own Flux loader reads the file back."""
+import pytest
+import torch
+from diffusers import (
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+)
+from safetensors import safe_open
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from diffengine.adapters.kohya import kohya_modules
+from diffengine.errors import ConfigError
+from diffengine.export import export_lora
+from diffengine.export.flux import original_module
+from tests.comfyui_keys import comfyui_flux_lora_key_map
+from tests.comfyui_weights import comfyui_weight
+from tests.conftest import TEXT_TARGETS, save_perturbed_flux_step
+from tests.original_layout import original_flux_state_dict
+
+# Every linear of a Flux transformer, by suffix: the embedders, the
+# modulations, both streams' attention and feed-forwards, the single
+# blocks' fused input and output, and the final layer.
+EVERY_MODULE = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj",
+                "add_k_proj", "add_v_proj", "to_add_out", "proj", "net.2",
+                "linear", "linear_1", "linear_2", "x_embedder",
+                "context_embedder", "proj_mlp", "proj_out"]
+# q and k only (v and the MLP input get zero blocks), at ranks and
+# strengths of their own.
+UNEVEN = dict(r=4, lora_alpha=2, target_modules=["to_q", "to_k"],
+              rank_pattern={"to_k": 2}, alpha_pattern={"to_k": 6})
+TEXT = dict(r=2, lora_alpha=8, target_modules=[*TEXT_TARGETS, "fc1", "fc2"])
+# What diffusers' kohya Flux converter (``_convert_kohya_flux_lora_to_
+# diffusers``) reads: it splits a single block's linear1 at Flux.1's full
+# width (3072), reads the final layer without its alpha, and names the
+# embedders without ``transformer.``, so its loader drops them; those are
+# left out of the round trip (ComfyUI's test above covers them).
+DIFFUSERS_READABLE = dict(
+    r=4, lora_alpha=2, rank_pattern={"to_k": 2},
+    alpha_pattern={"to_k": 6},
+    target_modules=(
+        r"transformer_blocks\.\d+\.(attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj"
+        r"|add_k_proj|add_v_proj|to_add_out)|ff\.net\.(0\.proj|2)"
+        r"|ff_context\.net\.(0\.proj|2)|norm1\.linear|norm1_context\.linear)"
+        r"|single_transformer_blocks\.\d+\.(proj_out|norm\.linear)"))
+
+
+def tiny_flux(guidance_embeds: bool = True) -> FluxPipeline:
+    """A tiny Flux.1 pipeline, the same weights at every call: a
+    transformer of 2 double and 2 single blocks (heads of 16, rope axes
+    summing to them) and a CLIP-L-shaped text encoder; no VAE, no T5."""
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=4, num_layers=2, num_single_layers=2,
+        attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+        pooled_projection_dim=32, guidance_embeds=guidance_embeds,
+        axes_dims_rope=(4, 6, 6))
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+        num_attention_heads=4, vocab_size=1000, projection_dim=32,
+        bos_token_id=0, eos_token_id=2))
+    return FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=None,
+        text_encoder=text_encoder, tokenizer=None, text_encoder_2=None,
+        tokenizer_2=None, transformer=transformer)
+
+
+def exported(tmp_path, transformer_config, text_config=None, training=None,
+             guidance_embeds=True):
+    step = str(tmp_path / "step5")
+    pipe = save_perturbed_flux_step(tiny_flux(guidance_embeds), step,
+                                    transformer_config, text_config,
+                                    training)
+    out = str(tmp_path / "flux.safetensors")
+    return pipe, export_lora(step, out), step, out
+
+
+# FluxPipeline.fuse_lora fuses the transformer only unless told
+COMPONENTS = ["transformer", "text_encoder"]
+
+
+def fused_pipeline(step):
+    pipe = tiny_flux()
+    pipe.load_lora_weights(step)
+    pipe.fuse_lora(components=COMPONENTS)
+    pipe.unload_lora_weights()
+    return pipe
+
+
+def original_weight(weight: str, part: str) -> str:
+    """A ComfyUI weight's name in the original transformer layout, or in
+    the state dict of transformers 5's ``CLIPTextModel`` (no
+    ``text_model.``)."""
+    return (weight.removeprefix("diffusion_model.") if part == "transformer"
+            else weight.split(".transformer.text_model.", 1)[1])
+
+
+def comfyui_patched(base_pipe, kohya, key_map):
+    """Each part's weights as ComfyUI patches them with the kohya file:
+    the transformer in the original layout, CLIP as transformers names
+    it."""
+    frozen = {
+        "transformer": original_flux_state_dict(
+            base_pipe.transformer.state_dict(), base_pipe.transformer.config),
+        "text_encoder": dict(base_pipe.text_encoder.state_dict()),
+    }
+    patched = {part: dict(weights) for part, weights in frozen.items()}
+    for name, tensors in kohya_modules(kohya).items():
+        weight, module = key_map[name]
+        part = module.split(".", 1)[0]
+        weight = original_weight(weight, part)
+        patched[part][weight] = comfyui_weight(frozen[part][weight],
+                                               tensors).float()
+    return patched
+
+
+@pytest.mark.parametrize("transformer_config, text_config", [
+    (dict(r=4, lora_alpha=2, target_modules=EVERY_MODULE), TEXT),
+    (UNEVEN, None),
+    # the MLP input alone: q, k and v of linear1 as zero blocks
+    (dict(r=2, lora_alpha=4, target_modules=["proj_mlp"]), None),
+])
+def test_comfyui_weights_equal_diffusers_fused_weights(
+        tmp_path, transformer_config, text_config):
+    base_pipe = tiny_flux()
+    trained, kohya, step, _ = exported(tmp_path, transformer_config,
+                                       text_config)
+    if transformer_config["target_modules"] is EVERY_MODULE:
+        layers = [n for n, m in base_pipe.transformer.named_modules()
+                  if isinstance(m, torch.nn.Linear)]
+        adapted = [n for n, m in trained.transformer.named_modules()
+                   if hasattr(m, "lora_A")]
+        assert sorted(adapted) == sorted(layers)
+    key_map = comfyui_flux_lora_key_map(
+        base_pipe.transformer.config,
+        base_pipe.text_encoder.config.num_hidden_layers)
+    # (a) every name is one ComfyUI maps, onto a weight of the LoRA's shape
+    names = set(kohya_modules(kohya))
+    assert not names - set(key_map), sorted(names - set(key_map))[:5]
+    patched = comfyui_patched(base_pipe, kohya, key_map)
+    for name in names:
+        weight, module = key_map[name]
+        part = module.split(".", 1)[0]
+        down = kohya[f"{name}.lora_down.weight"]
+        up = kohya[f"{name}.lora_up.weight"]
+        assert (up.shape[0], down.shape[1]) == patched[part][
+            original_weight(weight, part)].shape
+
+    # (b) ComfyUI's weights are diffusers' fused ones, part by part
+    fused = fused_pipeline(step)
+    expected = {
+        "transformer": original_flux_state_dict(
+            fused.transformer.state_dict(), fused.transformer.config),
+        "text_encoder": fused.text_encoder.state_dict(),
+    }
+    for part, weights in expected.items():
+        assert weights.keys() == patched[part].keys(), part
+        for key, weight in weights.items():
+            assert (patched[part][key] - weight).abs().max() <= 1e-5, key
+    frozen = original_flux_state_dict(base_pipe.transformer.state_dict(),
+                                      base_pipe.transformer.config)
+    assert sum(not torch.equal(frozen[k], v)
+               for k, v in expected["transformer"].items()) >= len(names) // 2
+
+
+def test_every_transformer_module_has_an_original_name():
+    transformer = tiny_flux().transformer
+    adaptable = [name for name, module in transformer.named_modules()
+                 if isinstance(module, torch.nn.Linear)]
+    originals = {original_module(name) for name in adaptable}
+    assert len(originals) == len(adaptable)
+    assert ("single_blocks.1.linear1", 3) in originals
+    assert ("double_blocks.0.txt_attn.qkv", 2) in originals
+    assert ("guidance_in.out_layer", None) in originals
+    assert ("final_layer.adaLN_modulation.1", None) in originals
+
+
+def transformer_inputs():
+    generator = torch.Generator().manual_seed(0)
+    return dict(
+        hidden_states=torch.randn(1, 16, 4, generator=generator),
+        encoder_hidden_states=torch.randn(1, 5, 32, generator=generator),
+        pooled_projections=torch.randn(1, 32, generator=generator),
+        timestep=torch.tensor([0.5]), guidance=torch.tensor([3.5]),
+        img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(5, 3))
+
+
+def test_diffusers_reads_the_kohya_file_back(tmp_path):
+    _, _, step, out = exported(tmp_path, DIFFUSERS_READABLE, TEXT)
+    from_step, from_file = tiny_flux(), tiny_flux()
+    from_step.load_lora_weights(step)
+    from_file.load_lora_weights(out)
+    inputs = transformer_inputs()
+    ids = torch.randint(0, 1000, (1, 77),
+                        generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = from_step.transformer(**inputs).sample
+        got = from_file.transformer(**inputs).sample
+        base = tiny_flux().transformer(**inputs).sample
+        assert (want - got).abs().max() <= 1e-5
+        assert (want - base).abs().max() > 1e-3
+        assert (from_step.text_encoder(ids).last_hidden_state
+                - from_file.text_encoder(ids).last_hidden_state
+                ).abs().max() <= 1e-5
+    for pipe in (from_step, from_file):
+        pipe.fuse_lora(components=COMPONENTS)
+        pipe.unload_lora_weights()
+    for part in COMPONENTS:
+        want = getattr(from_step, part).state_dict()
+        got = getattr(from_file, part).state_dict()
+        assert want.keys() == got.keys(), part
+        for key in want:
+            assert (want[key] - got[key]).abs().max() <= 1e-5, key
+
+
+def test_names_alphas_and_metadata(tmp_path):
+    _, kohya, _, out = exported(
+        tmp_path, dict(r=4, lora_alpha=2, target_modules=EVERY_MODULE), TEXT,
+        training={"guidance_scale": "3.5"})
+    names = set(kohya_modules(kohya))
+    assert {"lora_unet_double_blocks_0_img_attn_qkv",
+            "lora_unet_double_blocks_0_txt_attn_qkv",
+            "lora_unet_double_blocks_1_img_attn_proj",
+            "lora_unet_double_blocks_1_txt_attn_proj",
+            "lora_unet_double_blocks_0_img_mlp_0",
+            "lora_unet_double_blocks_0_txt_mlp_2",
+            "lora_unet_double_blocks_0_img_mod_lin",
+            "lora_unet_double_blocks_0_txt_mod_lin",
+            "lora_unet_single_blocks_1_linear1",
+            "lora_unet_single_blocks_1_linear2",
+            "lora_unet_single_blocks_0_modulation_lin",
+            "lora_unet_img_in", "lora_unet_txt_in",
+            "lora_unet_time_in_in_layer", "lora_unet_guidance_in_out_layer",
+            "lora_unet_vector_in_in_layer",
+            "lora_unet_final_layer_linear",
+            "lora_unet_final_layer_adaLN_modulation_1",
+            "lora_te1_text_model_encoder_layers_0_self_attn_q_proj",
+            } <= names
+    # r=4 alpha 2 fused three times: rank 12, alpha 6 (strength 1/2 kept)
+    qkv = "lora_unet_double_blocks_0_img_attn_qkv"
+    assert kohya[f"{qkv}.lora_down.weight"].shape == (12, 32)
+    assert kohya[f"{qkv}.lora_up.weight"].shape == (96, 12)
+    assert kohya[f"{qkv}.alpha"].item() == 6.0
+    # q, k, v and the MLP input fused four times: rank 16, alpha 8
+    linear1 = "lora_unet_single_blocks_0_linear1"
+    assert kohya[f"{linear1}.lora_down.weight"].shape == (16, 32)
+    assert kohya[f"{linear1}.lora_up.weight"].shape == (3 * 32 + 128, 16)
+    assert kohya[f"{linear1}.alpha"].item() == 8.0
+    assert kohya["lora_unet_double_blocks_0_img_attn_proj.alpha"].item() == 2.0
+    with safe_open(out, "pt") as f:
+        metadata = f.metadata()
+    assert metadata["modelspec.architecture"] == "flux-1-dev/lora"
+    assert metadata["ss_base_model_version"] == "flux1"
+    assert metadata["ss_guidance_scale"] == "3.5"
+    assert metadata["modelspec.description"].endswith(
+        ": transformer rank 4, alpha 2; text encoder rank 2, alpha 8")
+    assert metadata["ss_network_dim"] == "Dynamic"
+
+
+def test_schnell_is_told_by_its_guidance_embedder(tmp_path):
+    _, kohya, _, out = exported(
+        tmp_path, dict(r=2, lora_alpha=2, target_modules=["to_q"]),
+        guidance_embeds=False)
+    with safe_open(out, "pt") as f:
+        metadata = f.metadata()
+    assert metadata["modelspec.architecture"] == "flux-1-schnell/lora"
+    assert "ss_guidance_scale" not in metadata
+    assert "lora_unet_single_blocks_0_linear1.alpha" in kohya
+
+
+def test_other_kinds_are_refused(tmp_path):
+    step = str(tmp_path / "step1")
+    save_perturbed_flux_step(
+        tiny_flux(), step,
+        dict(r=4, lora_alpha=2, target_modules=["to_q"], use_dora=True))
+    with pytest.raises(ConfigError, match=r"transformer is DoRA, which has "
+                       r"no kohya form for Flux\.1 .* use --format diffusers"):
+        # lycoris: no base model to read (the tiny one has no folder)
+        export_lora(step, str(tmp_path / "dora.safetensors"),
+                    dora_reader="lycoris")
