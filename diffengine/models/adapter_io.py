@@ -190,6 +190,7 @@ class AdapterIO:
                     "adapted_convolutions": sum(
                         adapted_convolutions(getattr(self, part))
                         for part in parts),
+                    **self.training_metadata(),
                     **(metadata or {})}
         self.step_format.write(
             save_directory, parts, self.pipeline_class,
@@ -197,3 +198,8 @@ class AdapterIO:
 
     # the name the checkpoint hook and the tools call it by
     save_lora_weights = save_adapter_weights
+
+    def training_metadata(self) -> dict[str, str]:
+        """What a family adds to every step file's ``diffengine.*``
+        metadata (Flux: the guidance it trained with)."""
+        return {}

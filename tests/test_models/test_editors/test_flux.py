@@ -188,3 +188,26 @@ def test_samples_are_the_pipelines_with_the_trained_t5_length(tiny_flux):
     assert abs(image - drawn(16)).max() < 1e-5
     assert abs(image - drawn(512)).max() > 1e-4
     assert abs(image - drawn(16, guidance_scale=1.0)).max() > 1e-4
+
+
+def test_the_training_guidance_reaches_the_step_and_the_kohya_file(
+        tiny_flux, tmp_path):
+    from safetensors import safe_open
+
+    from diffengine.export.export_lora import export_lora
+
+    model = build(tiny_flux, text_encoder=False, guidance_scale=2.5)
+    perturb_lora(model)
+    step = tmp_path / "step4"
+    model.save_lora_weights(str(step), {"step": "4"})
+    with safe_open(str(step / "pytorch_lora_weights.safetensors"), "pt") as f:
+        assert f.metadata()["diffengine.guidance_scale"] == "2.5"
+    out = tmp_path / "flux_kohya.safetensors"
+    export_lora(str(step), str(out))
+    with safe_open(str(out), "pt") as f:
+        metadata = f.metadata()
+        keys = list(f.keys())
+    assert metadata["ss_guidance_scale"] == "2.5"
+    assert metadata["modelspec.architecture"] == "flux-1-dev/lora"
+    assert any(k.startswith("lora_unet_double_blocks_0_img_attn_qkv")
+               for k in keys)

@@ -132,6 +132,13 @@ class Flux(LatentDiffusionModel):
             first_parameter(self.text_encoder_2).device))[0]
         return embeddings, pooled
 
+    def training_metadata(self) -> dict[str, str]:
+        """The guidance [dev] trained with, which ``export_lora`` writes
+        as ``ss_guidance_scale``."""
+        if self.guidance_scale is None:
+            return {}
+        return {"guidance_scale": str(self.guidance_scale)}
+
     def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor,
                 inputs: dict, prompt: tuple[torch.Tensor, torch.Tensor]
                 ) -> torch.Tensor:
