@@ -130,16 +130,7 @@ def make_tiny_sd(path: str,
         cross_attention_dim=text_hidden_size,
         attention_head_dim=8,
         norm_num_groups=min(32, min(block_out_channels)))
-    vae_levels = len(vae_block_out_channels)
-    vae = AutoencoderKL(
-        block_out_channels=tuple(vae_block_out_channels),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", ) * vae_levels,
-        up_block_types=("UpDecoderBlock2D", ) * vae_levels,
-        latent_channels=4,
-        norm_num_groups=min(32, min(vae_block_out_channels)),
-        sample_size=64)
+    vae = tiny_vae(vae_block_out_channels, latent_channels=4, sample_size=64)
     text_encoder = CLIPTextModel(tiny_clip_config(
         tokenizer, text_hidden_size, text_layers, text_hidden_size,
         mlp_ratio=4))
@@ -275,16 +266,19 @@ SDXL_TEXT_2_CONFIG = dict(
 )
 
 
-def tiny_vae(**options) -> AutoencoderKL:
-    """A small KL VAE with Stable Diffusion's 8× smaller latents (four
-    levels of 32, 32, 64 and 64 channels); ``options`` set the rest."""
+def tiny_vae(block_out_channels: Sequence[int] = (32, 32, 64, 64),
+             **options) -> AutoencoderKL:
+    """A small KL VAE, halving the resolution once per level after the
+    first: the default four levels give Stable Diffusion's 8× smaller
+    latents; ``options`` set the rest."""
+    levels = len(block_out_channels)
     return AutoencoderKL(
-        block_out_channels=(32, 32, 64, 64),
+        block_out_channels=tuple(block_out_channels),
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D", ) * 4,
-        up_block_types=("UpDecoderBlock2D", ) * 4,
-        norm_num_groups=32,
+        down_block_types=("DownEncoderBlock2D", ) * levels,
+        up_block_types=("UpDecoderBlock2D", ) * levels,
+        norm_num_groups=min(32, min(block_out_channels)),
         **options)
 
 

@@ -78,14 +78,22 @@ def family_of(pipeline_class: type[DiffusionPipeline]) -> type | None:
                  and family.pipeline_class is pipeline_class), None)
 
 
+def sampling_settings_of(pipeline_class: type[DiffusionPipeline],
+                         **given: Any) -> dict[str, float | int]:
+    """``num_inference_steps`` and ``guidance_scale`` as ``given``, those
+    given as None or not at all from the family whose pipeline is
+    ``pipeline_class`` (its ``sampling_settings``); SD 1.x's 50 and 7.5 for
+    a pipeline no family has."""
+    from diffengine.models.editors.base import LatentDiffusionModel
+    family = family_of(pipeline_class) or LatentDiffusionModel
+    return family.sampling_settings(**given)
+
+
 def sampling_defaults_of(pipeline_class: type[DiffusionPipeline]
                          ) -> dict[str, float | int]:
     """``num_inference_steps`` and ``guidance_scale`` of the family whose
-    pipeline is ``pipeline_class`` (its ``sampling_defaults``); SD 1.x's 50
-    and 7.5 for a pipeline no family has."""
-    from diffengine.models.editors.base import LatentDiffusionModel
-    family = family_of(pipeline_class) or LatentDiffusionModel
-    return dict(family.sampling_defaults)
+    pipeline is ``pipeline_class`` (its ``sampling_defaults``)."""
+    return sampling_settings_of(pipeline_class)
 
 
 @contextlib.contextmanager
@@ -156,7 +164,7 @@ def generate(pipe: DiffusionPipeline,
         height (int, optional): Defaults to the pipeline's.
         width (int, optional): Defaults to the pipeline's.
         num_inference_steps (int, optional): Defaults to the family's
-            (:func:`sampling_defaults_of` the pipeline's class).
+            (:func:`sampling_settings_of` the pipeline's class).
         guidance_scale (float, optional): Classifier-free guidance.
             Defaults to the family's.
         output_type (str): ``"pil"`` gives H×W×3 uint8 arrays, ``"np"``
@@ -172,18 +180,16 @@ def generate(pipe: DiffusionPipeline,
     if not seeds:
         raise ValueError("seeds is empty: give at least one seed.")
     raise_if_stop_requested()
-    defaults = sampling_defaults_of(type(pipe))
-    if num_inference_steps is None:
-        num_inference_steps = defaults["num_inference_steps"]
-    if guidance_scale is None:
-        guidance_scale = defaults["guidance_scale"]
+    settings = sampling_settings_of(type(pipe),
+                                    num_inference_steps=num_inference_steps,
+                                    guidance_scale=guidance_scale)
+    num_inference_steps = settings["num_inference_steps"]
     images = pipe(
         prompt,
         negative_prompt=negative_prompt,
         height=height,
         width=width,
-        num_inference_steps=num_inference_steps,
-        guidance_scale=guidance_scale,
+        **settings,
         num_images_per_prompt=len(seeds),
         generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
         output_type=output_type,

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from diffengine.datasets.kohya_folder import IMAGE_EXTENSIONS
 from diffengine.errors import DataError
 from diffengine.fileio import atomic_write, atomic_write_text
-from diffengine.inference import denoiser_of, sampling_defaults_of
+from diffengine.inference import denoiser_of, sampling_settings_of
 from diffengine.stop import raise_if_stop_requested
 
 # Image k of a folder that diffengine fills is generated with seed k.
@@ -95,8 +95,7 @@ def class_images_key(pipe, base_model: str, prompt: str,
     size = denoiser.config.sample_size * pipe.vae_scale_factor
     scheduler = {k: v for k, v in pipe.scheduler.config.items()
                  if not k.startswith("_")}
-    settings = {name: default if options.get(name) is None else options[name]
-                for name, default in sampling_defaults_of(type(pipe)).items()}
+    settings = sampling_settings_of(type(pipe), **options)
     return {
         "base_model": base_model,
         "weights": sampled_weights_digest(modules),

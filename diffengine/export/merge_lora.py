@@ -6,7 +6,6 @@ import datetime
 import os
 
 from diffusers import DiffusionPipeline, UNet2DConditionModel
-from torch import nn
 from tqdm import tqdm
 
 from diffengine.adapters.formats import file_format
@@ -18,7 +17,7 @@ from diffengine.export.single_file import (
     to_single_file,
 )
 from diffengine.fileio import atomic_directory
-from diffengine.inference import load_adapters
+from diffengine.inference import denoiser_of, load_adapters
 from diffengine.models.utils.dtypes import DTYPES
 from diffengine.models.utils.model_folder import resolve_model
 from diffengine.progress import progress_bar
@@ -36,12 +35,6 @@ MODELSPEC = {
 STAGES = ("load base", "fuse LoRA", "cast", "write")
 
 
-def denoiser(pipe: DiffusionPipeline) -> nn.Module:
-    """The pipeline's denoiser: its transformer (SD3) or its UNet."""
-    transformer = getattr(pipe, "transformer", None)
-    return transformer if transformer is not None else pipe.unet
-
-
 def single_file_unet(pipe: DiffusionPipeline) -> UNet2DConditionModel:
     """The UNet that a single-file checkpoint holds.
 
@@ -49,7 +42,7 @@ def single_file_unet(pipe: DiffusionPipeline) -> UNet2DConditionModel:
         ConfigError: If the pipeline's denoiser is not a UNet (SD3's
             transformer), for which no single-file layout is written.
     """
-    model = denoiser(pipe)
+    model = denoiser_of(pipe)
     if not isinstance(model, UNet2DConditionModel):
         raise ConfigError(
             "--format single-file writes Stable Diffusion 1.x and SDXL "

@@ -17,7 +17,7 @@ import argparse
 import os
 
 # Where neither the flags nor the step's training say; None steps and
-# guidance are the family's (``inference.sampling_defaults_of``).
+# guidance are the family's (``inference.sampling_settings_of``).
 FALLBACK_SETTINGS = dict(num_inference_steps=None, guidance_scale=None,
                          height=None, width=None, negative_prompt=None,
                          seed=[0])
@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> None:
         generate,
         load_pipeline,
         make_grid,
-        sampling_defaults_of,
         sampling_progress,
+        sampling_settings_of,
     )
 
     settings = settings_of(args)
@@ -108,9 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         pipe = load_pipeline(
             base, args.lora, args.lora_scale, device=device,
             torch_dtype=torch.float16 if args.fp16 else torch.float32)
-    for name, default in sampling_defaults_of(type(pipe)).items():
-        if settings[name] is None:
-            settings[name] = default
+    settings.update(sampling_settings_of(type(pipe), **settings))
     with sampling_progress(settings["num_inference_steps"], "demo") as bar:
         images = generate(pipe, args.prompt, seeds, progress=bar, **settings)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

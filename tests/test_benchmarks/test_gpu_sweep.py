@@ -17,9 +17,12 @@ def test_sample_flops_per_family():
     assert sample_gflop(True, 1024, "sd35") == pytest.approx(2.36 * 10783)
 
 
-def test_sdxl_rows_run_on_the_cpu(tiny_sdxl, tmp_path, capsys):
+@pytest.mark.parametrize("family, tiny", [("sdxl", "tiny_sdxl"),
+                                          ("sd35", "tiny_sd3")])
+def test_rows_run_on_the_cpu(family, tiny, request, tmp_path, capsys):
     out = tmp_path / "rows.json"
-    assert main(["--family", "sdxl", "--device", "cpu", "--model", tiny_sdxl,
+    assert main(["--family", family, "--device", "cpu",
+                 "--model", request.getfixturevalue(tiny),
                  "--resolution", "32", "--batch-sizes", "1", "--steps", "1",
                  "--warmup", "1", "--num-workers", "0", "--no-compile",
                  "--folder", str(tmp_path), "--json", str(out)]) == 0
@@ -28,15 +31,3 @@ def test_sdxl_rows_run_on_the_cpu(tiny_sdxl, tmp_path, capsys):
         (True, False), (True, True), (False, False), (False, True)]
     assert all(r["samples_per_s"] > 0 for r in rows)
     assert "all rows:" in capsys.readouterr().out
-
-
-def test_sd35_rows_run_on_the_cpu(tiny_sd3, tmp_path):
-    out = tmp_path / "rows.json"
-    assert main(["--family", "sd35", "--device", "cpu", "--model", tiny_sd3,
-                 "--resolution", "32", "--batch-sizes", "1", "--steps", "1",
-                 "--warmup", "1", "--num-workers", "0", "--no-compile",
-                 "--folder", str(tmp_path), "--json", str(out)]) == 0
-    rows = json.loads(out.read_text())
-    assert [(r["cached"], r["checkpointing"]) for r in rows] == [
-        (True, False), (True, True), (False, False), (False, True)]
-    assert all(r["samples_per_s"] > 0 for r in rows)

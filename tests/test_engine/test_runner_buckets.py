@@ -88,38 +88,53 @@ def test_two_processes_match_one_and_the_steps_load_in_diffusers(
     assert abs(loaded - trained).max() <= 1e-5
 
 
-def test_kill_then_resume_with_both_caches_is_bit_exact(tmp_path, tiny_sd,
-                                                        orientation_data):
-    # batch 2: 6 batches an epoch (two of them padded), 2 epochs
-    schedule = ["train_cfg.max_epochs=2", "train_dataloader.batch_size=2",
-                "default_hooks.checkpoint.by_epoch=False",
-                "default_hooks.checkpoint.interval=1",
-                "default_hooks.checkpoint.max_keep_ckpts=3",
-                "train_dataloader.dataset.cache_latents=True",
-                "model.cache_text_embeddings=True"]
+# Checkpoints at every iteration, both caches on.
+CACHED_SCHEDULE = ["train_cfg.max_epochs=2", "train_dataloader.batch_size=2",
+                   "default_hooks.checkpoint.by_epoch=False",
+                   "default_hooks.checkpoint.interval=1",
+                   "default_hooks.checkpoint.max_keep_ckpts=3",
+                   "train_dataloader.dataset.cache_latents=True",
+                   "model.cache_text_embeddings=True"]
 
-    def command(work_dir, *extra):
-        return [sys.executable, TRAIN, CONFIG, *extra, "--cfg-options",
-                *options(tiny_sd, orientation_data, work_dir, *schedule)]
 
+def kill_and_resume_with_both_caches(tmp_path, command) -> tuple[str, int]:
+    """Train straight with ``command(work_dir, *extra)``, then kill a second
+    run at a random checkpoint and resume it: the resumed run reuses every
+    cached latent and ends bit-identical. The straight run's log and last
+    step."""
     straight = subprocess.run(command(tmp_path / "straight"),
                               capture_output=True, text=True, timeout=600)
     log = straight.stdout + straight.stderr
     assert straight.returncode == 0, log[-3000:]
     assert "cache_latents: 10 images encoded (2 views each)" in log
-    reference = lora_weights(tmp_path / "straight", "step12")
+    last = max(int(p.name[4:]) for p in (tmp_path / "straight").glob("step*"))
+    reference = lora_weights(tmp_path / "straight", f"step{last}")
     work = tmp_path / "killed"
-    kill_at = random.Random(os.getpid()).randint(2, 10)
+    kill_at = random.Random(os.getpid()).randint(2, last - 2)
     process = run_until_checkpoint(command(work), work, kill_at)
     process.kill()
     process.wait()
     result = subprocess.run(command(work, "--resume"), capture_output=True,
                             text=True, timeout=600)
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-3000:]
-    assert "resumed from" in log
-    assert "0 images encoded (2 views each), 10 reused" in log
-    assert_identical(work, reference, "step12")
+    resumed = result.stdout + result.stderr
+    assert result.returncode == 0, resumed[-3000:]
+    assert "resumed from" in resumed
+    assert "0 images encoded (2 views each), 10 reused" in resumed
+    assert_identical(work, reference, f"step{last}")
+    return log, last
+
+
+def test_kill_then_resume_with_both_caches_is_bit_exact(tmp_path, tiny_sd,
+                                                        orientation_data):
+    # batch 2: 6 batches an epoch (two of them padded), 2 epochs
+
+    def command(work_dir, *extra):
+        return [sys.executable, TRAIN, CONFIG, *extra, "--cfg-options",
+                *options(tiny_sd, orientation_data, work_dir,
+                         *CACHED_SCHEDULE)]
+
+    _, last = kill_and_resume_with_both_caches(tmp_path, command)
+    assert last == 12
 
 
 SD3_BUCKETS = """
@@ -155,13 +170,7 @@ def test_sd3_buckets_with_both_caches_kill_then_resume_is_bit_exact(
     config.write_text(SD3_BUCKETS.format(medium=os.path.join(
         REPO, "configs", "stable_diffusion_3_lora",
         "stable_diffusion_3_5_medium_lora_pokemon_blip.py")))
-    schedule = ["train_cfg.max_epochs=2", "train_dataloader.batch_size=2",
-                "default_hooks.checkpoint.by_epoch=False",
-                "default_hooks.checkpoint.interval=1",
-                "default_hooks.checkpoint.max_keep_ckpts=3",
-                "train_dataloader.dataset.cache_latents=True",
-                "model.cache_text_embeddings=True",
-                "model.max_sequence_length=16"]
+    schedule = [*CACHED_SCHEDULE, "model.max_sequence_length=16"]
 
     def command(work_dir, *extra):
         return [sys.executable, TRAIN, str(config), *extra, "--cfg-options",
@@ -170,25 +179,7 @@ def test_sd3_buckets_with_both_caches_kill_then_resume_is_bit_exact(
                 f"work_dir={work_dir}", "train_dataloader.num_workers=0",
                 "custom_hooks=[]", "randomness.seed=0", *schedule]
 
-    straight = subprocess.run(command(tmp_path / "straight"),
-                              capture_output=True, text=True, timeout=600)
-    log = straight.stdout + straight.stderr
-    assert straight.returncode == 0, log[-3000:]
-    assert "cache_latents: 10 images encoded (2 views each)" in log
+    log, _ = kill_and_resume_with_both_caches(tmp_path, command)
     sides = bucket_sides(log)
     assert len(sides) > 1  # portraits, landscapes and squares apart
     assert all(w % 16 == 0 and h % 16 == 0 for w, h in sides), sides
-    last = max(int(p.name[4:]) for p in (tmp_path / "straight").glob("step*"))
-    reference = lora_weights(tmp_path / "straight", f"step{last}")
-    work = tmp_path / "killed"
-    kill_at = random.Random(os.getpid()).randint(2, last - 2)
-    process = run_until_checkpoint(command(work), work, kill_at)
-    process.kill()
-    process.wait()
-    result = subprocess.run(command(work, "--resume"), capture_output=True,
-                            text=True, timeout=600)
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-3000:]
-    assert "resumed from" in log
-    assert "0 images encoded (2 views each), 10 reused" in log
-    assert_identical(work, reference, f"step{last}")

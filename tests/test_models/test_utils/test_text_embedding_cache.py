@@ -29,6 +29,9 @@ def sd3_runner(work_dir, tiny_sd3, shapes_data, pipeline=None, **model):
         default_hooks=dict(checkpoint=dict(type="LoRACheckpointHook",
                                            by_epoch=False, interval=3)),
         randomness=dict(seed=0),
+        # a name of its own: two runners built in the same second would
+        # otherwise share one message hub, and with it their losses
+        experiment_name=f"{work_dir.parent.name}-{work_dir.name}",
         default_scope="diffengine")))
 
 
