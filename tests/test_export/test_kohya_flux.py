@@ -8,6 +8,7 @@ from diffusers import (
     FluxPipeline,
     FluxTransformer2DModel,
 )
+from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors import safe_open
 from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -280,3 +281,73 @@ def test_other_kinds_are_refused(tmp_path):
         # lycoris: no base model to read (the tiny one has no folder)
         export_lora(step, str(tmp_path / "dora.safetensors"),
                     dora_reader="lycoris")
+
+
+# Everything in the blocks, q, k, v and the MLP input of the single blocks
+# included (their fused linear1), at uneven ranks and strengths.
+BLOCKS = dict(
+    r=4, lora_alpha=2, rank_pattern={"to_k": 2, "proj_mlp": 3},
+    alpha_pattern={"to_k": 6, "proj_mlp": 1},
+    target_modules=(
+        r"transformer_blocks\.\d+\.(attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj"
+        r"|add_k_proj|add_v_proj|to_add_out)|ff\.net\.(0\.proj|2)"
+        r"|ff_context\.net\.(0\.proj|2)|norm1\.linear|norm1_context\.linear)"
+        r"|single_transformer_blocks\.\d+\.(attn\.(to_q|to_k|to_v)|proj_mlp"
+        r"|proj_out|norm\.linear)"))
+
+
+def test_diffusers_reads_the_kohya_file_of_a_real_width_flux(tmp_path):
+    """At Flux.1's width (3072 = 24 heads of 128, the MLP 4 times it), where
+    diffusers' kohya converter splits linear1 as 3072, 3072, 3072, 12288:
+    the LoRA it reads from the kohya file is, module for module, the one
+    trained and the one the step folder loads, and the transformer draws
+    the same with either. One double and one single block: 0.5 billion
+    parameters; the three adapters share them."""
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+        attention_head_dim=128, num_attention_heads=24,
+        joint_attention_dim=32, pooled_projection_dim=32,
+        guidance_embeds=True, axes_dims_rope=(16, 56, 56))
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=None,
+        text_encoder=None, tokenizer=None, text_encoder_2=None,
+        tokenizer_2=None, transformer=transformer)
+    generator = torch.Generator().manual_seed(0)
+    inputs = dict(
+        hidden_states=torch.randn(1, 16, 4, generator=generator),
+        encoder_hidden_states=torch.randn(1, 5, 32, generator=generator),
+        pooled_projections=torch.randn(1, 32, generator=generator),
+        timestep=torch.tensor([0.5]), guidance=torch.tensor([3.5]),
+        img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(5, 3))
+    with torch.no_grad():
+        base = transformer(**inputs).sample
+    step = str(tmp_path / "step5")
+    save_perturbed_flux_step(pipe, step, BLOCKS)  # adapter "default"
+    out = str(tmp_path / "flux.safetensors")
+    kohya = export_lora(step, out)
+    # four slots of the largest rank, 4
+    assert kohya["lora_unet_single_blocks_0_linear1.lora_up.weight"].shape \
+        == (3 * 3072 + 12288, 16)
+    pipe.load_lora_weights(step, adapter_name="step")
+    pipe.load_lora_weights(out, adapter_name="kohya")
+    layers = {name: module for name, module in transformer.named_modules()
+              if isinstance(module, BaseTunerLayer)}
+    assert len(layers) == 14 + 6
+    for name, layer in layers.items():
+        trained = layer.get_delta_weight("default")
+        assert trained.abs().max() > 0, name
+        for adapter in ("step", "kohya"):
+            difference = (layer.get_delta_weight(adapter) - trained).abs()
+            assert difference.max() <= 1e-5, (name, adapter)
+    samples = {}
+    with torch.no_grad():
+        for adapter in ("default", "step", "kohya"):
+            for layer in layers.values():
+                layer.set_adapter(adapter)
+            samples[adapter] = transformer(**inputs).sample
+    scale = samples["default"].abs().max()
+    assert (samples["default"] - base).abs().max() > 1e-3 * scale
+    for adapter in ("step", "kohya"):
+        assert ((samples[adapter] - samples["default"]).abs().max()
+                <= 1e-5 * scale), adapter
