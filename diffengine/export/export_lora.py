@@ -24,6 +24,9 @@ from diffengine.fileio import atomic_write
 from diffengine.models.utils.dtypes import DTYPES
 
 FORMATS = ("kohya", "diffusers")
+# A LoRA up's suffix → its down's: peft's names, and diffusers' earlier ones.
+UP_DOWN = {".lora_B.weight": ".lora_A.weight",
+           ".lora.up.weight": ".lora.down.weight"}
 # Whose reading of DoRA's ``dora_scale`` the kohya file is written for
 # (see diffengine.adapters.dora).
 DORA_READERS = ("comfyui", "lycoris")
@@ -60,6 +63,43 @@ def dora_base_weights(source: AdapterFile, base: str | None,
     return base_weights(base)
 
 
+def at_strength_one(source: AdapterFile
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """A diffusers-format file's tensors and adapter configs with each
+    module's strength (alpha ÷ rank, ÷ √rank under rsLoRA) folded into its
+    ``lora_B`` and the configs at strength 1 (``lora_alpha`` = ``r``,
+    ``alpha_pattern`` = ``rank_pattern``, no rsLoRA).
+
+    diffusers loads the same model from either; a loader that reads
+    diffusers' names without an alpha (ComfyUI applies ``B·A`` at scale 1)
+    loads the folded file at the trained strength. A part saved without a
+    config, or with tensors other than the downs and ups (an embedding's,
+    DoRA's magnitudes), is kept as it is.
+    """
+    state = source.state_dict
+    tensors = dict(state)
+    configs = dict(source.adapter_configs)
+    for part, config in source.adapter_configs.items():
+        prefix = f"{part}."
+        names = [k[len(prefix):] for k in state if k.startswith(prefix)]
+        ups = {name: name[:-len(up)] + down for name in names
+               for up, down in UP_DOWN.items() if name.endswith(up)}
+        if not ups or len(names) != 2 * len(ups):
+            continue
+        kind = source.kind(part)
+        for up, down in ups.items():
+            module = up.rsplit(".", 3 if ".lora." in up else 2)[0]
+            weights = {"lora_A.weight": state[prefix + down],
+                       "lora_B.weight": state[prefix + up]}
+            tensors[prefix + up] = state[prefix + up] * kind.module_scale(
+                config, module, weights)
+        configs[part] = dict(config, lora_alpha=config["r"],
+                             alpha_pattern=dict(config.get("rank_pattern")
+                                                or {}),
+                             use_rslora=False)
+    return tensors, configs
+
+
 def export_lora(lora: str,
                 out: str,
                 format: str = "kohya",
@@ -75,7 +115,9 @@ def export_lora(lora: str,
         format (str): ``"kohya"`` (``lora_unet_*`` / ``lora_te_*`` keys,
             SDXL's ``lora_te1_*`` / ``lora_te2_*``, each kind's tensors with
             ``.alpha``, for A1111 and ComfyUI) or ``"diffusers"`` (the step
-            file's keys and adapter configs, for ``load_lora_weights``; LoRA
+            file's keys, each module's strength folded into its up weights
+            as :func:`at_strength_one` does, for ``load_lora_weights`` and
+            for loaders that read diffusers' names without an alpha; LoRA
             and DoRA only). Defaults to "kohya".
         title (str, optional): The display name. Defaults to the file name
             of ``out`` without extension.
@@ -113,12 +155,12 @@ def export_lora(lora: str,
             kinds = "/".join(source.kind(part).name for part in source.parts)
             raise ConfigError(f"{source.path} holds {kinds}, which diffusers "
                              "does not read; use --format kohya.")
+        tensors, configs = at_strength_one(source)
         tensors = {k: v.to(DTYPES[dtype]).contiguous()
-                   for k, v in source.state_dict.items()}
+                   for k, v in tensors.items()}
         metadata = {"format": "pt", **export_metadata(source, title)}
-        if source.adapter_configs:
-            metadata[ADAPTER_METADATA_KEY] = pack_adapter_configs(
-                source.adapter_configs)
+        if configs:
+            metadata[ADAPTER_METADATA_KEY] = pack_adapter_configs(configs)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     atomic_write(out, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return tensors

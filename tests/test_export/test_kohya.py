@@ -13,6 +13,7 @@ from diffengine.adapter_file import DOWN_SUFFIXES, AdapterFile, read_adapter_fil
 from diffengine.adapters import LORA
 from diffengine.adapters.kohya import canonical_text_encoder_keys
 from diffengine.export import export_lora, to_kohya
+from diffengine.export.export_lora import at_strength_one
 from diffengine.export.metadata import export_metadata
 from diffengine.inference import generate, load_pipeline
 from tests.comfyui_keys import comfyui_lora_key_map
@@ -184,17 +185,60 @@ def test_unet_only_metadata(tmp_path):
     assert metadata["modelspec.description"].endswith(": UNet rank 4, alpha 8")
 
 
-def test_diffusers_export_keeps_keys_and_strength(lora_step, tmp_path):
+def test_diffusers_export_folds_the_strength_into_the_ups(lora_step, tiny_sd,
+                                                         tmp_path):
+    """The step's keys; each up × its module's alpha ÷ rank (unet 2 / 4,
+    text encoder 8 / 2) and the configs at strength 1, so that diffusers
+    draws the trained model and a loader that reads no alpha (ComfyUI, for
+    diffusers' names) applies B·A at the trained strength."""
     out = str(tmp_path / "diffusers.safetensors")
     export_lora(lora_step.step_dir, out, format="diffusers")
     source = read_adapter_file(lora_step.step_dir)
     exported = read_adapter_file(out)
     assert exported.state_dict.keys() == source.state_dict.keys()
-    assert exported.adapter_configs == source.adapter_configs
+    strengths = {"unet": 2 / 4, "text_encoder": 8 / 2}
+    for key, value in source.state_dict.items():
+        scale = (strengths[key.split(".")[0]] if key.endswith(".lora_B.weight")
+                 else 1)
+        assert torch.equal(exported.state_dict[key], value * scale), key
+    for part, config in exported.adapter_configs.items():
+        assert config == dict(source.adapter_configs[part],
+                              lora_alpha=config["r"], alpha_pattern={},
+                              use_rslora=False)
     assert load_file(out)["unet.down_blocks.1.attentions.0.transformer_blocks."
                           "0.attn1.to_q.lora_A.weight"].shape == (4, 64)
+    settings = {k: v for k, v in SAMPLE.items() if k not in ("prompt", "seed")}
+    pipe = load_pipeline(tiny_sd, out)
+    loaded = generate(pipe, SAMPLE["prompt"], [SAMPLE["seed"]], **settings)[0]
+    assert np.abs(loaded - lora_step.reference).max() <= 1e-5
 
 
+def test_diffusers_export_folds_patterns_and_rslora():
+    """Each module's own strength: rank and alpha patterns, rsLoRA's
+    alpha ÷ √rank."""
+    for options, strengths in (
+            (dict(alpha_pattern={"attn2.to_q": 2},
+                  rank_pattern={"attn2.to_q": 8}), {"attn2.to_q": 2 / 8}),
+            (dict(use_rslora=True), {})):
+        lora, *_ = sd1_layout_lora(["to_q", "to_k"], ["q_proj"],
+                                   unet_options=options)
+        tensors, configs = at_strength_one(lora)
+        config = lora.adapter_configs["unet"]
+        rank = config["r"]
+        default = config["lora_alpha"] / (rank ** 0.5 if options.get(
+            "use_rslora") else rank)
+        ups = {k: v for k, v in lora.state_dict.items()
+               if k.startswith("unet.") and k.endswith(".lora.up.weight")}
+        layers = {".".join(k.split(".")[-5:-3]) for k in ups}
+        assert layers == {"attn1.to_q", "attn1.to_k", "attn2.to_q",
+                          "attn2.to_k"}
+        for key, up in ups.items():
+            scale = next((v for k, v in strengths.items() if k in key),
+                         default)
+            assert torch.allclose(tensors[key], up * scale), key
+        assert configs["unet"]["alpha_pattern"] == (
+            config.get("rank_pattern") or {})
+        assert configs["unet"]["lora_alpha"] == rank
 @pytest.mark.parametrize("unet_options, text_options, strengths", [
     (dict(alpha_pattern={"attn2.to_q": 2}, rank_pattern={"attn2.to_q": 8}),
      dict(alpha_pattern={"k_proj": 1}, rank_pattern={"v_proj": 2}),

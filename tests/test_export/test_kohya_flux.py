@@ -16,7 +16,11 @@ from diffengine.adapters.kohya import kohya_modules
 from diffengine.errors import ConfigError
 from diffengine.export import export_lora
 from diffengine.export.flux import original_module
-from tests.comfyui_keys import comfyui_flux_lora_key_map
+from tests.comfyui_keys import (
+    SWAPPED,
+    comfyui_flux_lora_key_map,
+    flux_diffusers_to_original,
+)
 from tests.comfyui_weights import comfyui_weight
 from tests.conftest import TEXT_TARGETS, save_perturbed_flux_step
 from tests.original_layout import original_flux_state_dict
@@ -351,3 +355,47 @@ def test_diffusers_reads_the_kohya_file_of_a_real_width_flux(tmp_path):
     for adapter in ("step", "kohya"):
         assert ((samples[adapter] - samples["default"]).abs().max()
                 <= 1e-5 * scale), adapter
+
+
+def test_comfyui_reads_the_diffusers_named_file_at_the_trained_strength(
+        tmp_path):
+    """``--format diffusers`` for other UIs: ComfyUI maps diffusers' Flux
+    names (``flux_to_diffusers``: q, k, v and the MLP input into their
+    slices of the fused weights) and, with no ``.alpha``, applies B·A at
+    scale 1; the strength folded into the ups makes that diffusers' fused
+    transformer."""
+    base_pipe = tiny_flux()
+    step = str(tmp_path / "step5")
+    save_perturbed_flux_step(tiny_flux(), step, dict(UNEVEN, target_modules=[
+        *UNEVEN["target_modules"], "proj_mlp", "norm_out.linear",
+        "add_v_proj", "net.2"]))
+    out = str(tmp_path / "flux_diffusers.safetensors")
+    tensors = export_lora(step, out, format="diffusers")
+    assert not [k for k in tensors if k.endswith(".alpha")]
+    config = base_pipe.transformer.config
+    names = flux_diffusers_to_original(config)
+    patched = original_flux_state_dict(base_pipe.transformer.state_dict(),
+                                       config)
+    ups = [k for k in tensors if k.endswith(".lora_B.weight")]
+    for up in ups:
+        module = up.removeprefix("transformer.").removesuffix(
+            ".lora_B.weight")
+        delta = (tensors[up].double()
+                 @ tensors[up.replace("lora_B", "lora_A")].double()).float()
+        target = names[f"{module}.weight"]
+        if isinstance(target, tuple) and target[1] == SWAPPED:
+            target, delta = target[0], torch.cat(delta.chunk(2)[::-1])
+        if isinstance(target, tuple):
+            name, start, rows = target
+            patched[name][start:start + rows] += delta
+        else:
+            patched[target] += delta
+    fused = fused_pipeline(step)
+    want = original_flux_state_dict(fused.transformer.state_dict(), config)
+    assert want.keys() == patched.keys()
+    for key, weight in want.items():
+        assert (patched[key] - weight).abs().max() <= 1e-5, key
+    # each double block's q, k, v of the text, both MLP outputs; each
+    # single block's q, k and MLP input; the final modulation. At strengths
+    # 2 / 4 and to_k's 6 / 2, which the ups carry.
+    assert len(ups) == 2 * 5 + 2 * 3 + 1
