@@ -133,7 +133,10 @@ class DiffusersFile(StepFormat):
         pipe.set_adapters([ADAPTER_NAME], adapter_weights=[scale])
 
     def fuse(self, pipe):
-        pipe.fuse_lora(adapter_names=[ADAPTER_NAME])
+        # every part that can hold one: FluxPipeline fuses the transformer
+        # alone unless told
+        pipe.fuse_lora(components=list(pipe._lora_loadable_modules),
+                       adapter_names=[ADAPTER_NAME])
         # Drop the adapter layers; the fused weights stay.
         pipe.unload_lora_weights()
 
