@@ -84,3 +84,26 @@ def test_demo_on_an_sd3_step_takes_the_familys_defaults(tiny_sd3, tmp_path,
     main(["a red circle", step_dir, "--out", str(out), "--height", "32",
           "--width", "32", "--steps", "2"])
     assert "2 steps, guidance 7.0" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("variant, steps, guidance", [
+    ("tiny_flux", 28, 3.5), ("tiny_flux_schnell", 4, 0.0)])
+def test_demo_on_a_flux_step_takes_the_variants_defaults(
+        variant, steps, guidance, tmp_path, capsys, request):
+    """FLUX.1 [dev] at 28 steps and its distilled guidance 3.5, [schnell] at
+    4 steps without guidance: one pass each, no negative prompt."""
+    from diffusers import FluxPipeline
+
+    from tests.conftest import save_perturbed_flux_step
+    tiny = request.getfixturevalue(variant)
+    step_dir = str(tmp_path / "step3")  # no training config recorded
+    save_perturbed_flux_step(FluxPipeline.from_pretrained(tiny), step_dir,
+                             dict(r=4, target_modules=["to_q", "to_k"]))
+    out = tmp_path / "demo.png"
+    main(["a red circle", step_dir, "--base", tiny, "--out", str(out),
+          "--height", "32", "--width", "32"])
+    assert f"{steps} steps, guidance {guidance}" in capsys.readouterr().out
+    images = generate(load_pipeline(tiny, step_dir), "a red circle", [0],
+                      height=32, width=32, num_inference_steps=steps,
+                      guidance_scale=guidance)
+    assert np.array_equal(np.asarray(Image.open(out)), images[0])
