@@ -21,12 +21,16 @@ layout in two ways that a LoRA must follow exactly:
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 import torch
 
-from diffengine.export.mmdit import LoRATensors, original_kohya_modules
+from diffengine.export.mmdit import (
+    BlockNames,
+    LoRATensors,
+    original_kohya_modules,
+    original_name,
+)
 
 # Flux's MLP is 4 × the attention width (FluxTransformer2DModel fixes it).
 MLP_RATIO = 4
@@ -66,7 +70,10 @@ DOUBLE_FUSED = {
 }
 SINGLE_FUSED = {name: ("linear1", slot) for slot, name in enumerate(
     ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"))}
-BLOCK_PATTERN = re.compile(r"(single_)?transformer_blocks\.(\d+)\.(.+)")
+BLOCKS = (BlockNames("transformer_blocks", "double_blocks", DOUBLE,
+                     DOUBLE_FUSED),
+          BlockNames("single_transformer_blocks", "single_blocks", SINGLE,
+                     SINGLE_FUSED))
 
 
 def original_module(module: str) -> tuple[str, int | None]:
@@ -77,21 +84,7 @@ def original_module(module: str) -> tuple[str, int | None]:
     Raises:
         ValueError: If the module has no original counterpart.
     """
-    if module in TOP_LEVEL:
-        return TOP_LEVEL[module], None
-    match = BLOCK_PATTERN.fullmatch(module)
-    if match:
-        single, index, name = match.groups()
-        block = f"{'single' if single else 'double'}_blocks.{index}"
-        names, fused = (SINGLE, SINGLE_FUSED) if single else (
-            DOUBLE, DOUBLE_FUSED)
-        if name in names:
-            return f"{block}.{names[name]}", None
-        if name in fused:
-            original, slot = fused[name]
-            return f"{block}.{original}", slot
-    raise ValueError(f"transformer module {module!r} has no name in the "
-                     "original Flux layout.")
+    return original_name(module, TOP_LEVEL, BLOCKS, "Flux")
 
 
 def slot_widths(original: str, slots: Mapping[int, LoRATensors]

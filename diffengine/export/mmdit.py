@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import torch
 
@@ -63,9 +64,52 @@ BLOCK_QKV = {
         ("attn2", ("to_q", "to_k", "to_v"), "x_block.attn2"))
     for slot, name in enumerate(names)
 }
-BLOCK_PATTERN = re.compile(r"transformer_blocks\.(\d+)\.(.+)")
 # The kohya tensors of one LoRA module.
 LoRATensors = Mapping[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class BlockNames:
+    """The modules of one kind of block: diffusers' ``<diffusers>.<i>.``
+    is the original ``<original>.<i>.``; ``names`` maps a module inside
+    to its original, ``fused`` to its original fused projection and its
+    slot there."""
+
+    diffusers: str
+    original: str
+    names: Mapping[str, str]
+    fused: Mapping[str, tuple[str, int]]
+
+
+#: SD3's one kind of block (``joint_blocks`` in the original).
+BLOCKS = (BlockNames("transformer_blocks", "joint_blocks", BLOCK, BLOCK_QKV),)
+
+
+def original_name(module: str, top_level: Mapping[str, str],
+                  blocks: tuple[BlockNames, ...], layout: str
+                  ) -> tuple[str, int | None]:
+    """The original module of a diffusers transformer module, and its slot
+    in a fused projection (None for the others).
+
+    Raises:
+        ValueError: If the module has no original counterpart in
+            ``layout``.
+    """
+    if module in top_level:
+        return top_level[module], None
+    for kind in blocks:
+        match = re.fullmatch(rf"{re.escape(kind.diffusers)}\.(\d+)\.(.+)",
+                             module)
+        if not match:
+            continue
+        block, name = f"{kind.original}.{match[1]}", match[2]
+        if name in kind.names:
+            return f"{block}.{kind.names[name]}", None
+        if name in kind.fused:
+            fused, slot = kind.fused[name]
+            return f"{block}.{fused}", slot
+    raise ValueError(f"transformer module {module!r} has no name in the "
+                     f"original {layout} layout.")
 
 
 def original_module(module: str) -> tuple[str, int | None]:
@@ -76,18 +120,7 @@ def original_module(module: str) -> tuple[str, int | None]:
     Raises:
         ValueError: If the module has no original counterpart.
     """
-    if module in TOP_LEVEL:
-        return TOP_LEVEL[module], None
-    match = BLOCK_PATTERN.fullmatch(module)
-    if match:
-        block, name = f"joint_blocks.{match[1]}", match[2]
-        if name in BLOCK:
-            return f"{block}.{BLOCK[name]}", None
-        if name in BLOCK_QKV:
-            fused, slot = BLOCK_QKV[name]
-            return f"{block}.{fused}", slot
-    raise ValueError(f"transformer module {module!r} has no name in the "
-                     "original MMDiT layout.")
+    return original_name(module, TOP_LEVEL, BLOCKS, "MMDiT")
 
 
 def swaps_shift_and_scale(module: str, tensors: LoRATensors) -> bool:
