@@ -78,22 +78,31 @@ def family_of(pipeline_class: type[DiffusionPipeline]) -> type | None:
                  and family.pipeline_class is pipeline_class), None)
 
 
-def sampling_settings_of(pipeline_class: type[DiffusionPipeline],
+def sampling_settings_of(pipe: DiffusionPipeline | type[DiffusionPipeline],
                          **given: Any) -> dict[str, float | int]:
     """``num_inference_steps`` and ``guidance_scale`` as ``given``, those
-    given as None or not at all from the family whose pipeline is
-    ``pipeline_class`` (its ``sampling_settings``); SD 1.x's 50 and 7.5 for
-    a pipeline no family has."""
+    given as None or not at all from the family whose pipeline ``pipe`` is
+    (or whose pipeline class it is): the family's ``sampling_defaults_for``
+    the pipeline's denoiser, so that a pipeline of a variant with its own
+    defaults (FLUX.1 [schnell]) gets them; the family's defaults for a
+    class alone; SD 1.x's 50 and 7.5 for a pipeline no family has."""
     from diffengine.models.editors.base import LatentDiffusionModel
+    pipeline_class = pipe if isinstance(pipe, type) else type(pipe)
     family = family_of(pipeline_class) or LatentDiffusionModel
-    return family.sampling_settings(**given)
+    config = None
+    if not isinstance(pipe, type):
+        with contextlib.suppress(ValueError):  # neither transformer nor unet
+            config = denoiser_of(pipe).config
+    defaults = family.sampling_defaults_for(config)
+    return {name: default if given.get(name) is None else given[name]
+            for name, default in defaults.items()}
 
 
-def sampling_defaults_of(pipeline_class: type[DiffusionPipeline]
+def sampling_defaults_of(pipe: DiffusionPipeline | type[DiffusionPipeline]
                          ) -> dict[str, float | int]:
     """``num_inference_steps`` and ``guidance_scale`` of the family whose
-    pipeline is ``pipeline_class`` (its ``sampling_defaults``)."""
-    return sampling_settings_of(pipeline_class)
+    pipeline ``pipe`` is (:func:`sampling_settings_of` with none given)."""
+    return sampling_settings_of(pipe)
 
 
 @contextlib.contextmanager
@@ -164,7 +173,7 @@ def generate(pipe: DiffusionPipeline,
         height (int, optional): Defaults to the pipeline's.
         width (int, optional): Defaults to the pipeline's.
         num_inference_steps (int, optional): Defaults to the family's
-            (:func:`sampling_settings_of` the pipeline's class).
+            (:func:`sampling_settings_of` the pipeline).
         guidance_scale (float, optional): Classifier-free guidance.
             Defaults to the family's.
         output_type (str): ``"pil"`` gives H×W×3 uint8 arrays, ``"np"``
@@ -180,7 +189,7 @@ def generate(pipe: DiffusionPipeline,
     if not seeds:
         raise ValueError("seeds is empty: give at least one seed.")
     raise_if_stop_requested()
-    settings = sampling_settings_of(type(pipe),
+    settings = sampling_settings_of(pipe,
                                     num_inference_steps=num_inference_steps,
                                     guidance_scale=guidance_scale)
     num_inference_steps = settings["num_inference_steps"]

@@ -95,7 +95,7 @@ def class_images_key(pipe, base_model: str, prompt: str,
     size = denoiser.config.sample_size * pipe.vae_scale_factor
     scheduler = {k: v for k, v in pipe.scheduler.config.items()
                  if not k.startswith("_")}
-    settings = sampling_settings_of(type(pipe), **options)
+    settings = sampling_settings_of(pipe, **options)
     return {
         "base_model": base_model,
         "weights": sampled_weights_digest(modules),

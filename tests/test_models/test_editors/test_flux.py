@@ -7,6 +7,7 @@ from diffusers import FluxPipeline
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
 from diffengine.errors import ConfigError
+from diffengine.inference import sampling_settings_of
 from diffengine.models import Flux
 from diffengine.models.schedules import FlowMatchSchedule
 from tests.conftest import SD3_TARGETS, TEXT_TARGETS, perturb_lora
@@ -142,6 +143,15 @@ def test_schnell_has_no_guidance_and_its_own_defaults(tiny_flux_schnell):
     assert model.schedule.shift == 1.0
     assert model.sampling_settings() == dict(num_inference_steps=4,
                                              guidance_scale=0.0)
+    # the same defaults wherever a [schnell] base's pipeline samples
+    # (generate, class images, demo); the class alone is [dev]'s
+    pipe = FluxPipeline.from_pretrained(tiny_flux_schnell)
+    assert sampling_settings_of(pipe) == dict(num_inference_steps=4,
+                                              guidance_scale=0.0)
+    assert sampling_settings_of(pipe, guidance_scale=1.0) == dict(
+        num_inference_steps=4, guidance_scale=1.0)
+    assert sampling_settings_of(FluxPipeline) == dict(
+        num_inference_steps=28, guidance_scale=3.5)
     assert torch.isfinite(model(batch(), mode="loss")["loss"])
     with pytest.raises(ConfigError, match="embeds no guidance"):
         build(tiny_flux_schnell, text_encoder=False, guidance_scale=1.0)

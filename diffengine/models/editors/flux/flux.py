@@ -79,7 +79,8 @@ class Flux(LatentDiffusionModel):
         TextEncoder("text_encoder_2", T5EncoderModel, T5TokenizerFast,
                     lora=False),
     )
-    #: [dev]'s; a [schnell] model takes :data:`SCHNELL_SAMPLING`.
+    #: [dev]'s; a [schnell] base takes :data:`SCHNELL_SAMPLING`
+    #: (:meth:`sampling_defaults_for`).
     sampling_defaults: ClassVar[dict[str, Any]] = DEV_SAMPLING
     #: The VAE's 8 × the 2×2 packing.
     size_multiple = 16
@@ -100,8 +101,6 @@ class Flux(LatentDiffusionModel):
                                guidance_scale) if guided else None
         self.max_sequence_length = max_sequence_length or (
             512 if guided else 256)
-        self.sampling_defaults = dict(
-            DEV_SAMPLING if guided else SCHNELL_SAMPLING)
 
     @property
     def architecture(self) -> str:
@@ -109,11 +108,16 @@ class Flux(LatentDiffusionModel):
         guided = self.transformer.config.guidance_embeds
         return (FLUX_DEV if guided else FLUX_SCHNELL).name
 
-    def sampling_settings(self, **given: Any) -> dict[str, Any]:
-        """As :meth:`LatentDiffusionModel.sampling_settings`, with the
-        defaults of this model's variant."""
-        return {name: default if given.get(name) is None else given[name]
-                for name, default in self.sampling_defaults.items()}
+    @classmethod
+    def sampling_defaults_for(cls, denoiser_config: Any = None
+                              ) -> dict[str, Any]:
+        """[dev]'s defaults, or [schnell]'s for a transformer that embeds
+        no guidance: the same for :meth:`infer`, the sample hook, class
+        images and ``demo``."""
+        if denoiser_config is not None and not denoiser_config.get(
+                "guidance_embeds", True):
+            return dict(SCHNELL_SAMPLING)
+        return dict(DEV_SAMPLING)
 
     def encode_text(self, text: list[str]
                     ) -> tuple[torch.Tensor, torch.Tensor]:
