@@ -87,7 +87,13 @@ class Flux(LatentDiffusionModel):
 
     def __init__(self, model: str, guidance_scale: float | None = None,
                  max_sequence_length: int | None = None,
+                 text_encoder_2_lora_config: dict | None = None,
                  **kwargs: Any) -> None:
+        if text_encoder_2_lora_config is not None:
+            raise ConfigError(
+                "text_encoder_2_lora_config is set, but Flux adapts no T5 "
+                "(text_encoder_2): drop it; CLIP-L's adapter is "
+                "text_encoder_lora_config.")
         if max_sequence_length is not None and max_sequence_length < 1:
             raise ConfigError(
                 f"max_sequence_length={max_sequence_length} must be >= 1.")
@@ -142,6 +148,20 @@ class Flux(LatentDiffusionModel):
         if self.guidance_scale is None:
             return {}
         return {"guidance_scale": str(self.guidance_scale)}
+
+    def encode_images(self, img: torch.Tensor) -> torch.Tensor:
+        """As :meth:`LatentDiffusionModel.encode_images`, refusing image
+        sides whose latents do not pack into 2×2 patches, by the size of
+        the images (before the latent cache or the first step encodes
+        them)."""
+        height, width = img.shape[-2:]
+        if height % self.size_multiple or width % self.size_multiple:
+            raise ConfigError(
+                f"images of {width}×{height} px do not pack into Flux's 2×2 "
+                "patches of latents: give image sides that are multiples "
+                f"of {self.size_multiple} (e.g. RandomCrop's size=32, or "
+                "BucketResizeCrop's bucket_reso_steps=64).")
+        return super().encode_images(img)
 
     def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor,
                 inputs: dict, prompt: tuple[torch.Tensor, torch.Tensor]
