@@ -78,6 +78,22 @@ def family_of(pipeline_class: type[DiffusionPipeline]) -> type | None:
                  and family.pipeline_class is pipeline_class), None)
 
 
+def family_defaults_of(pipe: DiffusionPipeline | type[DiffusionPipeline]
+                       ) -> tuple[type, Any]:
+    """The family whose pipeline ``pipe`` is (or whose pipeline class it
+    is; ``LatentDiffusionModel`` for none) and the config of ``pipe``'s
+    denoiser (None for a class), which the family's
+    ``sampling_defaults_for`` and ``call_defaults_for`` read."""
+    from diffengine.models.editors.base import LatentDiffusionModel
+    pipeline_class = pipe if isinstance(pipe, type) else type(pipe)
+    family = family_of(pipeline_class) or LatentDiffusionModel
+    config = None
+    if not isinstance(pipe, type):
+        with contextlib.suppress(ValueError):  # neither transformer nor unet
+            config = denoiser_of(pipe).config
+    return family, config
+
+
 def sampling_settings_of(pipe: DiffusionPipeline | type[DiffusionPipeline],
                          **given: Any) -> dict[str, float | int]:
     """``num_inference_steps`` and ``guidance_scale`` as ``given``, those
@@ -86,16 +102,19 @@ def sampling_settings_of(pipe: DiffusionPipeline | type[DiffusionPipeline],
     the pipeline's denoiser, so that a pipeline of a variant with its own
     defaults (FLUX.1 [schnell]) gets them; the family's defaults for a
     class alone; SD 1.x's 50 and 7.5 for a pipeline no family has."""
-    from diffengine.models.editors.base import LatentDiffusionModel
-    pipeline_class = pipe if isinstance(pipe, type) else type(pipe)
-    family = family_of(pipeline_class) or LatentDiffusionModel
-    config = None
-    if not isinstance(pipe, type):
-        with contextlib.suppress(ValueError):  # neither transformer nor unet
-            config = denoiser_of(pipe).config
+    family, config = family_defaults_of(pipe)
     defaults = family.sampling_defaults_for(config)
     return {name: default if given.get(name) is None else given[name]
             for name, default in defaults.items()}
+
+
+def call_defaults_of(pipe: DiffusionPipeline) -> dict[str, Any]:
+    """More arguments of ``pipe``'s call that its base samples with when
+    none are given (the family's ``call_defaults_for`` the pipeline's
+    denoiser): FLUX.1 [schnell]'s T5 length of 256, where FluxPipeline's
+    own is [dev]'s 512."""
+    family, config = family_defaults_of(pipe)
+    return family.call_defaults_for(config)
 
 
 def sampling_defaults_of(pipe: DiffusionPipeline | type[DiffusionPipeline]
@@ -181,7 +200,8 @@ def generate(pipe: DiffusionPipeline,
         progress (tqdm, optional): A bar advanced at every denoising step
             (:func:`sampling_progress`). Defaults to None.
         **options: More arguments of the pipeline's call, e.g. SD3's
-            ``max_sequence_length``.
+            ``max_sequence_length``; those not given, the base's
+            (:func:`call_defaults_of`).
 
     Returns:
         list[np.ndarray]: One image per seed.
@@ -193,6 +213,7 @@ def generate(pipe: DiffusionPipeline,
                                     num_inference_steps=num_inference_steps,
                                     guidance_scale=guidance_scale)
     num_inference_steps = settings["num_inference_steps"]
+    options = {**call_defaults_of(pipe), **options}
     images = pipe(
         prompt,
         negative_prompt=negative_prompt,

@@ -665,6 +665,15 @@ class LatentDiffusionModel(AdapterIO, BaseModel):
         ``demo``) all ask this."""
         return dict(cls.sampling_defaults)
 
+    @classmethod
+    def call_defaults_for(cls, denoiser_config: Any = None
+                          ) -> dict[str, Any]:
+        """More arguments of the pipeline's call (beyond steps and
+        guidance) that a base whose denoiser has ``denoiser_config``
+        samples with when none are given, where they differ from the
+        pipeline's own defaults; none for most families."""
+        return {}
+
     def sampling_settings(self, **given: Any) -> dict[str, Any]:
         """``num_inference_steps`` and ``guidance_scale`` as given, this
         base's defaults (:meth:`sampling_defaults_for` its denoiser) for

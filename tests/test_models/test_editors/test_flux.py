@@ -221,3 +221,26 @@ def test_the_training_guidance_reaches_the_step_and_the_kohya_file(
     assert metadata["modelspec.architecture"] == "flux-1-dev/lora"
     assert any(k.startswith("lora_unet_double_blocks_0_img_attn_qkv")
                for k in keys)
+
+
+def test_demo_samples_a_schnell_step_as_infer_does(tiny_flux_schnell,
+                                                   tmp_path):
+    """``demo``'s path (load_pipeline, then generate with nothing but the
+    prompt, seed and size) draws a [schnell] step with [schnell]'s 4 steps,
+    no guidance and T5 length 256, as the trained model's infer does."""
+    from diffengine.inference import generate, load_pipeline
+
+    model = build(tiny_flux_schnell, text_encoder=False)
+    perturb_lora(model)
+    step = tmp_path / "step2"
+    model.save_lora_weights(str(step), {"step": "2"})
+    kwargs = dict(height=32, width=32, output_type="np")
+    trained = model.infer(["a red circle"], seed=3, **kwargs)[0]
+    pipe = load_pipeline(tiny_flux_schnell, str(step))
+    assert abs(generate(pipe, "a red circle", [3], **kwargs)[0]
+               - trained).max() <= 1e-5
+    # FluxPipeline's own defaults ([dev]'s 28 steps, T5 length 512) draw
+    # another image
+    for other in (dict(num_inference_steps=28), dict(max_sequence_length=512)):
+        assert abs(generate(pipe, "a red circle", [3], **kwargs, **other)[0]
+                   - trained).max() > 1e-4, other

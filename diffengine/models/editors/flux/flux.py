@@ -106,7 +106,8 @@ class Flux(LatentDiffusionModel):
         self.guidance_scale = (1.0 if guidance_scale is None else
                                guidance_scale) if guided else None
         self.max_sequence_length = max_sequence_length or (
-            512 if guided else 256)
+            self.call_defaults_for(
+                self.transformer.config)["max_sequence_length"])
 
     @property
     def architecture(self) -> str:
@@ -124,6 +125,16 @@ class Flux(LatentDiffusionModel):
                 "guidance_embeds", True):
             return dict(SCHNELL_SAMPLING)
         return dict(DEV_SAMPLING)
+
+    @classmethod
+    def call_defaults_for(cls, denoiser_config: Any = None
+                          ) -> dict[str, Any]:
+        """T5's tokens per prompt: FluxPipeline's 512 for [dev], the model
+        card's 256 for [schnell] (training's default too, so that ``demo``
+        samples a step as :meth:`infer` does)."""
+        schnell = denoiser_config is not None and not denoiser_config.get(
+            "guidance_embeds", True)
+        return {"max_sequence_length": 256 if schnell else 512}
 
     def encode_text(self, text: list[str]
                     ) -> tuple[torch.Tensor, torch.Tensor]:
