@@ -84,7 +84,7 @@ def class_images_key(pipe, base_model: str, prompt: str,
         options (dict): ``num_inference_steps``, ``guidance_scale``,
             ``negative_prompt``, ``height`` and ``width`` as given to
             ``infer`` (missing ones take ``infer``'s defaults: the
-            family's ``sampling_defaults`` for steps and guidance).
+            base's ``sampling_defaults_for`` for steps and guidance).
 
     Returns:
         dict: Plain JSON data, the same for the same images.
