@@ -173,6 +173,13 @@ def test_t5_takes_no_adapter(tiny_flux):
                        "CLIPTextModel"):
         Flux(tiny_flux, text_encoder_lora_config=dict(
             r=2, target_modules=["q", "k", "v", "o"]))
+    # nor does an adapter config of its own
+    with pytest.raises(ConfigError, match=r"^text_encoder_2_lora_config is "
+                       r"set, but Flux adapts no T5 \(text_encoder_2\): "
+                       r"drop it; CLIP-L's adapter is "
+                       r"text_encoder_lora_config\.$"):
+        Flux(tiny_flux, text_encoder_2_lora_config=dict(
+            r=2, target_modules=["q", "k", "v", "o"]))
 
 
 def test_sizes_the_patches_cannot_pack_are_refused(tiny_flux):
