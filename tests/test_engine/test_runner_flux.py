@@ -69,6 +69,9 @@ def test_seed_config_trains_and_every_step_loads_in_diffusers(
                     max_sequence_length=length, **kwargs).images[0]
 
     base = draw()
+    with torch.no_grad():
+        base_pooled = pipe.encode_prompt(prompt,
+                                         max_sequence_length=length)[1]
     for step in (1, 2):
         model = trained_model(config, work, f"iter_{step}.pth", *fp32)
         assert set(model.lora_configs) == parts
@@ -80,6 +83,14 @@ def test_seed_config_trains_and_every_step_loads_in_diffusers(
         loaded = draw()
         assert abs(loaded - trained).max() <= 1e-5, step
         assert abs(loaded - base).max() > 1e-4, step
+        # CLIP-L's pooled output, the loaded adapter's and the model's
+        with torch.no_grad():
+            pooled = pipe.encode_prompt(prompt,
+                                        max_sequence_length=length)[1]
+            ours = model.encode_text([prompt])[1]
+        assert (pooled - ours).abs().max() <= 1e-5, step
+        moved = (pooled - base_pooled).abs().max() > 1e-4
+        assert moved == ("text_encoder" in parts), step
 
 
 def test_a_side_the_patches_cannot_pack_names_the_size_and_the_fix(
