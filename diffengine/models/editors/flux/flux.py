@@ -66,6 +66,8 @@ class Flux(LatentDiffusionModel):
         max_sequence_length (int, optional): T5 tokens per prompt, training
             and sampling alike. Defaults to FluxPipeline's 512 for [dev],
             256 for [schnell] (the model card's).
+        text_encoder_2_lora_config (dict, optional): Refused when given:
+            T5 takes no adapter. Defaults to None.
         **kwargs: Every other option of :class:`LatentDiffusionModel`.
     """
 
