@@ -78,22 +78,50 @@ def family_of(pipeline_class: type[DiffusionPipeline]) -> type | None:
                  and family.pipeline_class is pipeline_class), None)
 
 
-def sampling_settings_of(pipeline_class: type[DiffusionPipeline],
+def family_defaults_of(pipe: DiffusionPipeline | type[DiffusionPipeline]
+                       ) -> tuple[type, Any]:
+    """The family whose pipeline ``pipe`` is (or whose pipeline class it
+    is; ``LatentDiffusionModel`` for none) and the config of ``pipe``'s
+    denoiser (None for a class), which the family's
+    ``sampling_defaults_for`` and ``call_defaults_for`` read."""
+    from diffengine.models.editors.base import LatentDiffusionModel
+    pipeline_class = pipe if isinstance(pipe, type) else type(pipe)
+    family = family_of(pipeline_class) or LatentDiffusionModel
+    config = None
+    if not isinstance(pipe, type):
+        with contextlib.suppress(ValueError):  # neither transformer nor unet
+            config = denoiser_of(pipe).config
+    return family, config
+
+
+def sampling_settings_of(pipe: DiffusionPipeline | type[DiffusionPipeline],
                          **given: Any) -> dict[str, float | int]:
     """``num_inference_steps`` and ``guidance_scale`` as ``given``, those
-    given as None or not at all from the family whose pipeline is
-    ``pipeline_class`` (its ``sampling_settings``); SD 1.x's 50 and 7.5 for
-    a pipeline no family has."""
-    from diffengine.models.editors.base import LatentDiffusionModel
-    family = family_of(pipeline_class) or LatentDiffusionModel
-    return family.sampling_settings(**given)
+    given as None or not at all from the family whose pipeline ``pipe`` is
+    (or whose pipeline class it is): the family's ``sampling_defaults_for``
+    the pipeline's denoiser, so that a pipeline of a variant with its own
+    defaults (FLUX.1 [schnell]) gets them; the family's defaults for a
+    class alone; SD 1.x's 50 and 7.5 for a pipeline no family has."""
+    family, config = family_defaults_of(pipe)
+    defaults = family.sampling_defaults_for(config)
+    return {name: default if given.get(name) is None else given[name]
+            for name, default in defaults.items()}
 
 
-def sampling_defaults_of(pipeline_class: type[DiffusionPipeline]
+def call_defaults_of(pipe: DiffusionPipeline) -> dict[str, Any]:
+    """More arguments of ``pipe``'s call that its base samples with when
+    none are given (the family's ``call_defaults_for`` the pipeline's
+    denoiser): FLUX.1 [schnell]'s T5 length of 256, where FluxPipeline's
+    own is [dev]'s 512."""
+    family, config = family_defaults_of(pipe)
+    return family.call_defaults_for(config)
+
+
+def sampling_defaults_of(pipe: DiffusionPipeline | type[DiffusionPipeline]
                          ) -> dict[str, float | int]:
     """``num_inference_steps`` and ``guidance_scale`` of the family whose
-    pipeline is ``pipeline_class`` (its ``sampling_defaults``)."""
-    return sampling_settings_of(pipeline_class)
+    pipeline ``pipe`` is (:func:`sampling_settings_of` with none given)."""
+    return sampling_settings_of(pipe)
 
 
 @contextlib.contextmanager
@@ -164,7 +192,7 @@ def generate(pipe: DiffusionPipeline,
         height (int, optional): Defaults to the pipeline's.
         width (int, optional): Defaults to the pipeline's.
         num_inference_steps (int, optional): Defaults to the family's
-            (:func:`sampling_settings_of` the pipeline's class).
+            (:func:`sampling_settings_of` the pipeline).
         guidance_scale (float, optional): Classifier-free guidance.
             Defaults to the family's.
         output_type (str): ``"pil"`` gives H×W×3 uint8 arrays, ``"np"``
@@ -172,7 +200,8 @@ def generate(pipe: DiffusionPipeline,
         progress (tqdm, optional): A bar advanced at every denoising step
             (:func:`sampling_progress`). Defaults to None.
         **options: More arguments of the pipeline's call, e.g. SD3's
-            ``max_sequence_length``.
+            ``max_sequence_length``; those not given, the base's
+            (:func:`call_defaults_of`).
 
     Returns:
         list[np.ndarray]: One image per seed.
@@ -180,10 +209,11 @@ def generate(pipe: DiffusionPipeline,
     if not seeds:
         raise ValueError("seeds is empty: give at least one seed.")
     raise_if_stop_requested()
-    settings = sampling_settings_of(type(pipe),
+    settings = sampling_settings_of(pipe,
                                     num_inference_steps=num_inference_steps,
                                     guidance_scale=guidance_scale)
     num_inference_steps = settings["num_inference_steps"]
+    options = {**call_defaults_of(pipe), **options}
     images = pipe(
         prompt,
         negative_prompt=negative_prompt,

@@ -84,7 +84,7 @@ def class_images_key(pipe, base_model: str, prompt: str,
         options (dict): ``num_inference_steps``, ``guidance_scale``,
             ``negative_prompt``, ``height`` and ``width`` as given to
             ``infer`` (missing ones take ``infer``'s defaults: the
-            family's ``sampling_defaults`` for steps and guidance).
+            base's ``sampling_defaults_for`` for steps and guidance).
 
     Returns:
         dict: Plain JSON data, the same for the same images.
@@ -92,10 +92,14 @@ def class_images_key(pipe, base_model: str, prompt: str,
     modules = [c for c in pipe.components.values()
                if isinstance(c, torch.nn.Module)]
     denoiser = denoiser_of(pipe)
-    size = denoiser.config.sample_size * pipe.vae_scale_factor
+    # the pipeline's own default size: FluxPipeline's transformer config
+    # has no sample_size (the pipeline's default_sample_size is 128)
+    sample_size = getattr(pipe, "default_sample_size", None) or getattr(
+        denoiser.config, "sample_size", None)
+    size = sample_size * pipe.vae_scale_factor if sample_size else None
     scheduler = {k: v for k, v in pipe.scheduler.config.items()
                  if not k.startswith("_")}
-    settings = sampling_settings_of(type(pipe), **options)
+    settings = sampling_settings_of(pipe, **options)
     return {
         "base_model": base_model,
         "weights": sampled_weights_digest(modules),

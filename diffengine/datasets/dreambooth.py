@@ -72,9 +72,10 @@ class DreamBoothDataset(CaptionedImageDataset):
             Defaults to 1.
         class_generation (dict, optional): How missing class images are
             generated: ``num_inference_steps`` and ``guidance_scale`` (the
-            model family's ``sampling_defaults``: 50 and 7.5 for SD 1.x and
-            SDXL, 28 and 7.0 for SD3), ``negative_prompt``, ``height``,
-            ``width`` (the model's), ``batch_size`` (4). Image k is drawn
+            base's ``sampling_defaults_for``: 50 and 7.5 for SD 1.x and
+            SDXL, 28 and 7.0 for SD3, 4 and 0.0 for FLUX.1 [schnell]),
+            ``negative_prompt``, ``height``, ``width`` (the model's),
+            ``batch_size`` (4). Image k is drawn
             with seed k. Defaults to None.
         image_column (str): Column of the instance images. Defaults to
             "image".

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         pipe = load_pipeline(
             base, args.lora, args.lora_scale, device=device,
             torch_dtype=torch.float16 if args.fp16 else torch.float32)
-    settings.update(sampling_settings_of(type(pipe), **settings))
+    settings.update(sampling_settings_of(pipe, **settings))
     with sampling_progress(settings["num_inference_steps"], "demo") as bar:
         images = generate(pipe, args.prompt, seeds, progress=bar, **settings)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -1,12 +1,14 @@
 """Aspect-ratio buckets keep the promises: 2 processes × batch 2 train what
 1 × batch 4 does, a kill at a random step then a resume ends bit-identical
-(with both caches on; SD3.5 too, at sides of 16), and the step folders load
+(with both caches on; SD3.5 and FLUX.1 too, at sides of 16, T5 freed
+after caching), and the step folders load
 in diffusers."""
 import os
 import random
 import subprocess
 import sys
 
+import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
@@ -137,8 +139,9 @@ def test_kill_then_resume_with_both_caches_is_bit_exact(tmp_path, tiny_sd,
     assert last == 12
 
 
-SD3_BUCKETS = """
-_base_ = [{medium!r}]
+# SD3.5 Medium's or FLUX.1 [dev]'s seed config in buckets of sides of 16.
+FAMILY_BUCKETS = """
+_base_ = [{seed_config!r}]
 train_pipeline = [
     dict(type="BucketResizeCrop", resolution=48, min_bucket_reso=16,
          max_bucket_reso=96, bucket_reso_steps=16),
@@ -150,6 +153,13 @@ train_dataloader = dict(
     dataset=dict(caption_column="text", pipeline=train_pipeline),
     batch_sampler=dict(type="AspectRatioBatchSampler", drop_last=False))
 """
+SEED_CONFIGS = {
+    "sd3": ("tiny_sd3", os.path.join(
+        REPO, "configs", "stable_diffusion_3_lora",
+        "stable_diffusion_3_5_medium_lora_pokemon_blip.py")),
+    "flux": ("tiny_flux", os.path.join(
+        REPO, "configs", "flux_lora", "flux_dev_lora_pokemon_blip.py")),
+}
 
 
 def bucket_sides(log: str) -> list[tuple[int, int]]:
@@ -164,22 +174,28 @@ def bucket_sides(log: str) -> list[tuple[int, int]]:
     return rows
 
 
-def test_sd3_buckets_with_both_caches_kill_then_resume_is_bit_exact(
-        tmp_path, tiny_sd3, orientation_data):
-    config = tmp_path / "sd3_buckets.py"
-    config.write_text(SD3_BUCKETS.format(medium=os.path.join(
-        REPO, "configs", "stable_diffusion_3_lora",
-        "stable_diffusion_3_5_medium_lora_pokemon_blip.py")))
-    schedule = [*CACHED_SCHEDULE, "model.max_sequence_length=16"]
+@pytest.mark.parametrize("family", list(SEED_CONFIGS))
+def test_buckets_of_16_with_both_caches_kill_then_resume_is_bit_exact(
+        family, request, tmp_path, orientation_data):
+    fixture, seed_config = SEED_CONFIGS[family]
+    tiny = request.getfixturevalue(fixture)
+    config = tmp_path / f"{family}_buckets.py"
+    config.write_text(FAMILY_BUCKETS.format(seed_config=seed_config))
+    # T5 freed once every caption is cached
+    schedule = [*CACHED_SCHEDULE, "model.max_sequence_length=16",
+                "model.drop_text_encoders_after_caching=True"]
 
     def command(work_dir, *extra):
         return [sys.executable, TRAIN, str(config), *extra, "--cfg-options",
-                f"model.model={tiny_sd3}",
+                f"model.model={tiny}",
                 f"train_dataloader.dataset.dataset={orientation_data}",
                 f"work_dir={work_dir}", "train_dataloader.num_workers=0",
                 "custom_hooks=[]", "randomness.seed=0", *schedule]
 
     log, _ = kill_and_resume_with_both_caches(tmp_path, command)
+    encoders = ("text_encoder, text_encoder_2, text_encoder_3"
+                if family == "sd3" else "text_encoder, text_encoder_2")
+    assert f"; {encoders} freed (drop_text_encoders_after_caching)" in log
     sides = bucket_sides(log)
     assert len(sides) > 1  # portraits, landscapes and squares apart
     assert all(w % 16 == 0 and h % 16 == 0 for w, h in sides), sides

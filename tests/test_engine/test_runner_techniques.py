@@ -1,5 +1,5 @@
 """Every training technique on at once keeps the promises, for SD 1.x,
-SDXL and SD3.5 (under flow matching): 2 processes × batch 4 train the
+SDXL, SD3.5 and FLUX.1 [dev] (under flow matching): 2 processes × batch 4 train the
 weights of 1 × batch 8, and a kill at a random step then a resume ends
 bit-identical; with both caches and a half-precision base too."""
 import json
@@ -26,8 +26,8 @@ from tests.test_engine.test_runner import (
 # On the tiny demo's config, or for SDXL and SD3.5 on their seed configs set
 # as the demo is but at the seed config's rate (1e-4): at the demo's 1e-3,
 # Adam turns the tiny SDXL's fp32 rounding in near-zero gradients into 1e-4
-# differences between batch splits, which vanish in fp64. SD3.5's T5 reads
-# 32 tokens instead of 256, for speed.
+# differences between batch splits, which vanish in fp64. SD3.5's and
+# Flux's T5 read 32 tokens instead of 256 and 512, for speed.
 BASES = {
     "sd": ("_base_ = [{demo!r}]", ""),
     "sdxl": ("""
@@ -41,10 +41,17 @@ model = dict(max_sequence_length=32)
 randomness = dict(seed=0)
 default_hooks = dict(logger=dict(interval=10))
 """, "batch_size=4, num_workers=0, "),
+    "flux": ("""
+_base_ = [{flux!r}]
+model = dict(max_sequence_length=32)
+randomness = dict(seed=0)
+default_hooks = dict(logger=dict(interval=10))
+""", "batch_size=4, num_workers=0, "),
 }
-# SDXL's size conditioning: no such input in SD3.
+# SDXL's size conditioning: no such input in SD3 and Flux.
 TIME_IDS = {"sd": '    dict(type="ComputeTimeIds"),\n',
-            "sdxl": '    dict(type="ComputeTimeIds"),\n', "sd3": ""}
+            "sdxl": '    dict(type="ComputeTimeIds"),\n', "sd3": "",
+            "flux": ""}
 EVERYTHING_ON = """
 model = dict(
     loss=dict(type="SNRL2Loss", snr_gamma=5.0),
@@ -73,6 +80,8 @@ SDXL = os.path.join(REPO, "configs", "stable_diffusion_xl_lora",
                     "stable_diffusion_xl_lora_pokemon_blip.py")
 SD3 = os.path.join(REPO, "configs", "stable_diffusion_3_lora",
                    "stable_diffusion_3_5_medium_lora_pokemon_blip.py")
+FLUX = os.path.join(REPO, "configs", "flux_lora",
+                    "flux_dev_lora_pokemon_blip.py")
 # 24 images, batch 4: 6 iterations an epoch, 3 epochs, a checkpoint each.
 SCHEDULE = [
     "train_cfg.max_epochs=3",
@@ -84,7 +93,7 @@ SCHEDULE = [
 
 @pytest.fixture(scope="module", params=list(BASES))
 def everything(request, tmp_path_factory, tiny_sd, tiny_sdxl, tiny_sd3,
-               shapes_data):
+               tiny_flux, shapes_data):
     """The config and its tiny model, and the shapes with tag captions
     ("red, circle, white background") for the shuffle to shuffle."""
     root = tmp_path_factory.mktemp(f"everything-{request.param}")
@@ -102,10 +111,11 @@ def everything(request, tmp_path_factory, tiny_sd, tiny_sdxl, tiny_sd3,
     (data / "metadata.jsonl").write_text("\n".join(rows) + "\n")
     config = root / "everything_on.py"
     base, loader = BASES[request.param]
-    config.write_text(base.format(demo=DEMO, sdxl=SDXL, sd3=SD3)
+    config.write_text(base.format(demo=DEMO, sdxl=SDXL, sd3=SD3, flux=FLUX)
                       + EVERYTHING_ON.format(
                           loader=loader, time_ids=TIME_IDS[request.param]))
-    tiny = {"sd": tiny_sd, "sdxl": tiny_sdxl, "sd3": tiny_sd3}[request.param]
+    tiny = {"sd": tiny_sd, "sdxl": tiny_sdxl, "sd3": tiny_sd3,
+            "flux": tiny_flux}[request.param]
     return str(config), str(data), tiny
 
 

@@ -12,7 +12,7 @@ from mmengine.dataset import pseudo_collate
 
 from diffengine.datasets import HFDataset
 from diffengine.engine import DenoisingLossMetric
-from diffengine.models import StableDiffusion, StableDiffusion3
+from diffengine.models import Flux, StableDiffusion, StableDiffusion3
 from tests.conftest import (
     REPO,
     SD3_TARGETS,
@@ -25,12 +25,16 @@ from tests.test_engine.test_runner import DEMO
 MIM = os.path.join(os.path.dirname(sys.executable), "mim")
 
 
-@pytest.mark.parametrize("family", ["sd", "sd3"])
+@pytest.mark.parametrize("family", ["sd", "sd3", "flux"])
 def test_validation_loss_depends_on_the_sample_alone(family, request,
                                                      shapes_data):
     if family == "sd3":  # flow matching: timestep t is the level σ = t/1000
         model = StableDiffusion3(
             request.getfixturevalue("tiny_sd3"), max_sequence_length=16,
+            transformer_lora_config=dict(r=2, target_modules=SD3_TARGETS))
+    elif family == "flux":  # flow matching too, with packed latents
+        model = Flux(
+            request.getfixturevalue("tiny_flux"), max_sequence_length=16,
             transformer_lora_config=dict(r=2, target_modules=SD3_TARGETS))
     else:
         model = StableDiffusion(
@@ -85,9 +89,9 @@ visualizer = dict(vis_backends=[dict(type="LocalVisBackend"),
 """
 
 
-# SD3.5 Medium's seed config with the demo's validation: a quarter of the
-# images held out, their loss at levels σ = 0.1 and 0.6. T5 reads 16 tokens
-# instead of 256, for speed.
+# SD3.5 Medium's (or FLUX.1 [dev]'s) seed config with the demo's
+# validation: a quarter of the images held out, their loss at levels σ = 0.1
+# and 0.6. T5 reads 16 tokens instead of 256 (512), for speed.
 SD3_CONFIG = """
 _base_ = [{medium!r}]
 model = dict(model={tiny_sd!r}, max_sequence_length=16)
@@ -114,6 +118,8 @@ visualizer = dict(vis_backends=[dict(type="LocalVisBackend"),
 """
 MEDIUM = os.path.join(REPO, "configs", "stable_diffusion_3_lora",
                       "stable_diffusion_3_5_medium_lora_pokemon_blip.py")
+FLUX_DEV = os.path.join(REPO, "configs", "flux_lora",
+                        "flux_dev_lora_pokemon_blip.py")
 
 
 def validation_rows(work_dir):
@@ -123,15 +129,15 @@ def validation_rows(work_dir):
     return {r["step"]: r["val/loss"] for r in rows if "val/loss" in r}
 
 
-@pytest.mark.parametrize("family", ["sd", "sd3"])
+@pytest.mark.parametrize("family", ["sd", "sd3", "flux"])
 def test_a_checkpoint_validates_alike_with_1_and_2_processes(
         family, request, tmp_path, shapes_data):
     config = tmp_path / "validated.py"
-    template = SD3_CONFIG if family == "sd3" else CONFIG
+    template = CONFIG if family == "sd" else SD3_CONFIG
     config.write_text(template.format(
-        demo=DEMO, medium=MEDIUM, data=shapes_data,
-        tiny_sd=request.getfixturevalue(
-            "tiny_sd3" if family == "sd3" else "tiny_sd")))
+        demo=DEMO, medium=FLUX_DEV if family == "flux" else MEDIUM,
+        data=shapes_data, tiny_sd=request.getfixturevalue(
+            {"sd": "tiny_sd", "sd3": "tiny_sd3", "flux": "tiny_flux"}[family])))
     # 18 training images (6 held out), batch 2: 9 iterations, validation
     # every 3, then a checkpoint
     common = ["train_cfg.max_epochs=1", "train_cfg.val_interval=3",

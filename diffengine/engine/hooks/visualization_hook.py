@@ -44,11 +44,11 @@ class VisualizationHook(Hook):
         height (int, optional): Image height. Defaults to the model's.
         width (int, optional): Image width. Defaults to the model's.
         num_inference_steps (int, optional): Denoising steps. Defaults to
-            the model family's ``sampling_defaults`` (50 for SD 1.x and
-            SDXL, 28 for SD3).
+            the base's (``sampling_defaults_for`` its denoiser: 50 for SD
+            1.x and SDXL, 28 for SD3 and FLUX.1 [dev], 4 for [schnell]).
         guidance_scale (float, optional): Classifier-free guidance.
-            Defaults to the family's (7.5 for SD 1.x and SDXL, 7.0 for
-            SD3).
+            Defaults to the base's (7.5 for SD 1.x and SDXL, 7.0 for
+            SD3, 3.5 for FLUX.1 [dev], 0.0 for [schnell]).
         seed (int | Sequence[int]): Seeds, one column each, the same at every
             interval. Defaults to 0.
         negative_prompt (str, optional): Defaults to None.

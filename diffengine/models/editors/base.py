@@ -654,12 +654,33 @@ class LatentDiffusionModel(AdapterIO, BaseModel):
         return pipe
 
     @classmethod
-    def sampling_settings(cls, **given: Any) -> dict[str, Any]:
-        """``num_inference_steps`` and ``guidance_scale`` as given, the
-        family's :attr:`sampling_defaults` for those given as None or not
-        at all."""
+    def sampling_defaults_for(cls, denoiser_config: Any = None
+                              ) -> dict[str, Any]:
+        """``num_inference_steps`` and ``guidance_scale`` when neither the
+        call nor the config gives them, for a base whose denoiser has
+        ``denoiser_config`` (None: the family's :attr:`sampling_defaults`).
+        A family whose variants sample differently (Flux [dev] and
+        [schnell]) tells them apart here: :meth:`sampling_settings`,
+        ``inference.sampling_settings_of`` (``generate``, class images,
+        ``demo``) all ask this."""
+        return dict(cls.sampling_defaults)
+
+    @classmethod
+    def call_defaults_for(cls, denoiser_config: Any = None
+                          ) -> dict[str, Any]:
+        """More arguments of the pipeline's call (beyond steps and
+        guidance) that a base whose denoiser has ``denoiser_config``
+        samples with when none are given, where they differ from the
+        pipeline's own defaults; none for most families."""
+        return {}
+
+    def sampling_settings(self, **given: Any) -> dict[str, Any]:
+        """``num_inference_steps`` and ``guidance_scale`` as given, this
+        base's defaults (:meth:`sampling_defaults_for` its denoiser) for
+        those given as None or not at all."""
+        defaults = self.sampling_defaults_for(self.denoiser.config)
         return {name: default if given.get(name) is None else given[name]
-                for name, default in cls.sampling_defaults.items()}
+                for name, default in defaults.items()}
 
     @torch.no_grad()
     def infer(self,
@@ -684,10 +705,10 @@ class LatentDiffusionModel(AdapterIO, BaseModel):
             height (int, optional): Defaults to the denoiser's sample size × the
                 VAE scale factor.
             width (int, optional): Defaults likewise.
-            num_inference_steps (int, optional): Defaults to the family's
-                :attr:`sampling_defaults`.
+            num_inference_steps (int, optional): Defaults to the base's
+                (:meth:`sampling_defaults_for`).
             guidance_scale (float, optional): Classifier-free guidance.
-                Defaults to the family's :attr:`sampling_defaults`.
+                Defaults to the base's (:meth:`sampling_defaults_for`).
             seed (int | Sequence[int]): One image per prompt and seed; each
                 seeds its own CPU generator, so that the same seed gives the
                 same image on any device. Defaults to 0.

@@ -7,6 +7,7 @@ from diffusers import FluxPipeline
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
 from diffengine.errors import ConfigError
+from diffengine.inference import sampling_settings_of
 from diffengine.models import Flux
 from diffengine.models.schedules import FlowMatchSchedule
 from tests.conftest import SD3_TARGETS, TEXT_TARGETS, perturb_lora
@@ -142,6 +143,15 @@ def test_schnell_has_no_guidance_and_its_own_defaults(tiny_flux_schnell):
     assert model.schedule.shift == 1.0
     assert model.sampling_settings() == dict(num_inference_steps=4,
                                              guidance_scale=0.0)
+    # the same defaults wherever a [schnell] base's pipeline samples
+    # (generate, class images, demo); the class alone is [dev]'s
+    pipe = FluxPipeline.from_pretrained(tiny_flux_schnell)
+    assert sampling_settings_of(pipe) == dict(num_inference_steps=4,
+                                              guidance_scale=0.0)
+    assert sampling_settings_of(pipe, guidance_scale=1.0) == dict(
+        num_inference_steps=4, guidance_scale=1.0)
+    assert sampling_settings_of(FluxPipeline) == dict(
+        num_inference_steps=28, guidance_scale=3.5)
     assert torch.isfinite(model(batch(), mode="loss")["loss"])
     with pytest.raises(ConfigError, match="embeds no guidance"):
         build(tiny_flux_schnell, text_encoder=False, guidance_scale=1.0)
@@ -162,6 +172,13 @@ def test_t5_takes_no_adapter(tiny_flux):
     with pytest.raises(ConfigError, match="'q' matches no layer of "
                        "CLIPTextModel"):
         Flux(tiny_flux, text_encoder_lora_config=dict(
+            r=2, target_modules=["q", "k", "v", "o"]))
+    # nor does an adapter config of its own
+    with pytest.raises(ConfigError, match=r"^text_encoder_2_lora_config is "
+                       r"set, but Flux adapts no T5 \(text_encoder_2\): "
+                       r"drop it; CLIP-L's adapter is "
+                       r"text_encoder_lora_config\.$"):
+        Flux(tiny_flux, text_encoder_2_lora_config=dict(
             r=2, target_modules=["q", "k", "v", "o"]))
 
 
@@ -211,3 +228,26 @@ def test_the_training_guidance_reaches_the_step_and_the_kohya_file(
     assert metadata["modelspec.architecture"] == "flux-1-dev/lora"
     assert any(k.startswith("lora_unet_double_blocks_0_img_attn_qkv")
                for k in keys)
+
+
+def test_demo_samples_a_schnell_step_as_infer_does(tiny_flux_schnell,
+                                                   tmp_path):
+    """``demo``'s path (load_pipeline, then generate with nothing but the
+    prompt, seed and size) draws a [schnell] step with [schnell]'s 4 steps,
+    no guidance and T5 length 256, as the trained model's infer does."""
+    from diffengine.inference import generate, load_pipeline
+
+    model = build(tiny_flux_schnell, text_encoder=False)
+    perturb_lora(model)
+    step = tmp_path / "step2"
+    model.save_lora_weights(str(step), {"step": "2"})
+    kwargs = dict(height=32, width=32, output_type="np")
+    trained = model.infer(["a red circle"], seed=3, **kwargs)[0]
+    pipe = load_pipeline(tiny_flux_schnell, str(step))
+    assert abs(generate(pipe, "a red circle", [3], **kwargs)[0]
+               - trained).max() <= 1e-5
+    # FluxPipeline's own defaults ([dev]'s 28 steps, T5 length 512) draw
+    # another image
+    for other in (dict(num_inference_steps=28), dict(max_sequence_length=512)):
+        assert abs(generate(pipe, "a red circle", [3], **kwargs, **other)[0]
+                   - trained).max() > 1e-4, other

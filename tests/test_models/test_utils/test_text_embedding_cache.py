@@ -11,10 +11,19 @@ from diffengine.errors import ConfigError
 from diffengine.models.editors import StableDiffusion3
 from tests.conftest import SD3_TARGETS, tiny_pipeline
 
+# Each family's model type, tiny fixture and text encoders.
+FAMILIES = {
+    "sd3": ("StableDiffusion3", "tiny_sd3",
+            ("text_encoder", "text_encoder_2", "text_encoder_3")),
+    "flux": ("Flux", "tiny_flux", ("text_encoder", "text_encoder_2")),
+}
 
-def sd3_runner(work_dir, tiny_sd3, shapes_data, pipeline=None, **model):
+
+def family_runner(family, work_dir, tiny, shapes_data, pipeline=None,
+                  **model):
+    model_type = FAMILIES[family][0]
     return DiffEngineRunner.from_cfg(Config(dict(
-        model=dict(type="StableDiffusion3", model=tiny_sd3,
+        model=dict(type=model_type, model=tiny,
                    transformer_lora_config=dict(r=2,
                                                 target_modules=SD3_TARGETS),
                    **model),
@@ -35,19 +44,29 @@ def sd3_runner(work_dir, tiny_sd3, shapes_data, pipeline=None, **model):
         default_scope="diffengine")))
 
 
-def test_sd3_trains_the_same_with_its_text_encoders_freed(tmp_path, tiny_sd3,
-                                                          shapes_data):
-    plain = sd3_runner(tmp_path / "plain", tiny_sd3, shapes_data)
+def sd3_runner(work_dir, tiny_sd3, shapes_data, pipeline=None, **model):
+    return family_runner("sd3", work_dir, tiny_sd3, shapes_data, pipeline,
+                         **model)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_trains_the_same_with_its_text_encoders_freed(family, request,
+                                                      tmp_path, shapes_data):
+    tiny = request.getfixturevalue(FAMILIES[family][1])
+    # T5 reads 16 tokens, for speed
+    plain = family_runner(family, tmp_path / "plain", tiny, shapes_data,
+                          max_sequence_length=16)
     plain.train()
-    dropped = sd3_runner(tmp_path / "dropped", tiny_sd3, shapes_data,
-                         cache_text_embeddings=True,
-                         drop_text_encoders_after_caching=True)
+    dropped = family_runner(family, tmp_path / "dropped", tiny, shapes_data,
+                            max_sequence_length=16,
+                            cache_text_embeddings=True,
+                            drop_text_encoders_after_caching=True)
     dropped.train()
     model = dropped.model
     # every caption of the 24 images was encoded before the first step
     assert len(model.text_embeddings) == len({
         dropped.train_dataloader.dataset.caption_at(i) for i in range(24)})
-    for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+    for name in FAMILIES[family][2]:
         assert getattr(model, name) is None
         assert not any(k.startswith(f"{name}.") for k in model.state_dict())
     # the same loss at every step, within float rounding: the cache encodes

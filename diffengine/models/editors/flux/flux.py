@@ -66,6 +66,8 @@ class Flux(LatentDiffusionModel):
         max_sequence_length (int, optional): T5 tokens per prompt, training
             and sampling alike. Defaults to FluxPipeline's 512 for [dev],
             256 for [schnell] (the model card's).
+        text_encoder_2_lora_config (dict, optional): Refused when given:
+            T5 takes no adapter. Defaults to None.
         **kwargs: Every other option of :class:`LatentDiffusionModel`.
     """
 
@@ -79,14 +81,21 @@ class Flux(LatentDiffusionModel):
         TextEncoder("text_encoder_2", T5EncoderModel, T5TokenizerFast,
                     lora=False),
     )
-    #: [dev]'s; a [schnell] model takes :data:`SCHNELL_SAMPLING`.
+    #: [dev]'s; a [schnell] base takes :data:`SCHNELL_SAMPLING`
+    #: (:meth:`sampling_defaults_for`).
     sampling_defaults: ClassVar[dict[str, Any]] = DEV_SAMPLING
     #: The VAE's 8 × the 2×2 packing.
     size_multiple = 16
 
     def __init__(self, model: str, guidance_scale: float | None = None,
                  max_sequence_length: int | None = None,
+                 text_encoder_2_lora_config: dict | None = None,
                  **kwargs: Any) -> None:
+        if text_encoder_2_lora_config is not None:
+            raise ConfigError(
+                "text_encoder_2_lora_config is set, but Flux adapts no T5 "
+                "(text_encoder_2): drop it; CLIP-L's adapter is "
+                "text_encoder_lora_config.")
         if max_sequence_length is not None and max_sequence_length < 1:
             raise ConfigError(
                 f"max_sequence_length={max_sequence_length} must be >= 1.")
@@ -99,9 +108,8 @@ class Flux(LatentDiffusionModel):
         self.guidance_scale = (1.0 if guidance_scale is None else
                                guidance_scale) if guided else None
         self.max_sequence_length = max_sequence_length or (
-            512 if guided else 256)
-        self.sampling_defaults = dict(
-            DEV_SAMPLING if guided else SCHNELL_SAMPLING)
+            self.call_defaults_for(
+                self.transformer.config)["max_sequence_length"])
 
     @property
     def architecture(self) -> str:
@@ -109,11 +117,26 @@ class Flux(LatentDiffusionModel):
         guided = self.transformer.config.guidance_embeds
         return (FLUX_DEV if guided else FLUX_SCHNELL).name
 
-    def sampling_settings(self, **given: Any) -> dict[str, Any]:
-        """As :meth:`LatentDiffusionModel.sampling_settings`, with the
-        defaults of this model's variant."""
-        return {name: default if given.get(name) is None else given[name]
-                for name, default in self.sampling_defaults.items()}
+    @classmethod
+    def sampling_defaults_for(cls, denoiser_config: Any = None
+                              ) -> dict[str, Any]:
+        """[dev]'s defaults, or [schnell]'s for a transformer that embeds
+        no guidance: the same for :meth:`infer`, the sample hook, class
+        images and ``demo``."""
+        if denoiser_config is not None and not denoiser_config.get(
+                "guidance_embeds", True):
+            return dict(SCHNELL_SAMPLING)
+        return dict(DEV_SAMPLING)
+
+    @classmethod
+    def call_defaults_for(cls, denoiser_config: Any = None
+                          ) -> dict[str, Any]:
+        """T5's tokens per prompt: FluxPipeline's 512 for [dev], the model
+        card's 256 for [schnell] (training's default too, so that ``demo``
+        samples a step as :meth:`infer` does)."""
+        schnell = denoiser_config is not None and not denoiser_config.get(
+            "guidance_embeds", True)
+        return {"max_sequence_length": 256 if schnell else 512}
 
     def encode_text(self, text: list[str]
                     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,6 +161,20 @@ class Flux(LatentDiffusionModel):
         if self.guidance_scale is None:
             return {}
         return {"guidance_scale": str(self.guidance_scale)}
+
+    def encode_images(self, img: torch.Tensor) -> torch.Tensor:
+        """As :meth:`LatentDiffusionModel.encode_images`, refusing image
+        sides whose latents do not pack into 2×2 patches, by the size of
+        the images (before the latent cache or the first step encodes
+        them)."""
+        height, width = img.shape[-2:]
+        if height % self.size_multiple or width % self.size_multiple:
+            raise ConfigError(
+                f"images of {width}×{height} px do not pack into Flux's 2×2 "
+                "patches of latents: give image sides that are multiples "
+                f"of {self.size_multiple} (e.g. RandomCrop's size=32, or "
+                "BucketResizeCrop's bucket_reso_steps=64).")
+        return super().encode_images(img)
 
     def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor,
                 inputs: dict, prompt: tuple[torch.Tensor, torch.Tensor]
