@@ -168,6 +168,34 @@ def save_perturbed_step(model_class: type, base: str, step_dir: str,
     model.save_lora_weights(step_dir, {"step": step, "resolution": resolution})
     return model
 
+def save_injected_step(pipe, step_dir: str, configs: dict[str, dict],
+                       architecture, training: dict, seed: int) -> None:
+    """Inject LoRA by peft into each part of ``pipe`` that ``configs``
+    names (``LoraConfig`` options), move it off its initialisation
+    (``seed`` + the part's index) and save ``step_dir`` as a diffengine
+    step file (diffusers' format, the adapter configs, ``diffengine.*``
+    metadata: ``training``, ``architecture``, the step and a resolution)."""
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+
+    parts = {}
+    for index, (part, options) in enumerate(configs.items()):
+        module = getattr(pipe, part)
+        module.requires_grad_(False)
+        config = LoraConfig(**options)
+        inject_adapter_in_model(config, module)
+        perturb_lora(module, seed + index)
+        metadata = {k: sorted(v) if isinstance(v, (set, frozenset)) else v
+                    for k, v in config.to_dict().items()}
+        state = {k: v.detach().clone().contiguous() for k, v in
+                 get_peft_model_state_dict(module).items()}
+        parts[part] = AdapterPart(LORA, metadata, state)
+    step = os.path.basename(step_dir).removeprefix("step")
+    DIFFUSERS_FILE.write(step_dir, parts, type(pipe),
+                         architecture.kohya_prefixes,
+                         {"architecture": architecture.name, "step": step,
+                          "resolution": "64x64", **training})
+
+
 def save_perturbed_sd3_step(base: str, step_dir: str,
                             transformer_config: dict | None = None,
                             text_encoder_config: dict | None = None,
@@ -188,7 +216,6 @@ def save_perturbed_sd3_step(base: str, step_dir: str,
         seed (int): Seeds the perturbation.
     """
     from diffusers import StableDiffusion3Pipeline
-    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 
     pipe = StableDiffusion3Pipeline.from_pretrained(base)
     if text_encoder_config is None:
@@ -199,25 +226,9 @@ def save_perturbed_sd3_step(base: str, step_dir: str,
     if text_encoder_config:
         configs.update(text_encoder=text_encoder_config,
                        text_encoder_2=text_encoder_config)
-    parts = {}
-    for index, (part, options) in enumerate(configs.items()):
-        module = getattr(pipe, part)
-        module.requires_grad_(False)
-        config = LoraConfig(**options)
-        inject_adapter_in_model(config, module)
-        perturb_lora(module, seed + index)
-        metadata = {k: sorted(v) if isinstance(v, (set, frozenset)) else v
-                    for k, v in config.to_dict().items()}
-        state = {k: v.detach().clone().contiguous() for k, v in
-                 get_peft_model_state_dict(module).items()}
-        parts[part] = AdapterPart(LORA, metadata, state)
-    architecture = sd3_architecture(pipe.transformer.config)
-    step = os.path.basename(step_dir).removeprefix("step")
-    DIFFUSERS_FILE.write(step_dir, parts, StableDiffusion3Pipeline,
-                         architecture.kohya_prefixes,
-                         {"base_model": base,
-                          "architecture": architecture.name,
-                          "step": step, "resolution": "64x64"})
+    save_injected_step(pipe, step_dir, configs,
+                       sd3_architecture(pipe.transformer.config),
+                       {"base_model": base}, seed)
     return pipe
 
 
@@ -363,30 +374,10 @@ def save_perturbed_flux_step(pipe, step_dir: str, transformer_config: dict,
         training (dict, optional): More ``diffengine.*`` metadata.
         seed (int): Seeds the perturbation.
     """
-    from diffusers import FluxPipeline
-    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
-
     configs = {"transformer": transformer_config}
     if text_encoder_config:
         configs["text_encoder"] = text_encoder_config
-    parts = {}
-    for index, (part, options) in enumerate(configs.items()):
-        module = getattr(pipe, part)
-        module.requires_grad_(False)
-        config = LoraConfig(**options)
-        inject_adapter_in_model(config, module)
-        perturb_lora(module, seed + index)
-        metadata = {k: sorted(v) if isinstance(v, (set, frozenset)) else v
-                    for k, v in config.to_dict().items()}
-        state = {k: v.detach().clone().contiguous() for k, v in
-                 get_peft_model_state_dict(module).items()}
-        parts[part] = AdapterPart(LORA, metadata, state)
-    architecture = flux_architecture(pipe.transformer.config)
-    step = os.path.basename(step_dir).removeprefix("step")
-    DIFFUSERS_FILE.write(step_dir, parts, FluxPipeline,
-                         architecture.kohya_prefixes,
-                         {"base_model": "tiny-flux",
-                          "architecture": architecture.name,
-                          "step": step, "resolution": "64x64",
-                          **(training or {})})
+    save_injected_step(pipe, step_dir, configs,
+                       flux_architecture(pipe.transformer.config),
+                       {"base_model": "tiny-flux", **(training or {})}, seed)
     return pipe
