@@ -84,6 +84,17 @@ def first_parameter(module: torch.nn.Module) -> torch.Tensor:
     return next(module.parameters())
 
 
+def token_ids(tokenizer: Any, text: list[str], encoder: torch.nn.Module,
+              max_length: int | None = None) -> torch.Tensor:
+    """``text`` tokenized as the pipelines tokenize a prompt (padded and
+    truncated to ``max_length``, the tokenizer's own by default), on
+    ``encoder``'s device."""
+    return tokenizer(
+        text, max_length=max_length or tokenizer.model_max_length,
+        padding="max_length", truncation=True,
+        return_tensors="pt").input_ids.to(first_parameter(encoder).device)
+
+
 class LatentDiffusionModel(AdapterIO, BaseModel):
     """A latent diffusion model trained through adapters (LoRA, DoRA, LoHa,
     LoKr: :mod:`diffengine.adapters`).

@@ -23,6 +23,7 @@ from diffengine.models.editors.base import (
     LatentDiffusionModel,
     TextEncoder,
     first_parameter,
+    token_ids,
 )
 from diffengine.registry import MODELS
 
@@ -142,17 +143,11 @@ class Flux(LatentDiffusionModel):
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """T5's token sequence (B × L × D_T5) and CLIP-L's pooled output
         (B × D_CLIP), as ``FluxPipeline.encode_prompt`` gives them."""
-        input_ids = self.tokenizer(
-            text, max_length=self.tokenizer.model_max_length,
-            padding="max_length", truncation=True,
-            return_tensors="pt").input_ids
-        pooled = self.text_encoder(input_ids.to(
-            first_parameter(self.text_encoder).device)).pooler_output
-        input_ids = self.tokenizer_2(
-            text, max_length=self.max_sequence_length, padding="max_length",
-            truncation=True, return_tensors="pt").input_ids
-        embeddings = self.text_encoder_2(input_ids.to(
-            first_parameter(self.text_encoder_2).device))[0]
+        pooled = self.text_encoder(token_ids(
+            self.tokenizer, text, self.text_encoder)).pooler_output
+        embeddings = self.text_encoder_2(token_ids(
+            self.tokenizer_2, text, self.text_encoder_2,
+            self.max_sequence_length))[0]
         return embeddings, pooled
 
     def training_metadata(self) -> dict[str, str]:

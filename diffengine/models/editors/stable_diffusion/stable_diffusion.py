@@ -11,6 +11,7 @@ from diffengine.models.editors.base import (
     LatentDiffusionModel,
     TextEncoder,
     first_parameter,
+    token_ids,
 )
 from diffengine.registry import MODELS
 
@@ -40,14 +41,8 @@ class StableDiffusion(LatentDiffusionModel):
 
     def encode_text(self, text: list[str]) -> torch.Tensor:
         """CLIP's last hidden states, B × 77 × D."""
-        input_ids = self.tokenizer(
-            text,
-            max_length=self.tokenizer.model_max_length,
-            padding="max_length",
-            truncation=True,
-            return_tensors="pt").input_ids.to(
-                first_parameter(self.text_encoder).device)
-        return self.text_encoder(input_ids)[0]
+        return self.text_encoder(
+            token_ids(self.tokenizer, text, self.text_encoder))[0]
 
     def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor,
                 inputs: dict, prompt: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ from diffengine.models.editors.base import (
     LatentDiffusionModel,
     TextEncoder,
     first_parameter,
+    token_ids,
 )
 from diffengine.registry import MODELS
 
@@ -115,23 +116,16 @@ class StableDiffusion3(LatentDiffusionModel):
         hidden_states, pooled = [], []
         for tokenizer, encoder in ((self.tokenizer, self.text_encoder),
                                    (self.tokenizer_2, self.text_encoder_2)):
-            input_ids = tokenizer(
-                text, max_length=tokenizer.model_max_length,
-                padding="max_length", truncation=True,
-                return_tensors="pt").input_ids.to(
-                    first_parameter(encoder).device)
-            output = encoder(input_ids, output_hidden_states=True)
+            output = encoder(token_ids(tokenizer, text, encoder),
+                             output_hidden_states=True)
             hidden_states.append(output.hidden_states[-2])
             pooled.append(output[0])
         clip = torch.cat(hidden_states, dim=-1)
         width = self.transformer.config.joint_attention_dim
         if self.use_t5:
-            input_ids = self.tokenizer_3(
-                text, max_length=self.max_sequence_length,
-                padding="max_length", truncation=True,
-                add_special_tokens=True, return_tensors="pt").input_ids
-            t5 = self.text_encoder_3(input_ids.to(
-                first_parameter(self.text_encoder_3).device))[0]
+            t5 = self.text_encoder_3(token_ids(
+                self.tokenizer_3, text, self.text_encoder_3,
+                self.max_sequence_length))[0]
         else:
             t5 = clip.new_zeros(len(text), self.max_sequence_length, width)
         clip = F.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))

@@ -17,6 +17,7 @@ from diffengine.models.editors.base import (
     LatentDiffusionModel,
     TextEncoder,
     first_parameter,
+    token_ids,
 )
 from diffengine.registry import MODELS
 
@@ -100,14 +101,8 @@ class StableDiffusionXL(LatentDiffusionModel):
         hidden_states = []
         for tokenizer, encoder in ((self.tokenizer, self.text_encoder),
                                    (self.tokenizer_2, self.text_encoder_2)):
-            input_ids = tokenizer(
-                text,
-                max_length=tokenizer.model_max_length,
-                padding="max_length",
-                truncation=True,
-                return_tensors="pt").input_ids.to(
-                    first_parameter(encoder).device)
-            output = encoder(input_ids, output_hidden_states=True)
+            output = encoder(token_ids(tokenizer, text, encoder),
+                             output_hidden_states=True)
             hidden_states.append(output.hidden_states[-2])
         # the projection model's first output: its pooled text embedding
         return torch.cat(hidden_states, dim=-1), output[0]
