@@ -56,7 +56,8 @@ def test_there_are_leaf_configs():
             "stable_diffusion_3_5_medium_lora_textencoder_pokemon_blip.py",
             "stable_diffusion_3_5_large_lora_pokemon_blip.py",
             "flux_dev_lora_pokemon_blip.py",
-            "flux_schnell_lora_pokemon_blip.py"} <= names
+            "flux_schnell_lora_pokemon_blip.py",
+            "flux_dev_lora_all_linear_pokemon_blip.py"} <= names
 
 
 @pytest.mark.parametrize("config", LEAF_CONFIGS,

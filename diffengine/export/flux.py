@@ -26,8 +26,7 @@ from collections.abc import Mapping
 
 import torch
 
-from diffengine.adapters.kohya import kohya_name
-from diffengine.export.mmdit import LoRATensors, swap_halves
+from diffengine.export.mmdit import LoRATensors, original_kohya_modules
 
 # Flux's MLP is 4 × the attention width (FluxTransformer2DModel fixes it).
 MLP_RATIO = 4
@@ -108,74 +107,11 @@ def slot_widths(original: str, slots: Mapping[int, LoRATensors]
     return [width] * 3
 
 
-def fuse(slots: Mapping[int, LoRATensors], widths: list[int]
-         ) -> dict[str, torch.Tensor]:
-    """One LoRA of a fused projection from those of its parts (by slot;
-    some may be missing), exactly.
-
-    Each slot takes r rows of ``lora_down`` (r the largest rank, a smaller
-    one padded with zero rows) and its ``widths[slot]`` rows of
-    ``lora_up``, in the columns of those rows; the alpha is the first
-    slot's strength × the fused rank and each other up is multiplied by its
-    strength ÷ that one.
-    """
-    first = slots[min(slots)]
-    in_features = first["lora_down.weight"].shape[1]
-    rank = max(t["lora_down.weight"].shape[0] for t in slots.values())
-
-    def strength(tensors: LoRATensors) -> float:
-        return tensors["alpha"].item() / tensors["lora_down.weight"].shape[0]
-
-    scale = strength(first)
-    dtype = first["lora_down.weight"].dtype
-    down = torch.zeros(len(widths) * rank, in_features, dtype=dtype)
-    up = torch.zeros(sum(widths), len(widths) * rank, dtype=dtype)
-    starts = [sum(widths[:slot]) for slot in range(len(widths))]
-    for slot, tensors in slots.items():
-        slot_down, slot_up = (tensors["lora_down.weight"],
-                              tensors["lora_up.weight"])
-        if strength(tensors) != scale:
-            slot_up = slot_up * (strength(tensors) / scale)
-        r = slot_down.shape[0]
-        down[slot * rank:slot * rank + r] = slot_down
-        up[starts[slot]:starts[slot] + widths[slot],
-           slot * rank:slot * rank + r] = slot_up
-    return {"lora_down.weight": down, "lora_up.weight": up,
-            "alpha": torch.tensor(scale * len(widths) * rank,
-                                  dtype=torch.float32)}
-
-
 def flux_kohya_modules(modules: Mapping[str, LoRATensors], prefix: str
                        ) -> dict[str, torch.Tensor]:
     """The LoRA of a ``FluxTransformer2DModel`` as kohya names the original
-    Flux modules.
-
-    Args:
-        modules (Mapping[str, Mapping[str, Tensor]]): The kohya tensors
-            (``lora_down.weight``, ``lora_up.weight``, ``alpha``) of each
-            diffusers module (``transformer_blocks.0.attn.to_q``).
-        prefix (str): The kohya prefix of the transformer, ``lora_unet_``.
-
-    Returns:
-        dict[str, Tensor]: ``<prefix><original module>.<tensor>``, with
-        the fused projections fused.
-
-    Raises:
-        ValueError: If a module has no original counterpart.
-    """
-    renamed: dict[str, LoRATensors] = {}
-    fused: dict[str, dict[int, LoRATensors]] = {}
-    for module, tensors in modules.items():
-        original, slot = original_module(module)
-        if slot is not None:
-            fused.setdefault(original, {})[slot] = tensors
-            continue
-        if module == "norm_out.linear":
-            tensors = dict(tensors, **{
-                "lora_up.weight": swap_halves(tensors["lora_up.weight"])})
-        renamed[original] = tensors
-    for original, slots in fused.items():
-        renamed[original] = fuse(slots, slot_widths(original, slots))
-    return {f"{kohya_name(prefix, original)}.{key}": value.contiguous()
-            for original, tensors in sorted(renamed.items())
-            for key, value in tensors.items()}
+    Flux modules, ``qkv`` and ``linear1`` fused
+    (:func:`~diffengine.export.mmdit.original_kohya_modules`)."""
+    return original_kohya_modules(
+        modules, prefix, original_module,
+        lambda module, tensors: module == "norm_out.linear", slot_widths)

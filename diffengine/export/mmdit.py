@@ -23,7 +23,7 @@ must follow exactly:
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -106,17 +106,18 @@ def swap_halves(up: torch.Tensor) -> torch.Tensor:
     return torch.cat([second, first])
 
 
-def fuse_qkv(slots: Mapping[int, LoRATensors]) -> dict[str, torch.Tensor]:
-    """One LoRA of a fused ``qkv`` from those of its q, k and v (by slot;
-    one or two may be missing), exactly.
+def fuse(slots: Mapping[int, LoRATensors], widths: list[int]
+         ) -> dict[str, torch.Tensor]:
+    """One LoRA of a fused projection from those of its parts (by slot;
+    some may be missing), exactly.
 
     Each slot takes r rows of ``lora_down`` (r the largest rank, a smaller
-    one padded with zero rows) and its third of ``lora_up``'s rows, in the
-    columns of those rows; the alpha is the first slot's strength × 3r and
-    each other up is multiplied by its strength ÷ that one.
+    one padded with zero rows) and its ``widths[slot]`` rows of
+    ``lora_up``, in the columns of those rows; the alpha is the first
+    slot's strength × the fused rank and each other up is multiplied by its
+    strength ÷ that one.
     """
     first = slots[min(slots)]
-    out_features = first["lora_up.weight"].shape[0]
     in_features = first["lora_down.weight"].shape[1]
     rank = max(t["lora_down.weight"].shape[0] for t in slots.values())
 
@@ -125,8 +126,9 @@ def fuse_qkv(slots: Mapping[int, LoRATensors]) -> dict[str, torch.Tensor]:
 
     scale = strength(first)
     dtype = first["lora_down.weight"].dtype
-    down = torch.zeros(3 * rank, in_features, dtype=dtype)
-    up = torch.zeros(3 * out_features, 3 * rank, dtype=dtype)
+    down = torch.zeros(len(widths) * rank, in_features, dtype=dtype)
+    up = torch.zeros(sum(widths), len(widths) * rank, dtype=dtype)
+    starts = [sum(widths[:slot]) for slot in range(len(widths))]
     for slot, tensors in slots.items():
         slot_down, slot_up = (tensors["lora_down.weight"],
                               tensors["lora_up.weight"])
@@ -134,26 +136,44 @@ def fuse_qkv(slots: Mapping[int, LoRATensors]) -> dict[str, torch.Tensor]:
             slot_up = slot_up * (strength(tensors) / scale)
         r = slot_down.shape[0]
         down[slot * rank:slot * rank + r] = slot_down
-        up[slot * out_features:(slot + 1) * out_features,
+        up[starts[slot]:starts[slot] + widths[slot],
            slot * rank:slot * rank + r] = slot_up
     return {"lora_down.weight": down, "lora_up.weight": up,
-            "alpha": torch.tensor(scale * 3 * rank, dtype=torch.float32)}
+            "alpha": torch.tensor(scale * len(widths) * rank,
+                                  dtype=torch.float32)}
 
 
-def mmdit_kohya_modules(modules: Mapping[str, LoRATensors], prefix: str
-                        ) -> dict[str, torch.Tensor]:
-    """The LoRA of an ``SD3Transformer2DModel`` as kohya names the original
-    MMDiT's modules.
+def qkv_widths(original: str, slots: Mapping[int, LoRATensors]
+               ) -> list[int]:
+    """The output rows of q, k and v in a fused ``qkv``: the attention
+    width each."""
+    return [next(iter(slots.values()))["lora_up.weight"].shape[0]] * 3
+
+
+def original_kohya_modules(
+        modules: Mapping[str, LoRATensors], prefix: str,
+        original_module: Callable[[str], tuple[str, int | None]],
+        swaps_halves: Callable[[str, LoRATensors], bool],
+        widths: Callable[[str, Mapping[int, LoRATensors]], list[int]],
+) -> dict[str, torch.Tensor]:
+    """A transformer's LoRA as kohya names the modules of its original
+    layout.
 
     Args:
         modules (Mapping[str, Mapping[str, Tensor]]): The kohya tensors
             (``lora_down.weight``, ``lora_up.weight``, ``alpha``) of each
             diffusers module (``transformer_blocks.0.attn.to_q``).
         prefix (str): The kohya prefix of the transformer, ``lora_unet_``.
+        original_module (Callable): The original module of a diffusers
+            module and its slot in a fused projection (None if unfused).
+        swaps_halves (Callable): Whether a module's up trades the halves
+            of its rows (shift and scale).
+        widths (Callable): The output rows of each slot of a fused
+            projection.
 
     Returns:
         dict[str, Tensor]: ``<prefix><original module>.<tensor>``, with
-        q, k and v fused into their ``qkv``.
+        the fused projections fused.
 
     Raises:
         ValueError: If a module has no original counterpart.
@@ -165,12 +185,21 @@ def mmdit_kohya_modules(modules: Mapping[str, LoRATensors], prefix: str
         if slot is not None:
             fused.setdefault(original, {})[slot] = tensors
             continue
-        if swaps_shift_and_scale(module, tensors):
+        if swaps_halves(module, tensors):
             tensors = dict(tensors, **{
                 "lora_up.weight": swap_halves(tensors["lora_up.weight"])})
         renamed[original] = tensors
     for original, slots in fused.items():
-        renamed[original] = fuse_qkv(slots)
+        renamed[original] = fuse(slots, widths(original, slots))
     return {f"{kohya_name(prefix, original)}.{key}": value.contiguous()
             for original, tensors in sorted(renamed.items())
             for key, value in tensors.items()}
+
+
+def mmdit_kohya_modules(modules: Mapping[str, LoRATensors], prefix: str
+                        ) -> dict[str, torch.Tensor]:
+    """The LoRA of an ``SD3Transformer2DModel`` as kohya names the original
+    MMDiT's modules, q, k and v fused into their ``qkv``
+    (:func:`original_kohya_modules`)."""
+    return original_kohya_modules(modules, prefix, original_module,
+                                  swaps_shift_and_scale, qkv_widths)
