@@ -16,7 +16,10 @@ sdxl`` the same for SDXL (trained with the SDXL seed config on both
 sides), ``--model tiny-sd3`` and ``--model sd35`` a tiny SD3.5 model or
 SD3.5 Medium's architecture (trained with the SD3.5 Medium config, and as
 diffusers' ``train_dreambooth_lora_sd3.py`` does; ``--no-t5`` leaves T5
-out on both sides); ``--data shapes`` writes captioned images there.
+out on both sides), ``--model tiny-flux`` a tiny FLUX.1 [dev] model
+(trained with the FLUX.1 [dev] config in float32, and as diffusers'
+``train_dreambooth_lora_flux.py`` does); ``--data shapes`` writes
+captioned images there.
 The framework side starts as ``mim train`` does (importing
 ``tools/train.py`` first, which turns on THP for CPU tensors); ``no_thp``
 and ``plain_thp`` show that setting's share. ``--diffusers-script PATH``
@@ -77,18 +80,19 @@ BUILDERS = {
     "sdxl": ("sdxl-shaped", "make_sdxl_shaped"),
     "tiny-sd3": ("tiny-sd35", "make_tiny_sd3"),
     "sd35": ("sd35-medium-shaped", "make_sd35_medium_shaped"),
+    "tiny-flux": ("tiny-flux-dev", "make_tiny_flux"),
 }
 # Written in bfloat16 (loaded in float32): SDXL 7 GB instead of 14, SD3.5
 # Medium 7 GB instead of 14.
 BF16_BUILDS = {"sdxl", "sd35"}
-# Work settings that only the two SD3 sides read.
+# Work settings that only the two SD3 (and FLUX.1) sides read.
 SD3_WORK = ("use_t5", "max_sequence_length")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny",
-                        help="diffusers SD 1.x, SDXL or SD3 folder, or "
+                        help="diffusers SD 1.x, SDXL, SD3 or FLUX.1 folder, or "
                         f"one of {sorted(BUILDERS)} (random weights, "
                         "written under --build-dir)")
     parser.add_argument("--data", default="shapes",
@@ -115,8 +119,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="SD3: leave T5 out on both sides (its tokens "
                         "are zeros, as the pipeline's text_encoder_3=None)")
     parser.add_argument("--max-sequence-length", type=int, default=77,
-                        help="SD3: T5 tokens per prompt on both sides "
-                        "(default: 77, diffusers' SD3 script's)")
+                        help="SD3 and FLUX.1: T5 tokens per prompt on both "
+                        "sides (default: 77, diffusers' SD3 script's)")
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--device", default=None,
                         help="cpu or cuda; defaults to cuda when present")
