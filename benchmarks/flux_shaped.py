@@ -57,14 +57,17 @@ MAX_SEQUENCE_LENGTHS = {"dev": 512, "schnell": 256}
 def flux_shaped_models(variant: str = "dev",
                        tokenizer: CLIPTokenizer | None = None,
                        tokenizer_2: T5Tokenizer | None = None,
-                       device: str | torch.device = "cpu"
+                       device: str | torch.device = "cpu",
+                       **blocks: int
                        ) -> tuple[FluxTransformer2DModel, AutoencoderKL,
                                   CLIPTextModel, T5EncoderModel]:
     """The transformer, VAE, CLIP-L and T5 of FLUX.1 ``variant``, random,
     on ``device`` (``"meta"`` for shapes and parameter counts). CLIP-L
     takes ``tokenizer``'s special ids; T5 keeps T5-XXL's width and heads
     but 2 of its 24 layers (training reads its output only), with
-    ``tokenizer_2``'s vocabulary (T5-XXL's 32,128 without one)."""
+    ``tokenizer_2``'s vocabulary (T5-XXL's 32,128 without one).
+    ``num_layers`` and ``num_single_layers`` in ``blocks`` keep fewer
+    double- and single-stream blocks of FLUX.1's width."""
     guided = FLUX_VARIANTS[variant]["guidance_embeds"]
     ids = {} if tokenizer is None else dict(
         bos_token_id=tokenizer.bos_token_id,
@@ -72,8 +75,8 @@ def flux_shaped_models(variant: str = "dev",
         pad_token_id=tokenizer.pad_token_id)
     vocab_size = 32128 if tokenizer_2 is None else len(tokenizer_2)
     with torch.device(device):
-        transformer = FluxTransformer2DModel(**FLUX_TRANSFORMER_CONFIG,
-                                             guidance_embeds=guided)
+        transformer = FluxTransformer2DModel(**{
+            **FLUX_TRANSFORMER_CONFIG, **blocks}, guidance_embeds=guided)
         vae = AutoencoderKL(**FLUX_VAE_CONFIG)
         text_encoder = CLIPTextModel(CLIPTextConfig(**SD15_TEXT_CONFIG,
                                                     **ids))
@@ -83,12 +86,25 @@ def flux_shaped_models(variant: str = "dev",
     return transformer, vae, text_encoder, text_encoder_2
 
 
+# A slice of FLUX.1 [dev] a CPU can train: its width, 1 double- and 2
+# single-stream blocks (of 19 and 38), 0.69 B parameters.
+SLICE_BLOCKS = dict(num_layers=1, num_single_layers=2)
+
+
+def make_flux_slice(path: str, seed: int = 0,
+                    device: str | torch.device = "cpu") -> str:
+    """:func:`make_flux_shaped` [dev] with :data:`SLICE_BLOCKS`."""
+    return make_flux_shaped(path, "dev", seed, device, **SLICE_BLOCKS)
+
+
 def make_flux_shaped(path: str, variant: str = "dev", seed: int = 0,
-                     device: str | torch.device = "cpu") -> str:
+                     device: str | torch.device = "cpu",
+                     **blocks: int) -> str:
     """Write FLUX.1 ``variant``'s architecture with random weights as a
     diffusers folder: 24 GB for the transformer in bfloat16 (build with
-    ``torch.set_default_dtype(torch.bfloat16)`` and on ``"cuda"``). The
-    tokenizers are :func:`~diffengine.demo.write_char_tokenizer`'s and
+    ``torch.set_default_dtype(torch.bfloat16)`` and on ``"cuda"``), or a
+    slice of it with fewer blocks (``num_layers``, ``num_single_layers``).
+    The tokenizers are :func:`~diffengine.demo.write_char_tokenizer`'s and
     :func:`~diffengine.demo.write_t5_tokenizer`'s. Returns ``path``."""
     torch.manual_seed(seed)
     tokenizer = write_char_tokenizer(os.path.join(path, "tokenizer"))
@@ -96,7 +112,7 @@ def make_flux_shaped(path: str, variant: str = "dev", seed: int = 0,
         os.path.join(path, "tokenizer_2"),
         max_length=MAX_SEQUENCE_LENGTHS[variant])
     transformer, vae, text_encoder, text_encoder_2 = flux_shaped_models(
-        variant, tokenizer, tokenizer_2, device)
+        variant, tokenizer, tokenizer_2, device, **blocks)
     pipe = FluxPipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(

@@ -17,8 +17,9 @@ sides), ``--model tiny-sd3`` and ``--model sd35`` a tiny SD3.5 model or
 SD3.5 Medium's architecture (trained with the SD3.5 Medium config, and as
 diffusers' ``train_dreambooth_lora_sd3.py`` does; ``--no-t5`` leaves T5
 out on both sides), ``--model tiny-flux`` a tiny FLUX.1 [dev] model
-(trained with the FLUX.1 [dev] config in float32, and as diffusers'
-``train_dreambooth_lora_flux.py`` does); ``--data shapes`` writes
+and ``--model flux-slice`` FLUX.1 [dev]'s width with 1 double- and 2
+single-stream blocks (trained with the FLUX.1 [dev] config in float32, and
+as diffusers' ``train_dreambooth_lora_flux.py`` does); ``--data shapes`` writes
 captioned images there.
 The framework side starts as ``mim train`` does (importing
 ``tools/train.py`` first, which turns on THP for CPU tensors); ``no_thp``
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import json
 import os
 import platform
@@ -81,10 +83,12 @@ BUILDERS = {
     "tiny-sd3": ("tiny-sd35", "make_tiny_sd3"),
     "sd35": ("sd35-medium-shaped", "make_sd35_medium_shaped"),
     "tiny-flux": ("tiny-flux-dev", "make_tiny_flux"),
+    # benchmarks/flux_shaped.py's: FLUX.1 [dev]'s width, 3 of its 57 blocks
+    "flux-slice": ("flux-dev-slice", "benchmarks.flux_shaped.make_flux_slice"),
 }
 # Written in bfloat16 (loaded in float32): SDXL 7 GB instead of 14, SD3.5
-# Medium 7 GB instead of 14.
-BF16_BUILDS = {"sdxl", "sd35"}
+# Medium 7 GB instead of 14, the FLUX.1 slice 2 GB instead of 4.
+BF16_BUILDS = {"sdxl", "sd35", "flux-slice"}
 # Work settings that only the two SD3 (and FLUX.1) sides read.
 SD3_WORK = ("use_t5", "max_sequence_length")
 
@@ -154,7 +158,9 @@ def prepare_inputs(args: argparse.Namespace) -> tuple[str, str]:
     model, data = args.model, args.data
     if model in BUILDERS:
         folder, builder = BUILDERS[model]
-        build = getattr(demo, builder)
+        module, _, name = builder.rpartition(".")
+        build = getattr(importlib.import_module(module) if module else demo,
+                        name)
         if model == "tiny":
             # four VAE levels: 8× smaller latents, as SD's VAE gives
             build = functools.partial(

@@ -18,7 +18,7 @@ from benchmarks.plain_loop import (
     run_plain,
     shift_flux_sigmas,
 )
-from benchmarks.train_step import main
+from benchmarks.train_step import BUILDERS, main, parse_args, prepare_inputs
 from diffengine.models import Flux
 from diffengine.models.schedules import FlowMatchSchedule
 
@@ -116,3 +116,15 @@ def test_cli_builds_tiny_flux_and_prints_both_sides(shapes_data, tmp_path,
     assert report["settings"]["max_sequence_length"] == 40
     assert all(r["runs"][0]["step_times"]
                for r in report["results"].values())
+
+
+def test_builders_may_live_outside_the_demo_module(monkeypatch, tmp_path,
+                                                   shapes_data):
+    # --model flux-slice builds with benchmarks.flux_shaped.make_flux_slice
+    assert BUILDERS["flux-slice"][1] == "benchmarks.flux_shaped.make_flux_slice"
+    monkeypatch.setitem(BUILDERS, "dotted", (
+        "tiny-flux-dotted", "diffengine.demo.make_tiny_flux"))
+    args = parse_args(["--model", "dotted", "--data", shapes_data,
+                       "--build-dir", str(tmp_path)])
+    model, _ = prepare_inputs(args)
+    assert is_flux_folder(model) and model.endswith("tiny-flux-dotted")
