@@ -10,6 +10,7 @@ from mmengine.config import Config
 from mmengine.hooks import Hook
 
 from benchmarks.measure import StepClock, summary
+from benchmarks.plain_loop import is_flux_folder
 from diffengine.registry import RUNNERS
 from tools.train import merge_args, parse_args
 
@@ -26,6 +27,11 @@ SDXL_CONFIG = os.path.join(REPO, "configs", "stable_diffusion_xl_lora",
 # on both attentions of every block.
 SD3_CONFIG = os.path.join(REPO, "configs", "stable_diffusion_3_lora",
                           "stable_diffusion_3_5_medium_lora_pokemon_blip.py")
+# The same for a FLUX.1 model: [dev]'s, LoRA on the attention of every
+# block. On a CPU its bfloat16 base and gradient checkpointing are turned
+# off (see family_options), as the plain loop runs.
+FLUX_CONFIG = os.path.join(REPO, "configs", "flux_lora",
+                           "flux_dev_lora_pokemon_blip.py")
 
 
 def is_sd3(model: str) -> bool:
@@ -35,6 +41,8 @@ def is_sd3(model: str) -> bool:
 
 def config_for(model: str) -> str:
     """The seed config of ``model``'s family."""
+    if is_flux_folder(model):
+        return FLUX_CONFIG
     if is_sd3(model):
         return SD3_CONFIG
     sdxl = os.path.isdir(os.path.join(model, "text_encoder_2"))
@@ -42,10 +50,20 @@ def config_for(model: str) -> str:
 
 
 def family_options(model: str, rank: int, use_t5: bool,
-                   max_sequence_length: int) -> list[str]:
+                   max_sequence_length: int,
+                   mixed_precision: str | None = None) -> list[str]:
     """The adapter's rank, and for SD3 what diffusers' SD3 script does:
     logit-normal timesteps (the seed config's too), T5 or not, T5's tokens
-    per prompt."""
+    per prompt. For FLUX.1 the rank, T5's tokens and the frozen base's
+    dtype as the plain loop keeps it (bfloat16 under bf16 mixed precision,
+    else float32), without gradient checkpointing."""
+    if is_flux_folder(model):
+        weight_dtype = "bfloat16" if mixed_precision == "bf16" else None
+        return [f"model.transformer_lora_config.r={rank}",
+                f"model.transformer_lora_config.lora_alpha={rank}",
+                f"model.max_sequence_length={max_sequence_length}",
+                f"model.weight_dtype={weight_dtype}",
+                "model.gradient_checkpointing=False"]
     if not is_sd3(model):
         return [f"model.unet_lora_config.r={rank}",
                 f"model.unet_lora_config.lora_alpha={rank}"]
@@ -78,12 +96,14 @@ def framework_config(model: str, data: str, resolution: int, batch_size: int,
     """``config`` (default: the seed config of the model's family) set to
     the benchmark's work, through ``tools/train.py``'s ``--cfg-options``
     (``options`` come last, e.g. ``model.weight_dtype=bfloat16``).
-    ``use_t5`` and ``max_sequence_length`` apply to SD3 models."""
+    ``use_t5`` and ``max_sequence_length`` apply to SD3 models,
+    ``max_sequence_length`` to FLUX.1."""
     config = config or config_for(model)
     argv = [
         config, "--work-dir", work_dir, "--cfg-options",
         f"model.model={model}",
-        *family_options(model, rank, use_t5, max_sequence_length),
+        *family_options(model, rank, use_t5, max_sequence_length,
+                        mixed_precision),
         f"train_dataloader.dataset.dataset={data}",
         "train_dataloader.dataset.caption_column=text",
         f"train_dataloader.dataset.pipeline.0.size={resolution}",

@@ -1,16 +1,19 @@
-"""SD1.5-, SDXL- or SD3.5-Medium-shaped LoRA training on one GPU:
+"""SD1.5-, SDXL-, SD3.5-Medium- or FLUX.1-shaped LoRA training on one GPU:
 samples/s, peak memory and MFU.
 
-Builds the SD1.5 (``--family sd15``), SDXL base 1.0 (``--family sdxl``) or
+Builds the SD1.5 (``--family sd15``), SDXL base 1.0 (``--family sdxl``),
 SD3.5 Medium (``--family sd35``, its T5 cut to 2 layers as
-``make_sd35_medium_shaped`` writes it) architecture with random weights on
-the GPU (no download), then trains it through ``DiffEngineRunner`` at its
+``make_sd35_medium_shaped`` writes it) or FLUX.1 [dev] / [schnell]
+(``--family flux-dev`` / ``flux-schnell``, T5 cut the same way,
+``benchmarks/flux_shaped.py``) architecture with random weights on the GPU
+(no download), then trains it through ``DiffEngineRunner`` at its
 native resolution (512 / 1024 / 1024 px) in bf16 (autocast and the frozen
 base in bf16, LoRA rank 4 on the denoiser's attention) for each batch
 size, with and without cached latents (and text embeddings), with and
-without gradient checkpointing. Each configuration runs in this process
-with a fresh runner; rows print as they finish. ``benchmarks/gpu.sh``
-runs the three; see benchmarks/README.md.
+without gradient checkpointing (FLUX.1: with it only, as its seed configs
+train). Each configuration runs in this process with a fresh runner; rows
+print as they finish. ``benchmarks/gpu.sh`` runs them all; see
+benchmarks/README.md.
 
 MFU counts model FLOPs per sample at the native resolution (recomputation
 under gradient checkpointing is not counted; measured with
@@ -25,6 +28,12 @@ SD3.5 Medium, measured the same way for 4,096 image and 154 text tokens at
 a LoRA step (rank 4 on both attentions) is 2.36 × the transformer forward
 of 10,783 GFLOP; its VAE is SDXL's with 16 latent channels, and its text
 encoders are SDXL's two plus the 2-layer T5 (60 GFLOP).
+
+FLUX.1 the same way at 1024 px (4,096 image tokens) with its seed configs'
+T5 tokens (512 for [dev], 256 for [schnell]): a LoRA step (rank 4 on the
+attention of every block) is 2.20 × the transformer forward of 74,428
+GFLOP ([dev]; [schnell] 2.19 × 69,507); the VAE encode is SD3's (4,879),
+CLIP-L (13) and the 2-layer T5 (404 at 512 tokens, 200 at 256).
 """
 from __future__ import annotations
 
@@ -32,6 +41,7 @@ import argparse
 import gc
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -51,7 +61,17 @@ FAMILIES = {
                  folder="sdxl-shaped"),
     "sd35": dict(resolution=1024, step=2.36, denoiser=10783, vae=4879,
                  text=171, folder="sd35-medium-shaped"),
+    # FLUX.1, 24 GB of bfloat16 transformer: with gradient checkpointing
+    # only, at the seed configs' T5 tokens
+    "flux-dev": dict(resolution=1024, step=2.20, denoiser=74428, vae=4879,
+                     text=417, folder="flux-dev-shaped",
+                     max_sequence_length=512, checkpointing=(True, )),
+    "flux-schnell": dict(resolution=1024, step=2.19, denoiser=69507,
+                         vae=4879, text=213, folder="flux-schnell-shaped",
+                         max_sequence_length=256, checkpointing=(True, )),
 }
+# T5 tokens per prompt where the family does not say (the SD3 script's).
+MAX_SEQUENCE_LENGTH = 77
 # Options of every configuration: bf16 frozen base, channels-last weights,
 # cuDNN picking its fastest convolutions for the fixed 512 px shapes.
 BASE_OPTIONS = ["model.weight_dtype=bfloat16", "model.channels_last=True",
@@ -76,8 +96,11 @@ def build_inputs(folder: str, num_images: int, build_model: bool = True,
                  family: str = "sd15") -> tuple[str, str]:
     """The family's shaped model (bf16, initialised on the GPU) and images
     a quarter larger than its resolution."""
+    import functools
+
     import torch
 
+    from benchmarks.flux_shaped import make_flux_shaped
     from diffengine.demo import (
         make_sd15_shaped,
         make_sd35_medium_shaped,
@@ -94,7 +117,11 @@ def build_inputs(folder: str, num_images: int, build_model: bool = True,
         torch.set_default_dtype(torch.bfloat16)  # half the bytes to write
         try:
             build = {"sd15": make_sd15_shaped, "sdxl": make_sdxl_shaped,
-                     "sd35": make_sd35_medium_shaped}[family]
+                     "sd35": make_sd35_medium_shaped,
+                     "flux-dev": functools.partial(make_flux_shaped,
+                                                   variant="dev"),
+                     "flux-schnell": functools.partial(
+                         make_flux_shaped, variant="schnell")}[family]
             build(model, device="cuda")
         finally:
             torch.set_default_dtype(default)
@@ -127,7 +154,9 @@ def run_one(model: str, data: str, work_dir: str, batch_size: int,
         resolution=args.resolution,
         batch_size=batch_size, rank=4, steps=args.steps, warmup=args.warmup,
         work_dir=work_dir, num_workers=args.num_workers,
-        mixed_precision="bf16", options=tuple(options))
+        mixed_precision="bf16", options=tuple(options),
+        max_sequence_length=FAMILIES[args.family].get(
+            "max_sequence_length", MAX_SEQUENCE_LENGTH))
     gc.collect()
     torch.cuda.empty_cache()
     tflops = result["samples_per_s"] * sample_gflop(
@@ -177,6 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-compile", action="store_true",
                         help="skip the last row (largest batch, cached, "
                         "compile_denoiser=True), whose compilation takes minutes")
+    parser.add_argument("--checkpointing", choices=["both", "on", "off"],
+                        help="rows with gradient checkpointing, without, or "
+                        "both (default: the family's: FLUX.1 on, the "
+                        "others both)")
+    parser.add_argument("--remove-model", action="store_true",
+                        help="delete the built model folder after the rows "
+                        "(FLUX.1's is 25 GB)")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args(argv)
     args.resolution = args.resolution or FAMILIES[args.family]["resolution"]
@@ -196,8 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     # one latent cache for all rows of a family
     work_dir = os.path.join(args.folder, f"work-{args.family}")
     print(HEADER, flush=True)
+    checkpointing_values = {
+        "both": (False, True), "on": (True, ), "off": (False, ),
+        None: FAMILIES[args.family].get("checkpointing", (False, True)),
+    }[args.checkpointing]
     configs = [(batch_size, cached, checkpointing, False)
-               for cached in (True, False) for checkpointing in (False, True)
+               for cached in (True, False)
+               for checkpointing in checkpointing_values
                for batch_size in args.batch_sizes]
     if not args.no_compile:
         configs.append((max(args.batch_sizes), True, False, True))
@@ -210,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
             with open(args.json, "w") as f:
                 json.dump(rows, f, indent=2)
     print("\nall rows:", HEADER, *map(format_row, rows), sep="\n")
+    if args.remove_model and args.model is None:
+        shutil.rmtree(model, ignore_errors=True)
     return 0
 
 

@@ -24,10 +24,23 @@ prompt of ``StableDiffusion3Pipeline.encode_prompt`` (both CLIPs'
 penultimate states zero-padded to T5's width, then T5's tokens, or zeros
 without T5; the pooled projections concatenated), the target ``ε − x``
 and LoRA on both attentions of every block.
+
+A FLUX.1 folder (``model_index.json`` names ``FluxPipeline``) trains as
+diffusers' ``examples/dreambooth/train_dreambooth_lora_flux.py`` does with
+captions, with the framework's choices where that script differs: latents
+``(sample − shift_factor)·scaling_factor`` packed into 2×2 patches
+(``FluxPipeline._pack_latents``) with their position ids, σ drawn
+logit-normal and shifted by the scheduler config's resolution-dependent
+``mu`` (the script leaves [dev]'s σ unshifted), the transformer at timestep
+σ with the distilled guidance 1.0 for [dev] (the script's default is 3.5;
+the work is the same), the prompt of ``FluxPipeline.encode_prompt``
+(CLIP-L's pooled output, T5's last states, zero text ids), the target
+``ε − x`` and LoRA on the attention of every block.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 
@@ -38,9 +51,12 @@ from diffusers import (
     AutoencoderKL,
     DDPMScheduler,
     FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
     SD3Transformer2DModel,
     UNet2DConditionModel,
 )
+from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from diffusers.training_utils import (
     compute_density_for_timestep_sampling,
     compute_loss_weighting_for_sd3,
@@ -280,6 +296,117 @@ def sd3_parts(model: str, rank: int, device: torch.device,
                 max_lengths=max_lengths, loss=loss)
 
 
+def is_flux_folder(model: str) -> bool:
+    """Whether ``model`` is a FLUX.1 pipeline folder."""
+    index = os.path.join(model, "model_index.json")
+    if not os.path.isfile(index):
+        return False
+    with open(index) as f:
+        return json.load(f).get("_class_name") == "FluxPipeline"
+
+
+def encode_flux_prompt(text_encoders: list, input_ids: list[torch.Tensor],
+                       device: torch.device
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``FluxPipeline.encode_prompt``: T5's last hidden states (the text
+    tokens) and CLIP-L's pooled output."""
+    pooled = text_encoders[0](input_ids[0].to(device)).pooler_output
+    embeds = text_encoders[1](input_ids[1].to(device))[0]
+    return embeds, pooled
+
+
+def shift_flux_sigmas(sigmas: torch.Tensor, config: dict,
+                      image_seq_len: int) -> torch.Tensor:
+    """The scheduler config's shift of ``sigmas``: by resolution
+    (``calculate_shift``'s ``mu``, exponential time shift) with
+    ``use_dynamic_shifting``, else the static ``shift``."""
+    if not config.get("use_dynamic_shifting", False):
+        shift = config.get("shift", 1.0)
+        return shift * sigmas / (1 + (shift - 1) * sigmas)
+    mu = calculate_shift(
+        image_seq_len, config.get("base_image_seq_len", 256),
+        config.get("max_image_seq_len", 4096),
+        config.get("base_shift", 0.5), config.get("max_shift", 1.15))
+    return math.exp(mu) / (math.exp(mu) + (1 / sigmas - 1))
+
+
+def flux_parts(model: str, rank: int, device: torch.device,
+               weight_dtype: torch.dtype, use_t5: bool = True,
+               max_sequence_length: int = 512, guidance_scale: float = 1.0,
+               **_: object) -> dict:
+    """FLUX.1 [dev] and [schnell]: CLIP-L and T5, the transformer with LoRA
+    on its attention and the step's loss as diffusers'
+    ``train_dreambooth_lora_flux.py`` computes it (see the module's
+    docstring for where it follows the framework instead)."""
+    if not use_t5:
+        raise ValueError("FLUX.1 always encodes prompts with T5; drop "
+                         "--no-t5.")
+    tokenizers = [CLIPTokenizer.from_pretrained(model, subfolder="tokenizer"),
+                  T5TokenizerFast.from_pretrained(model,
+                                                  subfolder="tokenizer_2")]
+    text_encoders = [
+        CLIPTextModel.from_pretrained(model, subfolder="text_encoder"),
+        T5EncoderModel.from_pretrained(model, subfolder="text_encoder_2")]
+    max_lengths = [tokenizers[0].model_max_length, max_sequence_length]
+    scheduler_config = dict(FlowMatchEulerDiscreteScheduler.load_config(
+        model, subfolder="scheduler"))
+    vae = AutoencoderKL.from_pretrained(model, subfolder="vae")
+    transformer = FluxTransformer2DModel.from_pretrained(
+        model, subfolder="transformer")
+    for module in (transformer, vae, *text_encoders):
+        module.requires_grad_(False)
+    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank,
+                                       init_lora_weights="gaussian",
+                                       target_modules=SD3_TARGETS))
+    for module in (transformer, *text_encoders):
+        module.to(device, dtype=weight_dtype)
+    vae.to(device, dtype=torch.float32)  # as the script keeps it
+    shift_factor = vae.config.shift_factor
+    scaling_factor = vae.config.scaling_factor
+    guided = transformer.config.guidance_embeds
+
+    def loss(batch: dict) -> torch.Tensor:
+        pixels = batch["pixel_values"].to(device, dtype=vae.dtype)
+        with torch.no_grad():
+            latents = vae.encode(pixels).latent_dist.sample()
+        latents = (latents - shift_factor) * scaling_factor
+        latents = latents.to(weight_dtype)
+        batch_size, channels, height, width = latents.shape
+        image_ids = FluxPipeline._prepare_latent_image_ids(
+            batch_size, height // 2, width // 2, device, weight_dtype)
+        noise = torch.randn_like(latents)
+        u = compute_density_for_timestep_sampling(
+            weighting_scheme=WEIGHTING_SCHEME, batch_size=batch_size,
+            logit_mean=0.0, logit_std=1.0)
+        sigmas = shift_flux_sigmas(u, scheduler_config,
+                                   (height // 2) * (width // 2))
+        sigmas = sigmas.to(device, latents.dtype).view(-1, 1, 1, 1)
+        noisy = (1.0 - sigmas) * latents + sigmas * noise
+        packed = FluxPipeline._pack_latents(noisy, batch_size, channels,
+                                            height, width)
+        with torch.no_grad():
+            prompt_embeds, pooled = encode_flux_prompt(
+                text_encoders, batch["input_ids"], device)
+        text_ids = torch.zeros(prompt_embeds.shape[1], 3, device=device,
+                               dtype=weight_dtype)
+        guidance = torch.full((batch_size, ), guidance_scale, device=device,
+                              dtype=weight_dtype) if guided else None
+        model_pred = transformer(
+            hidden_states=packed, timestep=sigmas.flatten(),
+            guidance=guidance, pooled_projections=pooled,
+            encoder_hidden_states=prompt_embeds, txt_ids=text_ids,
+            img_ids=image_ids, return_dict=False)[0]
+        model_pred = FluxPipeline._unpack_latents(model_pred, height, width, 1)
+        weighting = compute_loss_weighting_for_sd3(
+            weighting_scheme=WEIGHTING_SCHEME, sigmas=sigmas)
+        target = noise - latents
+        error = weighting.float() * (model_pred.float() - target.float())**2
+        return error.reshape(batch_size, -1).mean(1).mean()
+
+    return dict(denoiser=transformer, tokenizers=tokenizers,
+                max_lengths=max_lengths, loss=loss)
+
+
 def run_plain(model: str, data: str, resolution: int, batch_size: int,
               rank: int, steps: int, warmup: int, num_workers: int = 0,
               device: str = "cpu", mixed_precision: str | None = None,
@@ -289,14 +416,16 @@ def run_plain(model: str, data: str, resolution: int, batch_size: int,
 
     ``use_t5`` and ``max_sequence_length`` apply to SD3 models: T5 or its
     zeros, and its tokens per prompt (77, the default of diffusers' SD3
-    script)."""
+    script); FLUX.1 reads ``max_sequence_length`` and always uses T5."""
     device = torch.device(device)
     torch.manual_seed(0)
     random.seed(0)
     weight_dtype = {None: torch.float32, "bf16": torch.bfloat16,
                     "fp16": torch.float16}[mixed_precision]
     sd3 = os.path.isdir(os.path.join(model, "transformer"))
-    parts = (sd3_parts if sd3 else unet_parts)(
+    family = (flux_parts if is_flux_folder(model) else
+              sd3_parts if sd3 else unet_parts)
+    parts = family(
         model, rank, device, weight_dtype, use_t5=use_t5,
         max_sequence_length=max_sequence_length)
     denoiser = parts["denoiser"]

@@ -16,7 +16,11 @@ sdxl`` the same for SDXL (trained with the SDXL seed config on both
 sides), ``--model tiny-sd3`` and ``--model sd35`` a tiny SD3.5 model or
 SD3.5 Medium's architecture (trained with the SD3.5 Medium config, and as
 diffusers' ``train_dreambooth_lora_sd3.py`` does; ``--no-t5`` leaves T5
-out on both sides); ``--data shapes`` writes captioned images there.
+out on both sides), ``--model tiny-flux`` a tiny FLUX.1 [dev] model
+and ``--model flux-slice`` FLUX.1 [dev]'s width with 1 double- and 2
+single-stream blocks (trained with the FLUX.1 [dev] config in float32, and
+as diffusers' ``train_dreambooth_lora_flux.py`` does); ``--data shapes`` writes
+captioned images there.
 The framework side starts as ``mim train`` does (importing
 ``tools/train.py`` first, which turns on THP for CPU tensors); ``no_thp``
 and ``plain_thp`` show that setting's share. ``--diffusers-script PATH``
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import json
 import os
 import platform
@@ -77,18 +82,21 @@ BUILDERS = {
     "sdxl": ("sdxl-shaped", "make_sdxl_shaped"),
     "tiny-sd3": ("tiny-sd35", "make_tiny_sd3"),
     "sd35": ("sd35-medium-shaped", "make_sd35_medium_shaped"),
+    "tiny-flux": ("tiny-flux-dev", "make_tiny_flux"),
+    # benchmarks/flux_shaped.py's: FLUX.1 [dev]'s width, 3 of its 57 blocks
+    "flux-slice": ("flux-dev-slice", "benchmarks.flux_shaped.make_flux_slice"),
 }
 # Written in bfloat16 (loaded in float32): SDXL 7 GB instead of 14, SD3.5
-# Medium 7 GB instead of 14.
-BF16_BUILDS = {"sdxl", "sd35"}
-# Work settings that only the two SD3 sides read.
+# Medium 7 GB instead of 14, the FLUX.1 slice 2 GB instead of 4.
+BF16_BUILDS = {"sdxl", "sd35", "flux-slice"}
+# Work settings that only the two SD3 (and FLUX.1) sides read.
 SD3_WORK = ("use_t5", "max_sequence_length")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny",
-                        help="diffusers SD 1.x, SDXL or SD3 folder, or "
+                        help="diffusers SD 1.x, SDXL, SD3 or FLUX.1 folder, or "
                         f"one of {sorted(BUILDERS)} (random weights, "
                         "written under --build-dir)")
     parser.add_argument("--data", default="shapes",
@@ -115,8 +123,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="SD3: leave T5 out on both sides (its tokens "
                         "are zeros, as the pipeline's text_encoder_3=None)")
     parser.add_argument("--max-sequence-length", type=int, default=77,
-                        help="SD3: T5 tokens per prompt on both sides "
-                        "(default: 77, diffusers' SD3 script's)")
+                        help="SD3 and FLUX.1: T5 tokens per prompt on both "
+                        "sides (default: 77, diffusers' SD3 script's)")
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--device", default=None,
                         help="cpu or cuda; defaults to cuda when present")
@@ -150,7 +158,9 @@ def prepare_inputs(args: argparse.Namespace) -> tuple[str, str]:
     model, data = args.model, args.data
     if model in BUILDERS:
         folder, builder = BUILDERS[model]
-        build = getattr(demo, builder)
+        module, _, name = builder.rpartition(".")
+        build = getattr(importlib.import_module(module) if module else demo,
+                        name)
         if model == "tiny":
             # four VAE levels: 8× smaller latents, as SD's VAE gives
             build = functools.partial(

@@ -49,6 +49,7 @@ from diffengine.engine import (
     VisualizationHook,
 )
 from diffengine.models import (
+    Flux,
     StableDiffusion,
     StableDiffusion3,
     StableDiffusionXL,
@@ -79,11 +80,12 @@ DOCS = os.path.join(REPO, "docs")
 # In the order of docs/README.md: later guides use what earlier ones train.
 GUIDES = ["lora.md", "text_encoder_lora.md", "techniques.md", "own_images.md",
           "dreambooth.md", "multi_gpu.md", "inference.md", "export.md",
-          "merging.md", "sdxl.md", "sd3.md", "adapters.md"]
+          "merging.md", "sdxl.md", "sd3.md", "flux.md", "adapters.md"]
 # The tiny model that stands for each model family.
 TINY_MODELS = {"StableDiffusion": "data/demo/tiny-sd",
                "StableDiffusionXL": "data/demo/tiny-sdxl",
-               "StableDiffusion3": "data/demo/tiny-sd3"}
+               "StableDiffusion3": "data/demo/tiny-sd3",
+               "Flux": "data/demo/tiny-flux"}
 SUBSTITUTIONS = {
     "stable-diffusion-v1-5/stable-diffusion-v1-5": TINY_MODELS[
         "StableDiffusion"],
@@ -94,6 +96,9 @@ SUBSTITUTIONS = {
         "StableDiffusion3"],
     "stabilityai/stable-diffusion-3.5-large": TINY_MODELS[
         "StableDiffusion3"],
+    "black-forest-labs/FLUX.1-dev": TINY_MODELS["Flux"],
+    # [schnell] embeds no guidance: a tiny model of its own
+    "black-forest-labs/FLUX.1-schnell": "data/demo/tiny-flux-schnell",
 }
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```\n", re.S | re.M)
 MARKER = re.compile(r"<!-- docs-test: (\w+) ?(.*?) -->\s*$")
@@ -129,7 +134,10 @@ def tiny_training_options(command: list[str], cwd: str) -> list[str]:
     cfg = Config.fromfile(os.path.join(cwd, args.config))
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    options = [f"model.model={TINY_MODELS[cfg.model.type]}",
+    # the tiny model of the config's base, else of its family
+    tiny = SUBSTITUTIONS.get(cfg.model.get("model"),
+                             TINY_MODELS[cfg.model.type])
+    options = [f"model.model={tiny}",
                "train_cfg.max_epochs=1",
                "train_dataloader.num_workers=0"]
     dataset = cfg.train_dataloader.dataset
@@ -242,16 +250,20 @@ def check_names(block: Block) -> None:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, shapes_data, tiny_sdxl, tiny_sd3):
+def project(tmp_path_factory, shapes_data, tiny_sdxl, tiny_sd3, tiny_flux,
+            tiny_flux_schnell):
     """A scratch folder as the repository root looks to a user, with the
-    tiny SDXL and SD3.5 models beside the demo's, and the demo's images, so
-    that a guide after lora.md also runs alone (``-k sd3``)."""
+    tiny SDXL, SD3.5 and FLUX.1 models beside the demo's, and the demo's
+    images, so that a guide after lora.md also runs alone (``-k sd3``)."""
     cwd = tmp_path_factory.mktemp("project")
     for name in ("configs", "tools"):
         os.symlink(os.path.join(REPO, name), cwd / name)
     os.makedirs(cwd / "data" / "demo")
     os.symlink(tiny_sdxl, cwd / TINY_MODELS["StableDiffusionXL"])
     os.symlink(tiny_sd3, cwd / TINY_MODELS["StableDiffusion3"])
+    os.symlink(tiny_flux, cwd / TINY_MODELS["Flux"])
+    os.symlink(tiny_flux_schnell,
+               cwd / SUBSTITUTIONS["black-forest-labs/FLUX.1-schnell"])
     # what `python tools/make_demo.py` in lora.md writes again, identically
     make_concept_dataset(str(cwd / "data" / "demo" / "zorbs"))
     write_kohya_folder(str(cwd / "data" / "my_images"), shapes_data)
@@ -325,6 +337,15 @@ PROMISED = [
     "pokemon_sd35.safetensors",
     "pokemon_sd35/text_encoder_3/config.json",
     "yoda_sd35_diffusers.png",
+    "work_dirs/flux_dev_lora_pokemon_blip/step*/"
+    "pytorch_lora_weights.safetensors",
+    "work_dirs/flux_schnell_lora_pokemon_blip/step*/"
+    "pytorch_lora_weights.safetensors",
+    "work_dirs/my_flux/step*/pytorch_lora_weights.safetensors",
+    "yoda_flux.png",
+    "pokemon_flux.safetensors",
+    "pokemon_flux/transformer/config.json",
+    "yoda_flux_diffusers.png",
     "work_dirs/pokemon_loha/step*/lycoris_weights.safetensors",
     "yoda_loha.png",
     "pokemon_loha.safetensors",
@@ -352,7 +373,8 @@ def test_every_tool_is_in_a_guide():
                             "pretrain_demo_base"}
 
 
-REFERENCED = [StableDiffusion, StableDiffusionXL, StableDiffusion3, HFDataset,
+REFERENCED = [StableDiffusion, StableDiffusionXL, StableDiffusion3, Flux,
+              HFDataset,
               KohyaFolderDataset, ShapeScorer, ResumableEpochTrainLoop,
               ValidationLossLoop, DenoisingLossMetric, DreamBoothDataset,
               AspectRatioBatchSampler, BucketResizeCrop,

@@ -1,8 +1,10 @@
 """The GPU sweep's arithmetic and, on the CPU, its plumbing."""
 import json
+import os
 
 import pytest
 
+from benchmarks.flux_shaped import flux_shaped_models
 from benchmarks.gpu_sweep import main, sample_gflop
 
 
@@ -31,3 +33,41 @@ def test_rows_run_on_the_cpu(family, tiny, request, tmp_path, capsys):
         (True, False), (True, True), (False, False), (False, True)]
     assert all(r["samples_per_s"] > 0 for r in rows)
     assert "all rows:" in capsys.readouterr().out
+
+
+def test_flux_sample_flops():
+    assert sample_gflop(True, 1024, "flux-dev") == pytest.approx(2.20 * 74428)
+    assert sample_gflop(False, 1024, "flux-schnell") == pytest.approx(
+        2.19 * 69507 + 4879 + 213)
+
+
+@pytest.mark.parametrize("family, tiny", [("flux-dev", "tiny_flux"),
+                                          ("flux-schnell",
+                                           "tiny_flux_schnell")])
+def test_flux_rows_checkpoint_and_run_on_the_cpu(family, tiny, request,
+                                                  tmp_path):
+    out = tmp_path / "rows.json"
+    model = request.getfixturevalue(tiny)
+    assert main(["--family", family, "--device", "cpu", "--model", model,
+                 "--resolution", "32", "--batch-sizes", "1", "--steps", "1",
+                 "--warmup", "1", "--num-workers", "0", "--no-compile",
+                 "--remove-model", "--folder", str(tmp_path),
+                 "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    # FLUX.1 trains with gradient checkpointing only, as its configs do
+    assert [(r["cached"], r["checkpointing"]) for r in rows] == [
+        (True, True), (False, True)]
+    assert all(r["samples_per_s"] > 0 for r in rows)
+    assert os.path.isdir(model)  # --remove-model removes built models only
+
+
+def test_flux_shaped_models_have_flux1s_shapes():
+    dev = flux_shaped_models("dev", device="meta")
+    schnell = flux_shaped_models("schnell", device="meta")
+    assert sum(p.numel() for p in dev[0].parameters()) == 11_901_408_320
+    assert dev[0].config.guidance_embeds
+    assert not schnell[0].config.guidance_embeds
+    assert dev[1].config.latent_channels == 16
+    assert dev[1].config.scaling_factor == 0.3611
+    assert dev[2].config.hidden_size == 768  # CLIP-L, the pooled projection
+    assert dev[3].config.d_model == dev[0].config.joint_attention_dim
