@@ -1,7 +1,8 @@
 """Every training technique on at once keeps the promises, for SD 1.x,
-SDXL, SD3.5 and FLUX.1 [dev] (under flow matching): 2 processes × batch 4 train the
-weights of 1 × batch 8, and a kill at a random step then a resume ends
-bit-identical; with both caches and a half-precision base too."""
+SDXL, SD3.5 and FLUX.1 [dev] and [schnell] (under flow matching): 2
+processes × batch 4 train the weights of 1 × batch 8, and a kill at a
+random step then a resume ends bit-identical; with both caches and a
+half-precision base too."""
 import json
 import os
 import random
@@ -47,11 +48,18 @@ model = dict(max_sequence_length=32)
 randomness = dict(seed=0)
 default_hooks = dict(logger=dict(interval=10))
 """, "batch_size=4, num_workers=0, "),
+    # no guidance input, no shift
+    "flux-schnell": ("""
+_base_ = [{schnell!r}]
+model = dict(max_sequence_length=32)
+randomness = dict(seed=0)
+default_hooks = dict(logger=dict(interval=10))
+""", "batch_size=4, num_workers=0, "),
 }
 # SDXL's size conditioning: no such input in SD3 and Flux.
 TIME_IDS = {"sd": '    dict(type="ComputeTimeIds"),\n',
             "sdxl": '    dict(type="ComputeTimeIds"),\n', "sd3": "",
-            "flux": ""}
+            "flux": "", "flux-schnell": ""}
 EVERYTHING_ON = """
 model = dict(
     loss=dict(type="SNRL2Loss", snr_gamma=5.0),
@@ -82,6 +90,8 @@ SD3 = os.path.join(REPO, "configs", "stable_diffusion_3_lora",
                    "stable_diffusion_3_5_medium_lora_pokemon_blip.py")
 FLUX = os.path.join(REPO, "configs", "flux_lora",
                     "flux_dev_lora_pokemon_blip.py")
+SCHNELL = os.path.join(REPO, "configs", "flux_lora",
+                       "flux_schnell_lora_pokemon_blip.py")
 # 24 images, batch 4: 6 iterations an epoch, 3 epochs, a checkpoint each.
 SCHEDULE = [
     "train_cfg.max_epochs=3",
@@ -93,7 +103,7 @@ SCHEDULE = [
 
 @pytest.fixture(scope="module", params=list(BASES))
 def everything(request, tmp_path_factory, tiny_sd, tiny_sdxl, tiny_sd3,
-               tiny_flux, shapes_data):
+               tiny_flux, tiny_flux_schnell, shapes_data):
     """The config and its tiny model, and the shapes with tag captions
     ("red, circle, white background") for the shuffle to shuffle."""
     root = tmp_path_factory.mktemp(f"everything-{request.param}")
@@ -111,11 +121,13 @@ def everything(request, tmp_path_factory, tiny_sd, tiny_sdxl, tiny_sd3,
     (data / "metadata.jsonl").write_text("\n".join(rows) + "\n")
     config = root / "everything_on.py"
     base, loader = BASES[request.param]
-    config.write_text(base.format(demo=DEMO, sdxl=SDXL, sd3=SD3, flux=FLUX)
+    config.write_text(base.format(demo=DEMO, sdxl=SDXL, sd3=SD3, flux=FLUX,
+                                  schnell=SCHNELL)
                       + EVERYTHING_ON.format(
                           loader=loader, time_ids=TIME_IDS[request.param]))
     tiny = {"sd": tiny_sd, "sdxl": tiny_sdxl, "sd3": tiny_sd3,
-            "flux": tiny_flux}[request.param]
+            "flux": tiny_flux, "flux-schnell": tiny_flux_schnell
+            }[request.param]
     return str(config), str(data), tiny
 
 
