@@ -11,19 +11,71 @@ full disk during a save leaves the previous file intact.
 """
 from __future__ import annotations
 
+import contextlib
+import glob
+import os
+import os.path as osp
 import pickle
 import random
+import shutil
 import zipfile
 from typing import Any
 
 import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer
+from mmengine.model import is_model_wrapper
+from mmengine.utils import apply_to
 
 from diffengine.errors import DiffEngineError
-from diffengine.fileio import atomic_write
+from diffengine.fileio import atomic_write, atomic_write_text
 
 HISTORY_BUFFER = "__history_buffer__"
+# The folder beside a checkpoint that holds its LoRA in diffusers' format.
+STEP_DIR = "step{}"
+
+
+def step_dir_of(checkpoint: str, iteration: int) -> str:
+    """The step folder written with ``checkpoint`` at ``iteration``."""
+    return osp.join(osp.dirname(checkpoint), STEP_DIR.format(iteration))
+
+
+def write_last_checkpoint(work_dir: str, checkpoint: str) -> None:
+    """Point ``work_dir/last_checkpoint`` (read by ``--resume``) at a file."""
+    atomic_write_text(osp.join(work_dir, "last_checkpoint"), checkpoint)
+
+
+def remove_stale_temporaries(work_dir: str) -> None:
+    """Remove what a killed save left: ``.NAME.tmpPID`` files and folders."""
+    for path in glob.glob(osp.join(work_dir, ".*.tmp*")):
+        if osp.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+
+
+def to_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor in it moved to the CPU."""
+    return apply_to(obj, lambda x: hasattr(x, "cpu"), lambda x: x.cpu())
+
+
+def exported_state_dict(runner: Any) -> dict[str, torch.Tensor]:
+    """The trainable weights a step folder written now would hold.
+
+    The hooks' ``before_save_checkpoint`` decide them, as for a real save,
+    on a checkpoint that holds only the weights (an EMA hook puts its
+    averages there). Sample images and validation use them, so that
+    ``demo`` on a step folder reproduces its samples.
+
+    Args:
+        runner: An mmengine ``Runner``; its model may be wrapped (DDP).
+    """
+    model = runner.model.module if is_model_wrapper(
+        runner.model) else runner.model
+    checkpoint = {"state_dict": to_cpu(model.state_dict())}
+    runner.call_hook("before_save_checkpoint", checkpoint=checkpoint)
+    return checkpoint["state_dict"]
 
 
 def to_plain(obj: Any) -> Any:

@@ -99,8 +99,9 @@ class SpeedLogProcessor(LogProcessor):
     @staticmethod
     def _label_validation(runner, log_str: str) -> str:
         """``Iter(val) [N/max]`` for a validation after iteration N."""
-        loop = runner._train_loop
-        if isinstance(loop, dict) or loop is None or not (
+        # DiffEngineRunner's; with another runner the label stays mmengine's
+        loop = getattr(runner, "built_train_loop", None)
+        if loop is None or not (
                 isinstance(loop, IterBasedTrainLoop)
                 or getattr(loop, "val_by_epoch", True) is False):
             return log_str

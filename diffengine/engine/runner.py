@@ -1,13 +1,11 @@
 """mmengine's Runner with what LoRA training on any machine needs."""
 from __future__ import annotations
 
-import contextlib
 import datetime
 import glob
 import json
 import os
 import os.path as osp
-import shutil
 import signal
 import time
 
@@ -17,8 +15,7 @@ import torch.distributed as dist
 from mmengine.dist import is_distributed, is_main_process
 from mmengine.model import MMDistributedDataParallel, is_model_wrapper
 from mmengine.optim import OptimWrapper
-from mmengine.runner import Runner
-from mmengine.utils import apply_to
+from mmengine.runner import BaseLoop, Runner
 from torch.nn.parallel import DistributedDataParallel
 
 from diffengine import stop
@@ -26,20 +23,24 @@ from diffengine.datasets.base import CaptionedImageDataset
 from diffengine.datasets.dreambooth import DreamBoothDataset
 from diffengine.datasets.samplers import seeded_sampler
 from diffengine.engine.checkpoint import (
+    STEP_DIR,
     CheckpointLoadError,
     atomic_save,
     capture_rng_state,
+    exported_state_dict,
     load_checkpoint_file,
+    remove_stale_temporaries,
     restore_rng_state,
+    step_dir_of,
+    to_cpu,
     to_plain,
+    write_last_checkpoint,
 )
 from diffengine.engine.config_check import check_config
 from diffengine.errors import ConfigError, DiffEngineError
-from diffengine.fileio import atomic_directory, atomic_write_text
+from diffengine.fileio import atomic_directory
 from diffengine.registry import DATASETS, RUNNERS
 from diffengine.version import __version__
-
-STEP_DIR = "step{}"
 
 
 class TrainingInterruptedError(DiffEngineError):
@@ -96,30 +97,6 @@ def init_process_group(dist_cfg: dict) -> None:
     if isinstance(dist_cfg.get("timeout"), (int, float)):
         dist_cfg["timeout"] = datetime.timedelta(seconds=dist_cfg["timeout"])
     dist.init_process_group(backend=backend, **dist_cfg)
-
-
-def remove_stale_temporaries(work_dir: str) -> None:
-    """Remove what a killed save left: ``.NAME.tmpPID`` files and folders."""
-    for path in glob.glob(osp.join(work_dir, ".*.tmp*")):
-        if osp.isdir(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
-
-
-def write_last_checkpoint(work_dir: str, checkpoint: str) -> None:
-    """Point ``work_dir/last_checkpoint`` (read by ``--resume``) at a file."""
-    atomic_write_text(osp.join(work_dir, "last_checkpoint"), checkpoint)
-
-
-def to_cpu(obj):
-    """``obj`` with every tensor in it moved to the CPU."""
-    return apply_to(obj, lambda x: hasattr(x, "cpu"), lambda x: x.cpu())
-
-
-def step_dir_of(checkpoint: str, iteration: int) -> str:
-    return osp.join(osp.dirname(checkpoint), STEP_DIR.format(iteration))
 
 
 @RUNNERS.register_module()
@@ -191,6 +168,19 @@ class DiffEngineRunner(Runner):
             broadcast_buffers=False,
             find_unused_parameters=self.cfg.get("find_unused_parameters",
                                                 False))
+
+    @property
+    def resuming(self) -> bool:
+        """Whether the run continues a checkpoint (``resume=True``), as
+        opposed to starting from one (``load_from``) or from scratch."""
+        return bool(self._resume)
+
+    @property
+    def built_train_loop(self) -> BaseLoop | None:
+        """The train loop once built, None before (the public
+        ``train_loop`` builds it from its config when read)."""
+        loop = self._train_loop
+        return loop if isinstance(loop, BaseLoop) else None
 
     @property
     def bare_model(self) -> torch.nn.Module:
@@ -396,16 +386,9 @@ class DiffEngineRunner(Runner):
             f"saved {path} and {STEP_DIR.format(meta['iter'])}/")
 
     def exported_state_dict(self) -> dict[str, torch.Tensor]:
-        """The trainable weights a step folder written now would hold.
-
-        The hooks' ``before_save_checkpoint`` decide them, as for a real
-        save, on a checkpoint that holds only the weights (an EMA hook puts
-        its averages there). The sample images use them, so that ``demo``
-        on a step folder reproduces its samples.
-        """
-        checkpoint = {"state_dict": to_cpu(self.bare_model.state_dict())}
-        self.call_hook("before_save_checkpoint", checkpoint=checkpoint)
-        return checkpoint["state_dict"]
+        """The trainable weights a step folder written now would hold (see
+        :func:`diffengine.engine.checkpoint.exported_state_dict`)."""
+        return exported_state_dict(self)
 
     def training_metadata(self, meta: dict) -> dict[str, str]:
         """What a step file tells about its training run.

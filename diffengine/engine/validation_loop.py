@@ -97,7 +97,7 @@ class ValidationLossLoop(ValLoop):
 
     @property
     def _training(self) -> bool:
-        return not isinstance(self.runner._train_loop, (dict, type(None)))
+        return self.runner.built_train_loop is not None
 
     def run_iter(self, idx: int, data_batch: dict) -> None:
         # Every process checks at the same batch, so that all stop there.

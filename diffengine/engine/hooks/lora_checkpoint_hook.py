@@ -9,7 +9,7 @@ from collections import deque
 from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook
 
-from diffengine.engine.runner import step_dir_of, write_last_checkpoint
+from diffengine.engine.checkpoint import step_dir_of, write_last_checkpoint
 from diffengine.registry import HOOKS
 
 

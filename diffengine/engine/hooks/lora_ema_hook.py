@@ -72,7 +72,7 @@ class LoRAEMAHook(Hook):
             average = checkpoint["state_dict"]
             checkpoint["state_dict"] = checkpoint.pop("ema_state_dict")
         else:
-            if runner._resume:
+            if runner.resuming:
                 print_log(
                     "the checkpoint holds no EMA weights: the average starts "
                     "from its weights", logger="current",

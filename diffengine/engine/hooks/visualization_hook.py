@@ -1,7 +1,6 @@
 """Sample images during training, through mmengine's visualizer."""
 from __future__ import annotations
 
-import contextlib
 import signal
 import time
 from collections.abc import Sequence
@@ -11,6 +10,7 @@ from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
+from diffengine.engine.checkpoint import exported_state_dict
 from diffengine.engine.log_processor import add_time_between_iterations
 from diffengine.errors import ConfigError
 from diffengine.inference import make_grid, prompt_slug, sampling_progress
@@ -166,11 +166,10 @@ class VisualizationHook(Hook):
         settings = self._settings(runner)
         # The weights a step folder of this step holds (the averages, with
         # LoRAEMAHook), so that ``demo`` on it reproduces the samples.
-        exported = getattr(runner, "exported_state_dict", None)
         total = len(self.prompt) * settings["num_inference_steps"]
-        with (model.trainable_weights(exported()) if exported
-              else contextlib.nullcontext()), sampling_progress(
-                  total, f"samples of step {step}") as progress:
+        with model.trainable_weights(exported_state_dict(runner)), \
+                sampling_progress(total,
+                                  f"samples of step {step}") as progress:
             return model.infer(self.prompt, seed=self.seeds,
                                progress=progress, **settings)
 
