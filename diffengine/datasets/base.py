@@ -28,10 +28,28 @@ from diffengine.datasets.preflight import (
     scan_worker_count,
 )
 from diffengine.datasets.samplers import sample_seed
+from diffengine.datasets.transforms.processing import CenterCrop, RandomCrop
 from diffengine.errors import ConfigError, DataError
 from diffengine.randomness import Randomness
 from diffengine.registry import TRANSFORMS
 from diffengine.stop import raise_if_stop_requested
+
+
+def pipeline_resolution(transforms: Sequence) -> str | None:
+    """``WxH`` that ``transforms`` bring every image to: a bucketing
+    transform's resolution (the area its buckets keep), or the last crop's
+    size; None when neither is there."""
+    resolution = None
+    for transform in transforms:
+        if hasattr(transform, "bucket_of"):
+            size = transform.resolution
+        elif isinstance(transform, (CenterCrop, RandomCrop)):
+            size = transform.size
+        else:
+            continue
+        height, width = (size, size) if isinstance(size, int) else size
+        resolution = f"{width}x{height}"
+    return resolution
 
 
 class CaptionedImageDataset(BaseDataset):
@@ -110,12 +128,20 @@ class CaptionedImageDataset(BaseDataset):
         # The transform that picks each image's bucket, if any.
         self.bucketing = next(
             (t for t in transforms if hasattr(t, "bucket_of")), None)
+        # from the transforms as configured: cached latents replace them
+        self._training_resolution = pipeline_resolution(transforms)
         self.forget_scan()
         super().__init__(pipeline=transforms, serialize_data=False)
 
     def full_init(self) -> None:
         """Rows are read on demand; nothing to load up front."""
         self._fully_initialized = True
+
+    def training_resolution(self) -> str | None:
+        """The size trained at, ``WxH``, as the pipeline sets it: the
+        bucketing resolution, or else the size of its last crop; None when
+        images keep sizes of their own. The same with cached latents."""
+        return self._training_resolution
 
     def image_source(self, idx: int) -> dict | str | bytes:
         """The image of row ``idx`` undecoded, as :func:`open_image` takes."""

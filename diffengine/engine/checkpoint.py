@@ -13,22 +13,28 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import os.path as osp
 import pickle
 import random
 import shutil
+import time
 import zipfile
 from typing import Any
 
+import mmengine
 import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer
 from mmengine.model import is_model_wrapper
+from mmengine.optim import OptimWrapper
 from mmengine.utils import apply_to
 
+from diffengine.datasets.samplers import seeded_sampler
 from diffengine.errors import DiffEngineError
-from diffengine.fileio import atomic_write, atomic_write_text
+from diffengine.fileio import atomic_directory, atomic_write, atomic_write_text
+from diffengine.version import __version__
 
 HISTORY_BUFFER = "__history_buffer__"
 # The folder beside a checkpoint that holds its LoRA in diffusers' format.
@@ -170,3 +176,113 @@ def load_checkpoint_file(path: str, map_location: Any = "cpu") -> dict:
     if "message_hub" in checkpoint:
         checkpoint["message_hub"] = from_plain(checkpoint["message_hub"])
     return checkpoint
+
+
+def checkpoint_meta(runner: Any, meta: dict | None,
+                    by_epoch: bool) -> dict:
+    """The ``meta`` of a checkpoint saved now: where the run stands, its
+    config, seeds, versions and random states.
+
+    Args:
+        runner: The runner saving.
+        meta (dict, optional): Entries the caller sets (``epoch``,
+            ``iter``); the others are filled in.
+        by_epoch (bool): Whether the save comes after an epoch (the epoch
+            counted as done) or after an iteration (the iteration counted).
+    """
+    meta = dict(meta or {})
+    if by_epoch:
+        meta.setdefault("epoch", runner.epoch + 1)
+        meta.setdefault("iter", runner.iter)
+    else:
+        meta.setdefault("epoch", runner.epoch)
+        meta.setdefault("iter", runner.iter + 1)
+    sampler = seeded_sampler(runner.train_dataloader)
+    meta.update(
+        cfg=runner.cfg.pretty_text,
+        seed=runner.seed,
+        sampler_seed=getattr(sampler, "seed", None),
+        experiment_name=runner.experiment_name,
+        time=time.strftime("%Y%m%d_%H%M%S", time.localtime()),
+        mmengine_version=mmengine.__version__,
+        diffengine_version=__version__,
+        world_size=runner.world_size,
+        rng_state=capture_rng_state(),
+    )
+    return meta
+
+
+def build_checkpoint(runner: Any, model: torch.nn.Module, meta: dict,
+                     save_optimizer: bool = True,
+                     save_param_scheduler: bool = True) -> dict:
+    """A checkpoint of plain data: the trainable weights (on the CPU), the
+    message hub and, if asked, the optimizer and schedulers."""
+    checkpoint = {
+        "meta": meta,
+        "state_dict": to_cpu(model.state_dict()),
+        "message_hub": to_plain(runner.message_hub.state_dict()),
+    }
+    if save_optimizer and isinstance(runner.optim_wrapper, OptimWrapper):
+        checkpoint["optimizer"] = to_plain(
+            to_cpu(runner.optim_wrapper.state_dict()))
+    if save_param_scheduler and runner.param_schedulers:
+        checkpoint["param_schedulers"] = to_plain(
+            [s.state_dict() for s in runner.param_schedulers])
+    return checkpoint
+
+
+def write_checkpoint(checkpoint: dict, path: str, model: torch.nn.Module,
+                     metadata: dict[str, str]) -> None:
+    """Write ``path`` and its step folder, each atomically.
+
+    The step folder first: a .pth on disk implies its step folder. It holds
+    the checkpoint's weights (after the hooks ran on it, so that a hook such
+    as EMA decides what it holds), with ``metadata`` in its file.
+    """
+    with atomic_directory(step_dir_of(path, checkpoint["meta"]["iter"])) as tmp:
+        model.save_lora_weights(tmp, metadata,
+                                state_dict=checkpoint["state_dict"])
+    atomic_save(checkpoint, path)
+
+
+def training_metadata(runner: Any, meta: dict) -> dict[str, str]:
+    """What a step file tells about its training run.
+
+    Read back by ``export_lora`` into the ``ss_*`` and ``modelspec.*`` keys
+    that A1111 and ComfyUI show.
+
+    Args:
+        runner: The runner saving.
+        meta (dict): The checkpoint's ``meta`` (:func:`checkpoint_meta`).
+    """
+    dataset_cfg = runner.cfg.get("train_dataloader", {}).get("dataset", {})
+    metadata = {
+        "step": meta["iter"],
+        "epoch": meta["epoch"],
+        "max_steps": runner.max_iters,
+        "num_train_images": len(runner.train_dataloader.dataset),
+        "seed": runner.seed,
+        "version": __version__,
+        "training_config": json.dumps(runner.cfg.to_dict(), default=str),
+    }
+    if isinstance(dataset_cfg.get("dataset"), str):
+        metadata["dataset"] = dataset_cfg["dataset"]
+    # from the dataset's configuration, which cached latents keep; else the
+    # size of the images last trained on
+    dataset = runner.train_dataloader.dataset
+    resolution = (dataset.training_resolution()
+                  if hasattr(dataset, "training_resolution") else None)
+    if resolution is None:
+        resolution = runner.message_hub.get_info("train_resolution")
+    batch_sampler = runner.train_dataloader.batch_sampler
+    if hasattr(batch_sampler, "bucket_counts"):
+        # the bucketing resolution, not the last batch's bucket
+        side = batch_sampler.sampler.dataset.bucketing.resolution
+        height, width = (side, side) if isinstance(side, int) else side
+        resolution = f"{width}x{height}"
+        metadata["buckets"] = json.dumps({
+            f"{w}x{h}": n
+            for (h, w), n in batch_sampler.bucket_counts().items()})
+    if resolution is not None:
+        metadata["resolution"] = resolution
+    return {k: str(v) for k, v in metadata.items()}

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import datetime
 import glob
-import json
 import os
 import os.path as osp
 import signal
@@ -14,7 +13,6 @@ import torch
 import torch.distributed as dist
 from mmengine.dist import is_distributed, is_main_process
 from mmengine.model import MMDistributedDataParallel, is_model_wrapper
-from mmengine.optim import OptimWrapper
 from mmengine.runner import BaseLoop, Runner
 from torch.nn.parallel import DistributedDataParallel
 
@@ -25,22 +23,35 @@ from diffengine.datasets.samplers import seeded_sampler
 from diffengine.engine.checkpoint import (
     STEP_DIR,
     CheckpointLoadError,
-    atomic_save,
-    capture_rng_state,
+    build_checkpoint,
+    checkpoint_meta,
     exported_state_dict,
     load_checkpoint_file,
     remove_stale_temporaries,
     restore_rng_state,
     step_dir_of,
     to_cpu,
-    to_plain,
+    training_metadata,
+    write_checkpoint,
     write_last_checkpoint,
 )
 from diffengine.engine.config_check import check_config
 from diffengine.errors import ConfigError, DiffEngineError
-from diffengine.fileio import atomic_directory
 from diffengine.registry import DATASETS, RUNNERS
-from diffengine.version import __version__
+
+# step_dir_of, to_cpu and the other checkpoint helpers live in
+# diffengine.engine.checkpoint; they stay importable from here.
+__all__ = [
+    "STEP_DIR",
+    "DiffEngineRunner",
+    "TrainingInterruptedError",
+    "check_work_dir",
+    "init_process_group",
+    "remove_stale_temporaries",
+    "step_dir_of",
+    "to_cpu",
+    "write_last_checkpoint",
+]
 
 
 class TrainingInterruptedError(DiffEngineError):
@@ -338,50 +349,18 @@ class DiffEngineRunner(Runner):
                         meta: dict | None = None,
                         by_epoch: bool = True,
                         backend_args=None) -> None:
-        """Write ``filename`` and ``step{iteration}/``, each atomically."""
-        meta = dict(meta or {})
-        if by_epoch:
-            meta.setdefault("epoch", self.epoch + 1)
-            meta.setdefault("iter", self.iter)
-        else:
-            meta.setdefault("epoch", self.epoch)
-            meta.setdefault("iter", self.iter + 1)
-        sampler = seeded_sampler(self.train_dataloader)
-        meta.update(
-            cfg=self.cfg.pretty_text,
-            seed=self.seed,
-            sampler_seed=getattr(sampler, "seed", None),
-            experiment_name=self.experiment_name,
-            time=time.strftime("%Y%m%d_%H%M%S", time.localtime()),
-            mmengine_version=mmengine.__version__,
-            diffengine_version=__version__,
-            world_size=self.world_size,
-            rng_state=capture_rng_state(),
-        )
+        """Write ``filename`` and ``step{iteration}/``, each atomically
+        (see :mod:`diffengine.engine.checkpoint`)."""
+        meta = checkpoint_meta(self, meta, by_epoch)
         model = self.bare_model
-        checkpoint = {
-            "meta": meta,
-            "state_dict": to_cpu(model.state_dict()),
-            "message_hub": to_plain(self.message_hub.state_dict()),
-        }
-        if save_optimizer and isinstance(self.optim_wrapper, OptimWrapper):
-            checkpoint["optimizer"] = to_plain(
-                to_cpu(self.optim_wrapper.state_dict()))
-        if save_param_scheduler and self.param_schedulers:
-            checkpoint["param_schedulers"] = to_plain(
-                [s.state_dict() for s in self.param_schedulers])
+        checkpoint = build_checkpoint(self, model, meta, save_optimizer,
+                                      save_param_scheduler)
         self.call_hook("before_save_checkpoint", checkpoint=checkpoint)
         if not is_main_process():
             return
         os.makedirs(out_dir, exist_ok=True)
         path = osp.join(out_dir, filename)
-        # The step folder first: a .pth on disk implies its step folder. It
-        # holds the checkpoint's weights after the hooks ran, so that a hook
-        # (EMA) decides what it holds.
-        with atomic_directory(step_dir_of(path, meta["iter"])) as tmp:
-            model.save_lora_weights(tmp, self.training_metadata(meta),
-                                    state_dict=checkpoint["state_dict"])
-        atomic_save(checkpoint, path)
+        write_checkpoint(checkpoint, path, model, self.training_metadata(meta))
         self.logger.info(
             f"saved {path} and {STEP_DIR.format(meta['iter'])}/")
 
@@ -391,36 +370,9 @@ class DiffEngineRunner(Runner):
         return exported_state_dict(self)
 
     def training_metadata(self, meta: dict) -> dict[str, str]:
-        """What a step file tells about its training run.
-
-        Read back by ``export_lora`` into the ``ss_*`` and ``modelspec.*``
-        keys that A1111 and ComfyUI show.
-        """
-        dataset_cfg = self.cfg.get("train_dataloader", {}).get("dataset", {})
-        metadata = {
-            "step": meta["iter"],
-            "epoch": meta["epoch"],
-            "max_steps": self.max_iters,
-            "num_train_images": len(self.train_dataloader.dataset),
-            "seed": self.seed,
-            "version": __version__,
-            "training_config": json.dumps(self.cfg.to_dict(), default=str),
-        }
-        if isinstance(dataset_cfg.get("dataset"), str):
-            metadata["dataset"] = dataset_cfg["dataset"]
-        resolution = self.message_hub.get_info("train_resolution")
-        batch_sampler = self.train_dataloader.batch_sampler
-        if hasattr(batch_sampler, "bucket_counts"):
-            # the bucketing resolution, not the last batch's bucket
-            side = batch_sampler.sampler.dataset.bucketing.resolution
-            height, width = (side, side) if isinstance(side, int) else side
-            resolution = f"{width}x{height}"
-            metadata["buckets"] = json.dumps({
-                f"{w}x{h}": n
-                for (h, w), n in batch_sampler.bucket_counts().items()})
-        if resolution is not None:
-            metadata["resolution"] = resolution
-        return {k: str(v) for k, v in metadata.items()}
+        """What a step file tells about its training run (see
+        :func:`diffengine.engine.checkpoint.training_metadata`)."""
+        return training_metadata(self, meta)
 
     # ---- loading -----------------------------------------------------
     def load_or_resume(self) -> None:

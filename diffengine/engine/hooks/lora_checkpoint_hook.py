@@ -24,8 +24,9 @@ class LoRACheckpointHook(CheckpointHook):
     deletes first and writes ``last_checkpoint`` in place. It lives in
     ``default_hooks`` so that ``custom_hooks=[]`` keeps it.
 
-    It also notes the training resolution (``train_resolution`` in the
-    message hub), which the runner writes into each step file's metadata.
+    It also notes the size of the images trained on (``train_resolution``
+    in the message hub), which step files record when the dataset's
+    pipeline sets no size (no crop, no buckets).
     """
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None,

@@ -163,3 +163,23 @@ def test_visualization_hook_samples_step_0_and_logs_sample_scores(
                 panel_box(row, col, 32, 32) for col in range(2))]
             assert scores[step][f"score/{prompt_slug([prompt])}"] == (
                 pytest.approx(np.mean([scorer(im, prompt) for im in images])))
+
+
+def test_a_run_on_cached_latents_records_the_resolution_of_one_on_images(
+        tmp_path, tiny_sd, shapes_data):
+    """The resolution comes from the pipeline, not from the batches, which
+    hold latents and no image when they are cached."""
+    resolutions = []
+    for cache in (False, True):
+        work_dir = tmp_path / f"cache_{cache}"
+        DiffEngineRunner.from_cfg(Config(tiny_train_config(
+            work_dir, tiny_sd, shapes_data,
+            dataset=dict(cache_latents=cache),
+            train_cfg=dict(by_epoch=False, max_iters=1),
+            default_hooks=dict(checkpoint=dict(
+                type="LoRACheckpointHook", by_epoch=False, interval=1)),
+            experiment_name=f"resolution_cache_{cache}",
+        ))).train()
+        training = read_adapter_file(str(work_dir / "step1")).training
+        resolutions.append(training.get("resolution"))
+    assert resolutions == ["32x32", "32x32"]
