@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import os.path as osp
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ from diffengine.datasets.preflight import (
     scan_images,
     scan_worker_count,
 )
+from diffengine.datasets.preparation import PrepareContext
 from diffengine.datasets.samplers import sample_seed
 from diffengine.datasets.transforms.processing import CenterCrop, RandomCrop
 from diffengine.errors import ConfigError, DataError
@@ -136,6 +138,27 @@ class CaptionedImageDataset(BaseDataset):
     def full_init(self) -> None:
         """Rows are read on demand; nothing to load up front."""
         self._fully_initialized = True
+
+    def prepare(self, context: PrepareContext) -> None:
+        """Get ready to train, before the data loader is built: the
+        pre-flight scan, the model's text embeddings of the captions and,
+        with ``cache_latents``, the latent cache.
+
+        The latents are encoded once by the model's VAE into
+        ``work_dir/latent_cache``, where later runs of the same work dir
+        find them.
+        """
+        self.preflight()
+        context.model.prepare_text_embeddings(self)
+        if not self.cache_latents:
+            return
+        model = context.model
+        start = time.perf_counter()
+        self.build_latent_cache(
+            model.encode_images, model.latent_encoder_id(),
+            osp.join(context.work_dir, "latent_cache"), context.batch_size)
+        context.logger.info(
+            f"latent cache ready in {time.perf_counter() - start:.1f} s")
 
     def training_resolution(self) -> str | None:
         """The size trained at, ``WxH``, as the pipeline sets it: the

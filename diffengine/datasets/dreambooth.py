@@ -1,6 +1,7 @@
 """DreamBooth: a few images of one subject, with prior preservation."""
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ from diffengine.datasets.class_images import (
     write_manifest,
 )
 from diffengine.datasets.hf_dataset import HFImageRows
+from diffengine.datasets.preparation import PrepareContext
 from diffengine.errors import ConfigError
 from diffengine.registry import DATASETS
 
@@ -132,6 +134,21 @@ class DreamBoothDataset(CaptionedImageDataset):
         """Whether prior preservation lacks class images still."""
         return (self.class_prompt is not None
                 and len(self.class_images) < self.num_class_images)
+
+    def prepare(self, context: PrepareContext) -> None:
+        """Generate the missing class images, once, then prepare as any
+        captioned dataset (:meth:`CaptionedImageDataset.prepare`).
+
+        The class images are drawn by the model before it trains (the base
+        model: a fresh LoRA changes nothing), into a folder of the work dir
+        that a later run or a resume of it finds.
+        """
+        start = time.perf_counter()
+        self.prepare_class_images(context.model, context.work_dir)
+        if self.class_prompt is not None:
+            context.logger.info(
+                f"class images ready in {time.perf_counter() - start:.1f} s")
+        super().prepare(context)
 
     def prepare_class_images(self, model: LatentDiffusionModel,
                              work_dir: str) -> None:

@@ -6,7 +6,6 @@ import glob
 import os
 import os.path as osp
 import signal
-import time
 
 import mmengine
 import torch
@@ -17,8 +16,7 @@ from mmengine.runner import BaseLoop, Runner
 from torch.nn.parallel import DistributedDataParallel
 
 from diffengine import stop
-from diffengine.datasets.base import CaptionedImageDataset
-from diffengine.datasets.dreambooth import DreamBoothDataset
+from diffengine.datasets.preparation import PrepareContext
 from diffengine.datasets.samplers import seeded_sampler
 from diffengine.engine.checkpoint import (
     STEP_DIR,
@@ -135,9 +133,9 @@ class DiffEngineRunner(Runner):
       checkpoint and stop; sampling, validation, latent caching and class
       images stop at their next denoising step or batch (see
       :mod:`diffengine.stop`). A second signal exits at once.
-    - A dataset with ``cache_latents`` gets its images encoded by the
-      model's VAE when the train loop is built (see
-      :meth:`prepare_latent_cache`).
+    - The training dataset prepares itself (class images, pre-flight scan,
+      text-embedding and latent caches) before its data loader is built
+      (see :meth:`prepare_dataset`).
     - The optimizer holds the trainable parameters only, fused on CUDA
       (``LoRAOptimWrapperConstructor``); DataLoaders default to persistent
       workers and, with CUDA, pinned memory.
@@ -206,12 +204,14 @@ class DiffEngineRunner(Runner):
             by_epoch = loop.pop("by_epoch")
             loop["type"] = ("ResumableEpochTrainLoop"
                             if by_epoch else "ResumableIterTrainLoop")
-        self.prepare_class_images()
+        prepared = self.prepare_dataset()
         loop = super().build_train_loop(loop)
-        if isinstance(loop.dataloader.dataset, CaptionedImageDataset):
-            loop.dataloader.dataset.preflight()
-            self.bare_model.prepare_text_embeddings(loop.dataloader.dataset)
-        self.prepare_latent_cache(loop.dataloader)
+        dataset = loop.dataloader.dataset
+        if not prepared and hasattr(dataset, "prepare"):
+            # a data loader given built: its dataset prepares now
+            dataset.prepare(self._prepare_context(
+                loop.dataloader.batch_size
+                or loop.dataloader.batch_sampler.batch_size))
         return loop
 
     def build_optim_wrapper(self, optim_wrapper):
@@ -237,51 +237,42 @@ class DiffEngineRunner(Runner):
             dataloader.setdefault("pin_memory", torch.cuda.is_available())
         return Runner.build_dataloader(dataloader, seed, diff_rank_seed)
 
-    def prepare_class_images(self) -> None:
-        """DreamBooth: generate the class images the dataset lacks, once.
+    def prepare_dataset(self) -> bool:
+        """Let the training dataset prepare itself, before its data loader.
 
-        The dataset is built here, before the data loader, so that its rows
-        include the class images; they are drawn by the model before it
-        trains (the base model: a fresh LoRA changes nothing), and a later
-        run or a resume of the same work dir finds them.
+        A dataset with a ``prepare`` method (class images, the pre-flight
+        scan, the text-embedding and latent caches: see
+        :class:`~diffengine.datasets.preparation.PrepareContext`) is built
+        here from its config and prepared, so that the sampler sees its rows
+        as they will be trained on; the loader is then built around it.
+
+        Returns:
+            bool: Whether the dataset was reached before its loader: False
+            when the data loader is given built, or its config holds no
+            dataset.
         """
         loader = self._train_dataloader
         dataset = loader.get("dataset") if isinstance(loader, dict) else None
+        if dataset is None:
+            return False
         if isinstance(dataset, dict):
             kind = dataset.get("type")
             dataset_class = kind if isinstance(kind, type) else DATASETS.get(
                 str(kind))
-            if not (isinstance(dataset_class, type)
-                    and issubclass(dataset_class, DreamBoothDataset)):
-                return
+            if not hasattr(dataset_class, "prepare"):
+                return True
             dataset = DATASETS.build(dataset)
-        if not isinstance(dataset, DreamBoothDataset):
-            return
-        start = time.perf_counter()
-        dataset.prepare_class_images(self.bare_model, self.work_dir)
+            # as mmengine's build_dataloader does with a config
+            if hasattr(dataset, "full_init"):
+                dataset.full_init()
+        if hasattr(dataset, "prepare"):
+            dataset.prepare(self._prepare_context(loader["batch_size"]))
         self._train_dataloader = dict(loader, dataset=dataset)
-        if dataset.class_prompt is not None:
-            self.logger.info(
-                f"class images ready in {time.perf_counter() - start:.1f} s")
+        return True
 
-    def prepare_latent_cache(self, dataloader) -> None:
-        """Encode the training images once when the dataset caches latents.
-
-        Files go to ``work_dir/latent_cache``, where later runs of the same
-        work dir find them.
-        """
-        dataset = dataloader.dataset
-        if not (isinstance(dataset, CaptionedImageDataset)
-                and dataset.cache_latents):
-            return
-        model = self.bare_model
-        start = time.perf_counter()
-        dataset.build_latent_cache(
-            model.encode_images, model.latent_encoder_id(),
-            osp.join(self.work_dir, "latent_cache"),
-            dataloader.batch_size or dataloader.batch_sampler.batch_size)
-        self.logger.info(
-            f"latent cache ready in {time.perf_counter() - start:.1f} s")
+    def _prepare_context(self, batch_size: int) -> PrepareContext:
+        return PrepareContext(model=self.bare_model, work_dir=self.work_dir,
+                              batch_size=batch_size, logger=self.logger)
 
     # ---- signals -----------------------------------------------------
     def train(self) -> torch.nn.Module:

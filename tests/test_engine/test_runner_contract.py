@@ -1,9 +1,11 @@
-"""Hooks and loops hold to mmengine's runner contract.
+"""Hooks and loops hold to mmengine's runner contract, and the runner
+knows no dataset class.
 
-They import no runner module and read no private runner attribute
-(``runner._x``, ``self.runner._x``, ``getattr(runner, "_x")``), so that they
-work with any runner that keeps mmengine's public surface. Read from the
-source, inside functions too.
+Hooks and loops import no runner module and read no private runner
+attribute (``runner._x``, ``self.runner._x``, ``getattr(runner, "_x")``), so
+that they work with any runner that keeps mmengine's public surface. Read
+from the source, inside functions too. The runner lets any dataset with a
+``prepare`` method prepare itself.
 """
 from __future__ import annotations
 
@@ -11,6 +13,9 @@ import ast
 from pathlib import Path
 
 import pytest
+
+from diffengine.datasets.preparation import PrepareContext
+from tests.test_engine.test_hooks.test_hooks import make_runner
 
 ENGINE = Path(__file__).resolve().parents[2] / "diffengine" / "engine"
 HOOKS_AND_LOOPS = sorted([
@@ -20,6 +25,9 @@ HOOKS_AND_LOOPS = sorted([
     ENGINE / "log_processor.py",
 ])
 RUNNER_MODULE = "diffengine.engine.runner"
+# what the runner may import of diffengine.datasets: no dataset class
+RUNNER_DATASET_IMPORTS = {"diffengine.datasets.preparation",
+                          "diffengine.datasets.samplers"}
 
 
 def is_runner(node: ast.expr) -> bool:
@@ -80,3 +88,40 @@ def test_the_checks_see_what_they_forbid():
     assert runner_imports(tree) == [1, 2, 4]
     assert private_runner_reads(tree) == [
         "5: _resume", "5: _train_loop", "5: _seed"]
+
+
+def test_the_runner_imports_no_dataset_module():
+    tree = ast.parse((ENGINE / "runner.py").read_text())
+    imported = {node.module for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom)} | {
+        alias.name for node in ast.walk(tree)
+        if isinstance(node, ast.Import) for alias in node.names}
+    assert {m for m in imported if m and m.startswith("diffengine.datasets")
+            } <= RUNNER_DATASET_IMPORTS
+
+
+class Preparing:
+    """A dataset of no class the runner knows, with a ``prepare``."""
+
+    def __init__(self):
+        self.contexts = []
+
+    def __len__(self):
+        return 4
+
+    def prepare(self, context):
+        self.contexts.append(context)
+
+
+def test_any_dataset_with_prepare_prepares_before_its_loader(
+        tmp_path, tiny_sd, shapes_data):
+    runner = make_runner(tmp_path, tiny_sd, shapes_data)
+    dataset = Preparing()
+    runner._train_dataloader = dict(
+        runner._train_dataloader, batch_size=3, dataset=dataset)
+    assert runner.prepare_dataset()
+    context, = dataset.contexts
+    assert context == PrepareContext(model=runner.bare_model,
+                                     work_dir=runner.work_dir, batch_size=3,
+                                     logger=runner.logger)
+    assert runner._train_dataloader["dataset"] is dataset
