@@ -111,7 +111,7 @@ def architecture_of(lora: AdapterFile) -> Architecture:
     text encoder, else SD 1.x.
 
     Raises:
-        ValueError: If the recorded architecture is not one of
+        ConfigError: If the recorded architecture is not one of
             :data:`ARCHITECTURES`.
     """
     name = lora.training.get("architecture")
