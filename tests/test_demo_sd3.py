@@ -1,4 +1,4 @@
-"""The SD3-shaped models of diffengine.demo, and the SD3 architectures."""
+"""The SD3-shaped models of diffengine.demo."""
 import numpy as np
 import pytest
 import torch
@@ -7,7 +7,6 @@ from peft import LoraConfig, inject_adapter_in_model
 
 from diffengine.architectures import (
     SD3_MEDIUM,
-    SD35_LARGE,
     SD35_MEDIUM,
     sd3_architecture,
 )
@@ -84,23 +83,6 @@ def test_sd35_medium_architecture_on_the_meta_device():
         # by suffix the second attention of blocks 0-12 is adapted too
         assert hasattr(transformer.transformer_blocks[12].attn2.to_q,
                        "lora_A")
-
-
-def test_sd3_architectures_from_configs():
-    large = dict(SD35_MEDIUM_TRANSFORMER_CONFIG, num_layers=38,
-                 num_attention_heads=38, dual_attention_layers=())
-    medium = dict(SD35_MEDIUM_TRANSFORMER_CONFIG, qk_norm=None,
-                  dual_attention_layers=())
-    assert sd3_architecture(large) is SD35_LARGE
-    assert sd3_architecture(medium) is SD3_MEDIUM
-    for architecture in (SD3_MEDIUM, SD35_MEDIUM, SD35_LARGE):
-        assert architecture.kohya_prefixes == {
-            "transformer": "lora_unet_", "text_encoder": "lora_te1_",
-            "text_encoder_2": "lora_te2_"}
-        assert architecture.resolution == 1024
-    assert [a.name for a in (SD3_MEDIUM, SD35_MEDIUM, SD35_LARGE)] == [
-        "stable-diffusion-3-3-medium", "stable-diffusion-3-3-5-medium",
-        "stable-diffusion-3-3-5-large"]
 
 
 def test_sd35_medium_shaped_parts_on_the_meta_device(tmp_path):
