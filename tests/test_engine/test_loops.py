@@ -1,10 +1,14 @@
-"""The resumable training loops on a real runner: an iteration-based run
-resumed from a checkpoint ends with the weights of one never stopped."""
+"""The resumable training loops: positioning a loader mid-epoch, and on a
+real runner an iteration-based run resumed from a checkpoint that ends with
+the weights of one never stopped."""
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.utils.data import DataLoader
 
 from diffengine.adapter_file import weights_path
+from diffengine.engine.loops import position
+from diffengine.errors import ConfigError
 from tests.conftest import UNET_CONV_TARGETS
 from tests.test_engine.test_hooks.test_lora_checkpoint_hook import make_runner
 
@@ -32,3 +36,9 @@ def test_iteration_based_resume_is_bit_exact(tmp_path, tiny_sd, shapes_data,
     again = load_file(weights_path(str(tmp_path / "first" / "step12")))
     assert straight.keys() == again.keys()
     assert all(torch.equal(straight[k], again[k]) for k in straight)
+
+
+def test_resuming_mid_epoch_needs_a_sampler_that_skips():
+    loader = DataLoader(list(range(8)), batch_size=2)
+    with pytest.raises(ConfigError, match="DeterministicSampler"):
+        position(loader, 0, 1)

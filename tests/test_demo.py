@@ -1,8 +1,13 @@
-"""The SD3-shaped models of diffengine.demo."""
+"""The tiny and full-size-shaped models of diffengine.demo: SD3 and SD3.5,
+Flux.1 dev and schnell."""
 import numpy as np
 import pytest
 import torch
-from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+from diffusers import (
+    FluxPipeline,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+)
 from peft import LoraConfig, inject_adapter_in_model
 
 from diffengine.architectures import (
@@ -12,6 +17,7 @@ from diffengine.architectures import (
 )
 from diffengine.demo import (
     SD35_MEDIUM_TRANSFORMER_CONFIG,
+    make_tiny_flux,
     make_tiny_sd3,
     sd35_medium_shaped_models,
     write_char_tokenizer,
@@ -102,3 +108,25 @@ def test_sd35_medium_shaped_parts_on_the_meta_device(tmp_path):
     assert t5.config.d_model == transformer.config.joint_attention_dim
     assert (clip_l.config.projection_dim + clip_g.config.projection_dim
             == transformer.config.pooled_projection_dim)
+
+
+@pytest.mark.parametrize("variant", ["dev", "schnell"])
+def test_make_tiny_flux_loads_and_draws(tmp_path, variant):
+    path = make_tiny_flux(str(tmp_path / variant), variant=variant)
+    pipe = FluxPipeline.from_pretrained(path)
+    latent_channels = pipe.vae.config.latent_channels
+    assert pipe.transformer.config.in_channels == 4 * latent_channels == 64
+    config = pipe.transformer.config
+    assert sum(config.axes_dims_rope) == config.attention_head_dim
+    assert config.guidance_embeds == (variant == "dev")
+    assert pipe.scheduler.config.use_dynamic_shifting == (variant == "dev")
+    image = pipe("a red circle", height=64, width=64, num_inference_steps=2,
+                 max_sequence_length=32,
+                 generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (64, 64)
+    assert np.asarray(image).std() > 0
+
+
+def test_make_tiny_flux_rejects_unknown_variant(tmp_path):
+    with pytest.raises(ConfigError, match="variant='pro'"):
+        make_tiny_flux(str(tmp_path), variant="pro")
