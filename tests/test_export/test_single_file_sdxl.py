@@ -27,7 +27,7 @@ from diffengine.errors import ConfigError
 from diffengine.export import merge_lora, to_single_file
 from diffengine.models import StableDiffusionXL
 from tests.conftest import save_perturbed_step
-from tests.original_layout import (
+from tests.oracles.original_layout import (
     layout_difference,
     original_sdxl_checkpoint,
 )
