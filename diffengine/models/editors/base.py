@@ -167,7 +167,7 @@ class LatentDiffusionModel(AdapterIO, BaseModel):
             reuse its embedding; only with frozen text encoders. Defaults to
             False.
         data_preprocessor (dict, optional): Defaults to
-            ``dict(type="SDDataPreprocessor")``.
+            ``dict(type="DiffusionDataPreprocessor")``.
         noise_offset (float, optional): Replaced by ``noise_generator=dict(
             type="OffsetNoise", offset_weight=...)``; setting it is an error
             that says so.
@@ -235,7 +235,7 @@ class LatentDiffusionModel(AdapterIO, BaseModel):
         # Built here from diffengine's registry: BaseModel would look it up
         # in mmengine's root registry, which knows no diffengine module.
         super().__init__(data_preprocessor=MODELS.build(
-            data_preprocessor or dict(type="SDDataPreprocessor")))
+            data_preprocessor or dict(type="DiffusionDataPreprocessor")))
         if noise_offset is not None:
             raise ConfigError(
                 f"noise_offset={noise_offset} was replaced by "
