@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -24,14 +23,10 @@ from tqdm import tqdm
 from diffengine.adapter_file import AdapterFile, read_adapter_file
 from diffengine.adapters.formats import file_format
 from diffengine.architectures import architecture_of
+from diffengine.generation import GenerationOptions
 from diffengine.progress import progress_bar
 from diffengine.quiet import NO_TEXT_ENCODER_LORA, without_message
 from diffengine.stop import raise_if_stop_requested
-
-# The VisualizationHook settings that decide a sample, as ``generate`` names
-# them; ``demo`` reads them from a step file to draw the training's samples.
-SAMPLING_SETTINGS = ("num_inference_steps", "guidance_scale", "height",
-                     "width", "negative_prompt", "seed")
 
 # Parts that training does without (SD 1.x's safety checker), switched off
 # where a pipeline has them, as training's own pipeline does.
@@ -78,12 +73,14 @@ def family_of(pipeline_class: type[DiffusionPipeline]) -> type | None:
                  and family.pipeline_class is pipeline_class), None)
 
 
-def family_defaults_of(pipe: DiffusionPipeline | type[DiffusionPipeline]
-                       ) -> tuple[type, Any]:
-    """The family whose pipeline ``pipe`` is (or whose pipeline class it
-    is; ``LatentDiffusionModel`` for none) and the config of ``pipe``'s
-    denoiser (None for a class), which the family's
-    ``sampling_defaults_for`` and ``call_defaults_for`` read."""
+def generation_defaults(pipe: DiffusionPipeline | type[DiffusionPipeline]
+                        ) -> GenerationOptions:
+    """The options that ``pipe`` draws with where nothing else gives them:
+    those of the family whose pipeline it is (``generation_defaults_for``
+    the pipeline's denoiser, so that a variant with its own, FLUX.1
+    [schnell], gets them), of the family alone for a pipeline class, SD
+    1.x's 50 steps at 7.5 for a pipeline no family has."""
+    # here, not at the top: the families import this module
     from diffengine.models.editors.base import LatentDiffusionModel
     pipeline_class = pipe if isinstance(pipe, type) else type(pipe)
     family = family_of(pipeline_class) or LatentDiffusionModel
@@ -91,37 +88,7 @@ def family_defaults_of(pipe: DiffusionPipeline | type[DiffusionPipeline]
     if not isinstance(pipe, type):
         with contextlib.suppress(ValueError):  # neither transformer nor unet
             config = denoiser_of(pipe).config
-    return family, config
-
-
-def sampling_settings_of(pipe: DiffusionPipeline | type[DiffusionPipeline],
-                         **given: Any) -> dict[str, float | int]:
-    """``num_inference_steps`` and ``guidance_scale`` as ``given``, those
-    given as None or not at all from the family whose pipeline ``pipe`` is
-    (or whose pipeline class it is): the family's ``sampling_defaults_for``
-    the pipeline's denoiser, so that a pipeline of a variant with its own
-    defaults (FLUX.1 [schnell]) gets them; the family's defaults for a
-    class alone; SD 1.x's 50 and 7.5 for a pipeline no family has."""
-    family, config = family_defaults_of(pipe)
-    defaults = family.sampling_defaults_for(config)
-    return {name: default if given.get(name) is None else given[name]
-            for name, default in defaults.items()}
-
-
-def call_defaults_of(pipe: DiffusionPipeline) -> dict[str, Any]:
-    """More arguments of ``pipe``'s call that its base samples with when
-    none are given (the family's ``call_defaults_for`` the pipeline's
-    denoiser): FLUX.1 [schnell]'s T5 length of 256, where FluxPipeline's
-    own is [dev]'s 512."""
-    family, config = family_defaults_of(pipe)
-    return family.call_defaults_for(config)
-
-
-def sampling_defaults_of(pipe: DiffusionPipeline | type[DiffusionPipeline]
-                         ) -> dict[str, float | int]:
-    """``num_inference_steps`` and ``guidance_scale`` of the family whose
-    pipeline ``pipe`` is (:func:`sampling_settings_of` with none given)."""
-    return sampling_settings_of(pipe)
+    return family.generation_defaults_for(config)
 
 
 @contextlib.contextmanager
@@ -167,15 +134,11 @@ def step_callback(num_inference_steps: int, progress: tqdm | None = None
 
 def generate(pipe: DiffusionPipeline,
              prompt: str,
-             seeds: Sequence[int],
-             negative_prompt: str | None = None,
-             height: int | None = None,
-             width: int | None = None,
-             num_inference_steps: int | None = None,
-             guidance_scale: float | None = None,
+             seeds: Sequence[int] | None = None,
+             options: GenerationOptions | None = None,
              output_type: str = "pil",
              progress: tqdm | None = None,
-             **options: Any) -> list[np.ndarray]:
+             **given: Any) -> list[np.ndarray]:
     """One image of ``prompt`` per seed, in one batch.
 
     Each image gets its own CPU generator seeded with its seed, so that an
@@ -185,46 +148,36 @@ def generate(pipe: DiffusionPipeline,
 
     Args:
         pipe (DiffusionPipeline): The pipeline of a family (SD 1.x, SDXL,
-            SD3), LoRA loaded or not.
+            SD3, Flux), adapters loaded or not.
         prompt (str): The prompt.
-        seeds (Sequence[int]): One seed per image.
-        negative_prompt (str, optional): Defaults to None.
-        height (int, optional): Defaults to the pipeline's.
-        width (int, optional): Defaults to the pipeline's.
-        num_inference_steps (int, optional): Defaults to the family's
-            (:func:`sampling_settings_of` the pipeline).
-        guidance_scale (float, optional): Classifier-free guidance.
-            Defaults to the family's.
+        seeds (Sequence[int], optional): One seed per image, in place of
+            ``options``'. Defaults to those of ``options``, else 0.
+        options (GenerationOptions, optional): How to draw; what it leaves
+            out, the base's (:func:`generation_defaults`). Defaults to None.
         output_type (str): ``"pil"`` gives H×W×3 uint8 arrays, ``"np"``
             float arrays in [0, 1]. Defaults to ``"pil"``.
         progress (tqdm, optional): A bar advanced at every denoising step
             (:func:`sampling_progress`). Defaults to None.
-        **options: More arguments of the pipeline's call, e.g. SD3's
-            ``max_sequence_length``; those not given, the base's
-            (:func:`call_defaults_of`).
+        **given: Options by the names :meth:`GenerationOptions.of` takes
+            (``num_inference_steps``, ``guidance_scale``, ``height``,
+            ``width``, ``negative_prompt``, or an argument of the
+            pipeline's call such as ``max_sequence_length``), in place of
+            ``options``'.
 
     Returns:
         list[np.ndarray]: One image per seed.
     """
-    if not seeds:
+    options = generation_defaults(pipe).overridden_by(options).overridden_by(
+        GenerationOptions.of(seed=seeds, **given))
+    if not options.seeds:
         raise ValueError("seeds is empty: give at least one seed.")
     raise_if_stop_requested()
-    settings = sampling_settings_of(pipe,
-                                    num_inference_steps=num_inference_steps,
-                                    guidance_scale=guidance_scale)
-    num_inference_steps = settings["num_inference_steps"]
-    options = {**call_defaults_of(pipe), **options}
     images = pipe(
         prompt,
-        negative_prompt=negative_prompt,
-        height=height,
-        width=width,
-        **settings,
-        num_images_per_prompt=len(seeds),
-        generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+        **options.call_arguments(),
         output_type=output_type,
-        callback_on_step_end=step_callback(num_inference_steps, progress),
-        **options).images
+        callback_on_step_end=step_callback(options.num_inference_steps,
+                                           progress)).images
     if output_type == "pil":
         return [np.asarray(image) for image in images]
     return list(images)
@@ -354,31 +307,3 @@ def load_pipeline(base: str,
     if torch_dtype != torch.float32:
         pipe.to(dtype=torch_dtype)
     return pipe.to(device)
-
-
-def sampling_settings(lora: str) -> dict:
-    """The settings a step's training drew its samples with.
-
-    Read from the ``training_config`` the step file records: the first
-    ``VisualizationHook`` of its ``custom_hooks``, as ``generate`` names
-    them (``num_inference_steps``, ``guidance_scale``, ``height``,
-    ``width``, ``negative_prompt``, plus ``seed`` as a list); empty for a
-    file without one.
-    """
-    recorded = read_adapter_file(lora).training.get("training_config")
-    hooks = json.loads(recorded).get("custom_hooks") or [] if recorded else []
-    hook = next((h for h in hooks if isinstance(h, dict) and str(
-        h.get("type", "")).endswith("VisualizationHook")), None)
-    if hook is None:
-        return {}
-    # The hook's own defaults, for what the config left out.
-    from diffengine.engine.hooks.visualization_hook import VisualizationHook
-    defaults = {
-        name: parameter.default for name, parameter in inspect.signature(
-            VisualizationHook.__init__).parameters.items()
-        if parameter.default is not inspect.Parameter.empty}
-    settings = {name: hook.get(name, defaults.get(name))
-                for name in SAMPLING_SETTINGS}
-    seed = settings["seed"]
-    settings["seed"] = [seed] if isinstance(seed, int) else list(seed)
-    return settings

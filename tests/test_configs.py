@@ -80,7 +80,7 @@ def test_leaf_config_builds(config, tiny_sd, tiny_sdxl, tiny_sd3, tiny_flux,
         (name, "text_encoder_lora_config") for name in model.text_encoder_names]
     for part, lora in parts:
         if lora in cfg.model:
-            assert model.lora_configs[part].r == cfg.model[lora].r
+            assert model.adapter_configs[part].r == cfg.model[lora].r
     # the technique components and their options reach the model
     for key, attribute in COMPONENTS.items():
         if key in cfg.model:
@@ -121,7 +121,7 @@ def test_cfg_options_reach_the_built_objects(tiny_sd, shapes_data):
                "custom_hooks=[]")
     init_default_scope("diffengine")
     model = MODELS.build(cfg.model)
-    unet, text = model.lora_configs["unet"], model.lora_configs["text_encoder"]
+    unet, text = model.adapter_configs["unet"], model.adapter_configs["text_encoder"]
     assert (unet.r, unet.lora_alpha, unet.lora_dropout) == (3, 6, 0.1)
     assert text.r == 5 and set(text.target_modules) == {"q_proj", "v_proj"}
     assert (cfg.train_dataloader.batch_size,

@@ -105,14 +105,16 @@ def test_the_denoiser_of_a_pipeline(tiny_sd):
 def test_each_family_samples_with_its_own_defaults():
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    from diffengine.inference import sampling_defaults_of
-    assert sampling_defaults_of(StableDiffusionPipeline) == dict(
-        num_inference_steps=50, guidance_scale=7.5)
-    assert sampling_defaults_of(StableDiffusionXLPipeline) == dict(
-        num_inference_steps=50, guidance_scale=7.5)
+    from diffengine.inference import generation_defaults
+
+    def steps_and_guidance(pipeline_class):
+        options = generation_defaults(pipeline_class)
+        return options.num_inference_steps, options.guidance_scale
+
+    assert steps_and_guidance(StableDiffusionPipeline) == (50, 7.5)
+    assert steps_and_guidance(StableDiffusionXLPipeline) == (50, 7.5)
     # StableDiffusion3Pipeline's own defaults
-    assert sampling_defaults_of(StableDiffusion3Pipeline) == dict(
-        num_inference_steps=28, guidance_scale=7.0)
+    assert steps_and_guidance(StableDiffusion3Pipeline) == (28, 7.0)
 
 
 def count_denoiser_calls(module):

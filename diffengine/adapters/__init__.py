@@ -9,10 +9,10 @@ module with an :class:`AdapterKind` subclass and a line in
 :mod:`diffengine.adapters.kinds`.
 
 The modules are layered, each importing only those below it: the kinds
-(``base``, ``lora``, ``dora``, ``loha``, ``lokr``, ``kinds``, ``kohya``)
-at the bottom, the file record (:mod:`diffengine.adapter_file`) above them,
-the step-file formats (:mod:`diffengine.adapters.formats`) on top. This
-package imports the kinds only.
+(``base``, ``lora``, ``dora``, ``lycoris``, ``loha``, ``lokr``, ``kinds``,
+``kohya``) at the bottom, the file record (:mod:`diffengine.adapter_file`)
+above them, the step-file formats (:mod:`diffengine.adapters.formats`) on
+top. This package imports the kinds only.
 """
 from __future__ import annotations
 

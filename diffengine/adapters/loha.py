@@ -14,35 +14,22 @@ the rank of ``hada_w1_b``.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import ClassVar
-
 import torch
 from peft import LoHaConfig
 
-from diffengine.adapters.base import LYCORIS_WEIGHT_NAME, AdapterKind
-
-# kohya's and LyCORIS' names for peft's options
-LYCORIS_ALIASES = {"rank": "r", "network_dim": "r", "network_alpha": "alpha",
-                   "target": "target_modules",
-                   "use_tucker": "use_effective_conv2d"}
+from diffengine.adapters.lycoris import LycorisKind
 
 
-class LoHa(AdapterKind):
+class LoHa(LycorisKind):
     """peft's ``LoHaConfig``."""
 
     name = "LoHa"
     config_class = LoHaConfig
     peft_type = "LOHA"
-    alpha_option = "alpha"
     parameters = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b",
                   "hada_t1", "hada_t2")
     kohya_keys = ("hada_w1_a", )
-    weight_name = LYCORIS_WEIGHT_NAME
     algo = "loha"
-    aliases = LYCORIS_ALIASES
-    # a LoRA config switched to LoHa keeps its alpha
-    synonyms: ClassVar[Mapping[str, str]] = {"lora_alpha": "alpha"}
 
     def tensor_rank(self, tensors):
         return tensors["hada_w1_b"].shape[0]

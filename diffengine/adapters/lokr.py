@@ -29,8 +29,7 @@ from typing import ClassVar
 import torch
 from peft import LoKrConfig
 
-from diffengine.adapters.base import LYCORIS_WEIGHT_NAME, AdapterKind
-from diffengine.adapters.loha import LYCORIS_ALIASES
+from diffengine.adapters.lycoris import LYCORIS_ALIASES, LycorisKind
 
 
 def decomposed_rank(tensors) -> int | None:
@@ -62,21 +61,18 @@ def tucker_rebuild(core: torch.Tensor, wa: torch.Tensor,
     return torch.einsum("ijkl,ip,jr->prkl", core, wa, wb).contiguous()
 
 
-class LoKr(AdapterKind):
+class LoKr(LycorisKind):
     """peft's ``LoKrConfig``."""
 
     name = "LoKr"
     config_class = LoKrConfig
     peft_type = "LOKR"
-    alpha_option = "alpha"
     parameters = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2",
                   "lokr_w2_a", "lokr_w2_b", "lokr_t2")
     kohya_keys = parameters
-    weight_name = LYCORIS_WEIGHT_NAME
     algo = "lokr"
     aliases: ClassVar[Mapping[str, str]] = {
         **LYCORIS_ALIASES, "factor": "decompose_factor"}
-    synonyms: ClassVar[Mapping[str, str]] = {"lora_alpha": "alpha"}
 
     def tensor_rank(self, tensors):
         rank = decomposed_rank(tensors)

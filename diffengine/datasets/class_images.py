@@ -19,7 +19,8 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +32,8 @@ from tqdm import tqdm
 from diffengine.datasets.kohya_folder import IMAGE_EXTENSIONS
 from diffengine.errors import DataError
 from diffengine.fileio import atomic_write, atomic_write_text
-from diffengine.inference import denoiser_of, sampling_settings_of
+from diffengine.generation import GenerationOptions
+from diffengine.inference import denoiser_of, generation_defaults
 from diffengine.stop import raise_if_stop_requested
 
 # Image k of a folder that diffengine fills is generated with seed k.
@@ -73,7 +75,7 @@ def sampled_weights_digest(modules: Iterable[torch.nn.Module],
 
 
 def class_images_key(pipe, base_model: str, prompt: str,
-                     options: dict) -> dict:
+                     options: GenerationOptions | Mapping[str, Any]) -> dict:
     """Everything that decides the class images drawn with ``pipe``.
 
     Args:
@@ -81,10 +83,10 @@ def class_images_key(pipe, base_model: str, prompt: str,
             draws with it.
         base_model (str): Its hub id or folder.
         prompt (str): The class prompt.
-        options (dict): ``num_inference_steps``, ``guidance_scale``,
-            ``negative_prompt``, ``height`` and ``width`` as given to
-            ``infer`` (missing ones take ``infer``'s defaults: the
-            base's ``sampling_defaults_for`` for steps and guidance).
+        options (GenerationOptions | Mapping): Those given to ``infer``,
+            or a mapping of them by the names ``GenerationOptions.of``
+            takes (what they leave out, the base's: ``generation_defaults``
+            of ``pipe``).
 
     Returns:
         dict: Plain JSON data, the same for the same images.
@@ -99,17 +101,20 @@ def class_images_key(pipe, base_model: str, prompt: str,
     size = sample_size * pipe.vae_scale_factor if sample_size else None
     scheduler = {k: v for k, v in pipe.scheduler.config.items()
                  if not k.startswith("_")}
-    settings = sampling_settings_of(pipe, **options)
+    if not isinstance(options, GenerationOptions):
+        options = GenerationOptions.of(**options)
+    drawn = generation_defaults(pipe).overridden_by(options)
     return {
         "base_model": base_model,
         "weights": sampled_weights_digest(modules),
         "dtype": str(denoiser.dtype).removeprefix("torch."),
         "scheduler": {"class": type(pipe.scheduler).__name__, **scheduler},
         "prompt": prompt,
-        "height": options.get("height") or size,
-        "width": options.get("width") or size,
-        **settings,
-        "negative_prompt": options.get("negative_prompt"),
+        "height": options.height or size,
+        "width": options.width or size,
+        "num_inference_steps": drawn.num_inference_steps,
+        "guidance_scale": drawn.guidance_scale,
+        "negative_prompt": options.negative_prompt,
         "seeds": SEED_RULE,
     }
 

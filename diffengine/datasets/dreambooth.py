@@ -19,6 +19,7 @@ from diffengine.datasets.class_images import (
 from diffengine.datasets.hf_dataset import HFImageRows
 from diffengine.datasets.preparation import PrepareContext
 from diffengine.errors import ConfigError
+from diffengine.generation import SAMPLE_SETTINGS, GenerationOptions
 from diffengine.registry import DATASETS
 
 if TYPE_CHECKING:  # for the hint only: a dataset needs no model to import
@@ -26,8 +27,7 @@ if TYPE_CHECKING:  # for the hint only: a dataset needs no model to import
 
 # What ``class_generation`` may set: options of ``infer`` and the number of
 # images generated together.
-GENERATION_OPTIONS = ("num_inference_steps", "guidance_scale",
-                      "negative_prompt", "height", "width", "batch_size")
+GENERATION_OPTIONS = (*SAMPLE_SETTINGS, "batch_size")
 
 
 @DATASETS.register_module()
@@ -162,8 +162,9 @@ class DreamBoothDataset(CaptionedImageDataset):
         """
         if self.class_prompt is None:
             return
-        options = dict(self.class_generation)
-        batch_size = options.pop("batch_size", 4)
+        given = dict(self.class_generation)
+        batch_size = given.pop("batch_size", 4)
+        options = GenerationOptions.of(**given)
         if self.class_data_dir is None:
             key = class_images_key(model.pipeline(), model.base_model,
                                    self.class_prompt, options)
@@ -172,7 +173,7 @@ class DreamBoothDataset(CaptionedImageDataset):
 
         def generate(seeds: Sequence[int]) -> list[np.ndarray]:
             return model.infer([self.class_prompt], seed=list(seeds),
-                               **options)
+                               options=options)
 
         generate_class_images(self.class_data_dir, self.num_class_images,
                               generate, batch_size)

@@ -10,6 +10,7 @@ with the adapter configs and the training facts in its metadata.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -85,7 +86,9 @@ class AdapterIO:
     @property
     def lora_configs(self) -> dict[str, PeftConfig]:
         """:attr:`adapter_configs`, by the name it had when only LoRA
-        trained."""
+        trained (deprecated: it holds LoHa and LoKr configs too)."""
+        warnings.warn("lora_configs is now adapter_configs",
+                      DeprecationWarning, stacklevel=2)
         return self.adapter_configs
 
     @property
@@ -147,8 +150,14 @@ class AdapterIO:
             }
         return state_dicts
 
-    # the name hooks and tools call it by
-    lora_state_dicts = adapter_state_dicts
+    def lora_state_dicts(
+            self, state_dict: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, dict[str, torch.Tensor]]:
+        """:meth:`adapter_state_dicts`, by the name it had when only LoRA
+        trained (deprecated: it holds LoHa and LoKr weights too)."""
+        warnings.warn("lora_state_dicts() is now adapter_state_dicts()",
+                      DeprecationWarning, stacklevel=2)
+        return self.adapter_state_dicts(state_dict)
 
     def adapter_metadata(self, part: str) -> dict:
         """The peft config of ``part`` as a dict, with sets sorted so that

@@ -15,17 +15,10 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import TYPE_CHECKING
 
-# Where neither the flags nor the step's training say; None steps and
-# guidance are the family's (``inference.sampling_settings_of``).
-FALLBACK_SETTINGS = dict(num_inference_steps=None, guidance_scale=None,
-                         height=None, width=None, negative_prompt=None,
-                         seed=[0])
-# The flag of each setting.
-FLAGS = dict(num_inference_steps="steps", guidance_scale="guidance_scale",
-             height="height", width="width", negative_prompt="negative",
-             seed="seed")
-
+if TYPE_CHECKING:  # for the hint only: --help needs neither torch nor diffusers
+    from diffengine.generation import GenerationOptions
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -69,19 +62,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def settings_of(args: argparse.Namespace) -> dict:
-    """The sampling settings: the flags given, else those the step's
-    training sampled with, else ``FALLBACK_SETTINGS`` (where steps and
-    guidance stay None for the family's)."""
-    from diffengine.inference import sampling_settings
+def options_of(args: argparse.Namespace) -> GenerationOptions:
+    """The generation options: the flags given, else those the step's
+    training sampled with (steps and guidance that neither gives stay
+    unset for the family's)."""
+    from diffengine.generation import (
+        GenerationOptions,
+        recorded_generation_options,
+    )
 
-    trained = sampling_settings(args.lora)
-    settings = {}
-    for name, fallback in FALLBACK_SETTINGS.items():
-        flag = getattr(args, FLAGS[name])
-        settings[name] = (flag if flag is not None
-                          else trained.get(name, fallback))
-    return settings
+    return recorded_generation_options(args.lora).overridden_by(
+        GenerationOptions.of(
+            seed=args.seed, num_inference_steps=args.steps,
+            guidance_scale=args.guidance_scale, height=args.height,
+            width=args.width, negative_prompt=args.negative))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -94,30 +88,29 @@ def main(argv: list[str] | None = None) -> None:
     from diffengine.hub import hub_download
     from diffengine.inference import (
         generate,
+        generation_defaults,
         load_pipeline,
         make_grid,
         sampling_progress,
-        sampling_settings_of,
     )
 
-    settings = settings_of(args)
-    seeds = settings.pop("seed")
+    options = options_of(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     base = base_model(args.lora, args.base)
     with hub_download(base, "--base /path/to/a/diffusers/folder"):
         pipe = load_pipeline(
             base, args.lora, args.lora_scale, device=device,
             torch_dtype=torch.float16 if args.fp16 else torch.float32)
-    settings.update(sampling_settings_of(pipe, **settings))
-    with sampling_progress(settings["num_inference_steps"], "demo") as bar:
-        images = generate(pipe, args.prompt, seeds, progress=bar, **settings)
+    options = generation_defaults(pipe).overridden_by(options)
+    with sampling_progress(options.num_inference_steps, "demo") as bar:
+        images = generate(pipe, args.prompt, options=options, progress=bar)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     grid = make_grid(images, columns=len(images))
     Image.fromarray(grid).save(args.out)
     height, width = images[0].shape[:2]
     print(f"wrote {args.out} ({len(images)} image(s) of {width}×{height}, "
-          f"seeds {seeds}, {settings['num_inference_steps']} steps, "
-          f"guidance {settings['guidance_scale']}, LoRA scale "
+          f"seeds {list(options.seeds)}, {options.num_inference_steps} "
+          f"steps, guidance {options.guidance_scale}, LoRA scale "
           f"{args.lora_scale})")
 
 

@@ -74,7 +74,7 @@ def test_seed_config_trains_and_every_step_loads_in_diffusers(
                                          max_sequence_length=length)[1]
     for step in (1, 2):
         model = trained_model(config, work, f"iter_{step}.pth", *fp32)
-        assert set(model.lora_configs) == parts
+        assert set(model.adapter_configs) == parts
         assert model.architecture == f"flux-1-{variant}"
         assert model.max_sequence_length == length
         trained = model.infer([prompt], seed=3, **kwargs)[0]

@@ -85,7 +85,7 @@ def test_medium_seed_config_trains_and_every_step_loads_in_diffusers(
     base = draw()
     for step in (1, 2):
         model = trained_model(config, work, f"iter_{step}.pth", *options)
-        assert set(model.lora_configs) == parts
+        assert set(model.adapter_configs) == parts
         trained = model.infer([prompt], seed=3, **kwargs)[0]
         pipe.unload_lora_weights()
         pipe.load_lora_weights(str(work / f"step{step}"))

@@ -13,6 +13,7 @@ from mmengine.model import is_model_wrapper
 from diffengine.engine.checkpoint import exported_state_dict
 from diffengine.engine.log_processor import add_time_between_iterations
 from diffengine.errors import ConfigError
+from diffengine.generation import GenerationOptions
 from diffengine.inference import make_grid, prompt_slug, sampling_progress
 from diffengine.registry import HOOKS, SCORERS
 from diffengine.stop import StopRequested
@@ -81,21 +82,17 @@ class VisualizationHook(Hook):
                 f"prompt={prompt!r}: give a non-empty list of prompts.")
         if interval < 1:
             raise ConfigError(f"interval={interval} must be >= 1.")
-        seeds = [seed] if isinstance(seed, int) else list(seed)
-        if not seeds:
+        self.options = GenerationOptions.of(
+            seed=seed, height=height, width=width,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, negative_prompt=negative_prompt)
+        if not self.options.seeds:
             raise ConfigError("seed=[]: give a seed or a list of seeds.")
         self.prompt = list(prompt)
-        self.seeds = seeds
         self.interval = interval
         self.by_epoch = by_epoch
         self.at_start = at_start
         self.scorer = SCORERS.build(scorer) if scorer is not None else None
-        self.infer_kwargs = dict(
-            height=height,
-            width=width,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            negative_prompt=negative_prompt)
 
     def before_run(self, runner) -> None:
         # before the first step, rather than at the first sampling
@@ -123,23 +120,27 @@ class VisualizationHook(Hook):
             self._visualize(runner, runner.iter)
             runner.stop_if_signalled()
 
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """The seeds, one column of the grid each."""
+        return self.options.seeds
+
     @staticmethod
     def _model(runner):
         return runner.model.module if is_model_wrapper(
             runner.model) else runner.model
 
-    def _settings(self, runner) -> dict:
-        """The keyword arguments of ``infer``, the family's defaults in
-        place of those not given."""
-        model = self._model(runner)
-        return {**self.infer_kwargs,
-                **model.sampling_settings(**self.infer_kwargs)}
+    def _options(self, runner) -> GenerationOptions:
+        """The options of the samples: the model's defaults in place of
+        those the config leaves out."""
+        return self._model(runner).generation_defaults().overridden_by(
+            self.options)
 
     def _visualize(self, runner, step: int) -> None:
         if not is_main_process():
             return
         start = time.perf_counter()
-        steps = self._settings(runner)["num_inference_steps"]
+        steps = self._options(runner).num_inference_steps
         runner.logger.info(
             f"sampling {len(self.prompt)} prompt(s) × {len(self.seeds)} "
             f"seed(s) at step {step}, {steps} denoising steps each")
@@ -163,15 +164,15 @@ class VisualizationHook(Hook):
 
     def _sample(self, runner, step: int) -> list[np.ndarray]:
         model = self._model(runner)
-        settings = self._settings(runner)
+        options = self._options(runner)
         # The weights a step folder of this step holds (the averages, with
         # LoRAEMAHook), so that ``demo`` on it reproduces the samples.
-        total = len(self.prompt) * settings["num_inference_steps"]
+        total = len(self.prompt) * options.num_inference_steps
         with model.trainable_weights(exported_state_dict(runner)), \
                 sampling_progress(total,
                                   f"samples of step {step}") as progress:
-            return model.infer(self.prompt, seed=self.seeds,
-                               progress=progress, **settings)
+            return model.infer(self.prompt, options=options,
+                               progress=progress)
 
     def _log_scores(self, runner, images, step: int) -> None:
         columns = len(self.seeds)

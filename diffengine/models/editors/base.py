@@ -27,6 +27,7 @@ from mmengine.model import BaseModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from diffengine.errors import ConfigError, NonFiniteLossError
+from diffengine.generation import DEFAULT_SEEDS, GenerationOptions
 from diffengine.hub import hub_download
 from diffengine.inference import generate, quiet_loading
 from diffengine.models.adapter_io import AdapterIO
@@ -166,7 +167,7 @@ class LatentDiffusionModel(AdapterIO, BaseModel):
             reuse its embedding; only with frozen text encoders. Defaults to
             False.
         data_preprocessor (dict, optional): Defaults to
-            ``dict(type="SDDataPreprocessor")``.
+            ``dict(type="DiffusionDataPreprocessor")``.
         noise_offset (float, optional): Replaced by ``noise_generator=dict(
             type="OffsetNoise", offset_weight=...)``; setting it is an error
             that says so.
@@ -234,7 +235,7 @@ class LatentDiffusionModel(AdapterIO, BaseModel):
         # Built here from diffengine's registry: BaseModel would look it up
         # in mmengine's root registry, which knows no diffengine module.
         super().__init__(data_preprocessor=MODELS.build(
-            data_preprocessor or dict(type="SDDataPreprocessor")))
+            data_preprocessor or dict(type="DiffusionDataPreprocessor")))
         if noise_offset is not None:
             raise ConfigError(
                 f"noise_offset={noise_offset} was replaced by "
@@ -671,9 +672,7 @@ class LatentDiffusionModel(AdapterIO, BaseModel):
         call nor the config gives them, for a base whose denoiser has
         ``denoiser_config`` (None: the family's :attr:`sampling_defaults`).
         A family whose variants sample differently (Flux [dev] and
-        [schnell]) tells them apart here: :meth:`sampling_settings`,
-        ``inference.sampling_settings_of`` (``generate``, class images,
-        ``demo``) all ask this."""
+        [schnell]) tells them apart here."""
         return dict(cls.sampling_defaults)
 
     @classmethod
@@ -685,25 +684,36 @@ class LatentDiffusionModel(AdapterIO, BaseModel):
         pipeline's own defaults; none for most families."""
         return {}
 
-    def sampling_settings(self, **given: Any) -> dict[str, Any]:
-        """``num_inference_steps`` and ``guidance_scale`` as given, this
-        base's defaults (:meth:`sampling_defaults_for` its denoiser) for
-        those given as None or not at all."""
-        defaults = self.sampling_defaults_for(self.denoiser.config)
-        return {name: default if given.get(name) is None else given[name]
-                for name, default in defaults.items()}
+    @classmethod
+    def generation_defaults_for(cls, denoiser_config: Any = None
+                                ) -> GenerationOptions:
+        """The options a base whose denoiser has ``denoiser_config`` draws
+        with where nothing else gives them (:meth:`sampling_defaults_for`
+        and :meth:`call_defaults_for`): the same for :meth:`infer`, the
+        sample hook, class images and ``demo``
+        (``inference.generation_defaults``)."""
+        return GenerationOptions(
+            **cls.sampling_defaults_for(denoiser_config),
+            seeds=DEFAULT_SEEDS,
+            pipeline_arguments=cls.call_defaults_for(denoiser_config))
+
+    def generation_defaults(self) -> GenerationOptions:
+        """The options :meth:`infer` draws with where none are given: this
+        base's (:meth:`generation_defaults_for` its denoiser), with the
+        pipeline arguments that condition samples as training is
+        (:meth:`pipeline_call_options`)."""
+        return self.generation_defaults_for(
+            self.denoiser.config).overridden_by(GenerationOptions(
+                pipeline_arguments=self.pipeline_call_options()))
 
     @torch.no_grad()
     def infer(self,
               prompts: list[str],
-              negative_prompt: str | None = None,
-              height: int | None = None,
-              width: int | None = None,
-              num_inference_steps: int | None = None,
-              guidance_scale: float | None = None,
-              seed: int | Sequence[int] = 0,
+              seed: int | Sequence[int] | None = None,
+              options: GenerationOptions | None = None,
               output_type: str = "pil",
-              progress=None) -> list[np.ndarray]:
+              progress=None,
+              **given: Any) -> list[np.ndarray]:
         """Generate images with the model as trained so far.
 
         Images come from :func:`diffengine.inference.generate`, as the
@@ -712,21 +722,21 @@ class LatentDiffusionModel(AdapterIO, BaseModel):
 
         Args:
             prompts (list[str]): The prompts.
-            negative_prompt (str, optional): Defaults to None.
-            height (int, optional): Defaults to the denoiser's sample size × the
-                VAE scale factor.
-            width (int, optional): Defaults likewise.
-            num_inference_steps (int, optional): Defaults to the base's
-                (:meth:`sampling_defaults_for`).
-            guidance_scale (float, optional): Classifier-free guidance.
-                Defaults to the base's (:meth:`sampling_defaults_for`).
-            seed (int | Sequence[int]): One image per prompt and seed; each
-                seeds its own CPU generator, so that the same seed gives the
-                same image on any device. Defaults to 0.
+            seed (int | Sequence[int], optional): One image per prompt and
+                seed, in place of ``options``' seeds; each seeds its own CPU
+                generator, so that the same seed gives the same image on any
+                device. Defaults to those of ``options``, else 0.
+            options (GenerationOptions, optional): How to draw; what it
+                leaves out, :meth:`generation_defaults` (steps and guidance
+                of the base, the size of the denoiser's sample size × the
+                VAE scale factor). Defaults to None.
             output_type (str): ``"pil"`` returns H×W×3 uint8 arrays, ``"np"``
                 float arrays in [0, 1]. Defaults to ``"pil"``.
             progress (tqdm, optional): A bar advanced at every denoising
                 step (``inference.sampling_progress``). Defaults to None.
+            **given: Options by the names ``GenerationOptions.of`` takes
+                (``num_inference_steps``, ``guidance_scale``, ``height``,
+                ``width``, ``negative_prompt``), in place of ``options``'.
 
         Returns:
             list[np.ndarray]: The images of the first prompt (one per seed),
@@ -738,25 +748,17 @@ class LatentDiffusionModel(AdapterIO, BaseModel):
                 "freed: sample the step folders with demo after training, or "
                 "leave the option off (and drop VisualizationHook from "
                 "custom_hooks while it is on).")
-        seeds = [seed] if isinstance(seed, int) else list(seed)
-        settings = self.sampling_settings(
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale)
+        options = self.generation_defaults().overridden_by(
+            options).overridden_by(GenerationOptions.of(seed=seed, **given))
         was_training = self.training
         self.eval()
         try:
             pipe = self.pipeline()
             return [
                 image for prompt in prompts
-                for image in generate(
-                    pipe, prompt, seeds,
-                    negative_prompt=negative_prompt,
-                    height=height,
-                    width=width,
-                    output_type=output_type,
-                    progress=progress,
-                    **settings,
-                    **self.pipeline_call_options())
+                for image in generate(pipe, prompt, options=options,
+                                      output_type=output_type,
+                                      progress=progress)
             ]
         finally:
             self.train(was_training)

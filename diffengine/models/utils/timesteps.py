@@ -58,8 +58,19 @@ TimeSteps = UniformTimeSteps
 
 
 class _WeightedTimeSteps(TimeStepSampler):
-    """Levels drawn from a piecewise-constant density: :meth:`segments`
-    gives it, :meth:`weights` the same density over DDPM indices."""
+    """Levels drawn from a piecewise-constant density, ``bias_multiplier``
+    times as high where the subclass biases it, as diffusers'
+    ``--timestep_bias_strategy``: :meth:`segments` gives it, :meth:`weights`
+    the same density over DDPM indices.
+
+    Args:
+        bias_multiplier (float): Defaults to 5.
+    """
+
+    def __init__(self, bias_multiplier: float = 5.0) -> None:
+        if bias_multiplier <= 0:
+            raise ConfigError(f"bias_multiplier={bias_multiplier} must be > 0.")
+        self.bias_multiplier = bias_multiplier
 
     def segments(self) -> tuple[list[float], list[float]]:
         """Edges ``0 = e_0 ≤ … ≤ e_n = 1`` and the relative density of each
@@ -100,16 +111,10 @@ def _check_portion(name: str, value: float) -> None:
             "[0, 1].")
 
 
-def _check_multiplier(value: float) -> None:
-    if value <= 0:
-        raise ConfigError(f"bias_multiplier={value} must be > 0.")
-
-
 @MODELS.register_module()
 class LaterTimeSteps(_WeightedTimeSteps):
     """The noisiest ``bias_portion`` of the levels (where composition is
-    decided) drawn ``bias_multiplier`` times as often, as diffusers'
-    ``--timestep_bias_strategy later``.
+    decided) drawn ``bias_multiplier`` times as often (``later``).
 
     Args:
         bias_multiplier (float): Defaults to 5.
@@ -118,9 +123,8 @@ class LaterTimeSteps(_WeightedTimeSteps):
 
     def __init__(self, bias_multiplier: float = 5.0,
                  bias_portion: float = 0.25) -> None:
-        _check_multiplier(bias_multiplier)
+        super().__init__(bias_multiplier)
         _check_portion("bias_portion", bias_portion)
-        self.bias_multiplier = bias_multiplier
         self.bias_portion = bias_portion
 
     def segments(self) -> tuple[list[float], list[float]]:
@@ -138,12 +142,8 @@ class LaterTimeSteps(_WeightedTimeSteps):
 @MODELS.register_module()
 class EarlierTimeSteps(LaterTimeSteps):
     """The least noisy ``bias_portion`` of the levels (where fine detail is
-    learned) drawn ``bias_multiplier`` times as often, as diffusers'
-    ``--timestep_bias_strategy earlier``.
-
-    Args:
-        bias_multiplier (float): Defaults to 5.
-        bias_portion (float): Defaults to 0.25.
+    learned) drawn ``bias_multiplier`` times as often (``earlier``), with
+    :class:`LaterTimeSteps`' arguments.
     """
 
     def segments(self) -> tuple[list[float], list[float]]:
@@ -156,7 +156,7 @@ class EarlierTimeSteps(LaterTimeSteps):
 @MODELS.register_module()
 class RangeTimeSteps(_WeightedTimeSteps):
     """Levels from ``bias_begin`` to ``bias_end`` drawn ``bias_multiplier``
-    times as often, as diffusers' ``--timestep_bias_strategy range``.
+    times as often (``range``).
 
     Args:
         bias_multiplier (float): Defaults to 5.
@@ -166,13 +166,12 @@ class RangeTimeSteps(_WeightedTimeSteps):
 
     def __init__(self, bias_multiplier: float = 5.0, bias_begin: float = 0.25,
                  bias_end: float = 0.75) -> None:
-        _check_multiplier(bias_multiplier)
+        super().__init__(bias_multiplier)
         _check_portion("bias_begin", bias_begin)
         _check_portion("bias_end", bias_end)
         if bias_begin >= bias_end:
             raise ConfigError(
                 f"bias_begin={bias_begin} must be below bias_end={bias_end}.")
-        self.bias_multiplier = bias_multiplier
         self.bias_begin = bias_begin
         self.bias_end = bias_end
 

@@ -110,8 +110,8 @@ def test_a_run_saves_and_samples_the_average(tmp_path, tiny_sd, shapes_data):
     hook = next(h for h in ema.hooks if isinstance(h, LoRAEMAHook))
     saved = load_file(str(tmp_path / "ema" / "step6" /
                           "pytorch_lora_weights.safetensors"))
-    averaged = ema.model.lora_state_dicts(hook.average)["unet"]
-    live = ema.model.lora_state_dicts()["unet"]
+    averaged = ema.model.adapter_state_dicts(hook.average)["unet"]
+    live = ema.model.adapter_state_dicts()["unet"]
     assert all(torch.equal(saved[f"unet.{k}"], v) for k, v in averaged.items())
     assert max((averaged[k] - live[k]).abs().max() for k in live) > 1e-4
     # the .pth holds both, the average as the model

@@ -7,7 +7,8 @@ from diffusers import FluxPipeline
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
 from diffengine.errors import ConfigError
-from diffengine.inference import sampling_settings_of
+from diffengine.generation import GenerationOptions
+from diffengine.inference import generation_defaults
 from diffengine.models import Flux
 from diffengine.models.schedules import FlowMatchSchedule
 from tests.conftest import SD3_TARGETS, TEXT_TARGETS, perturb_lora
@@ -26,6 +27,10 @@ def build(tiny_flux, text_encoder=True, **kwargs):
                                       target_modules=TEXT_TARGETS)
         if text_encoder else None,
         **kwargs)
+
+
+def steps_and_guidance(options):
+    return options.num_inference_steps, options.guidance_scale
 
 
 def batch(n=2, size=64):
@@ -141,17 +146,14 @@ def test_schnell_has_no_guidance_and_its_own_defaults(tiny_flux_schnell):
     assert model.max_sequence_length == 256
     assert not model.schedule.use_dynamic_shifting
     assert model.schedule.shift == 1.0
-    assert model.sampling_settings() == dict(num_inference_steps=4,
-                                             guidance_scale=0.0)
+    assert steps_and_guidance(model.generation_defaults()) == (4, 0.0)
     # the same defaults wherever a [schnell] base's pipeline samples
     # (generate, class images, demo); the class alone is [dev]'s
     pipe = FluxPipeline.from_pretrained(tiny_flux_schnell)
-    assert sampling_settings_of(pipe) == dict(num_inference_steps=4,
-                                              guidance_scale=0.0)
-    assert sampling_settings_of(pipe, guidance_scale=1.0) == dict(
-        num_inference_steps=4, guidance_scale=1.0)
-    assert sampling_settings_of(FluxPipeline) == dict(
-        num_inference_steps=28, guidance_scale=3.5)
+    assert steps_and_guidance(generation_defaults(pipe)) == (4, 0.0)
+    assert steps_and_guidance(generation_defaults(pipe).overridden_by(
+        GenerationOptions(guidance_scale=1.0))) == (4, 1.0)
+    assert steps_and_guidance(generation_defaults(FluxPipeline)) == (28, 3.5)
     assert torch.isfinite(model(batch(), mode="loss")["loss"])
     with pytest.raises(ConfigError, match="embeds no guidance"):
         build(tiny_flux_schnell, text_encoder=False, guidance_scale=1.0)
@@ -161,8 +163,8 @@ def test_dev_defaults(tiny_flux):
     model = build(tiny_flux, text_encoder=False)
     assert model.guidance_scale == 1.0
     assert model.max_sequence_length == 512
-    assert model.sampling_settings(guidance_scale=5.0) == dict(
-        num_inference_steps=28, guidance_scale=5.0)
+    assert steps_and_guidance(model.generation_defaults().overridden_by(
+        GenerationOptions(guidance_scale=5.0))) == (28, 5.0)
 
 
 def test_t5_takes_no_adapter(tiny_flux):

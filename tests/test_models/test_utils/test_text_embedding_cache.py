@@ -76,7 +76,7 @@ def test_trains_the_same_with_its_text_encoders_freed(family, request,
               for runner in (plain, dropped)]
     assert len(losses[0]) == 3
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
-    trained, reference = model.lora_state_dicts(), plain.model.lora_state_dicts()
+    trained, reference = model.adapter_state_dicts(), plain.model.adapter_state_dicts()
     for part, weights in reference.items():
         for key, value in weights.items():
             torch.testing.assert_close(trained[part][key], value, rtol=0,

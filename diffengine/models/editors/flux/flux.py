@@ -10,12 +10,7 @@ from diffusers import (
     FluxPipeline,
     FluxTransformer2DModel,
 )
-from transformers import (
-    CLIPTextModel,
-    CLIPTokenizer,
-    T5EncoderModel,
-    T5TokenizerFast,
-)
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from diffengine.architectures import FLUX_DEV, FLUX_SCHNELL
 from diffengine.errors import ConfigError
@@ -25,6 +20,7 @@ from diffengine.models.editors.base import (
     first_parameter,
     token_ids,
 )
+from diffengine.models.editors.t5 import T5Conditioning, t5_encoder
 from diffengine.registry import MODELS
 
 #: FluxPipeline's defaults for [dev] (guidance-distilled) and [schnell]'s
@@ -34,7 +30,7 @@ SCHNELL_SAMPLING = dict(num_inference_steps=4, guidance_scale=0.0)
 
 
 @MODELS.register_module()
-class Flux(LatentDiffusionModel):
+class Flux(T5Conditioning, LatentDiffusionModel):
     """FLUX.1 [dev] and [schnell] trained through LoRA adapters, by flow
     matching.
 
@@ -79,9 +75,9 @@ class Flux(LatentDiffusionModel):
     default_schedule: ClassVar[dict] = dict(type="FlowMatchSchedule")
     text_encoders: ClassVar[tuple[TextEncoder, ...]] = (
         TextEncoder("text_encoder", CLIPTextModel, CLIPTokenizer),
-        TextEncoder("text_encoder_2", T5EncoderModel, T5TokenizerFast,
-                    lora=False),
+        t5_encoder("text_encoder_2"),
     )
+    t5: ClassVar[TextEncoder] = text_encoders[1]
     #: [dev]'s; a [schnell] base takes :data:`SCHNELL_SAMPLING`
     #: (:meth:`sampling_defaults_for`).
     sampling_defaults: ClassVar[dict[str, Any]] = DEV_SAMPLING
@@ -97,9 +93,7 @@ class Flux(LatentDiffusionModel):
                 "text_encoder_2_lora_config is set, but Flux adapts no T5 "
                 "(text_encoder_2): drop it; CLIP-L's adapter is "
                 "text_encoder_lora_config.")
-        if max_sequence_length is not None and max_sequence_length < 1:
-            raise ConfigError(
-                f"max_sequence_length={max_sequence_length} must be >= 1.")
+        self.check_max_sequence_length(max_sequence_length)
         super().__init__(model, **kwargs)
         guided = self.transformer.config.guidance_embeds
         if guidance_scale is not None and not guided:
@@ -145,10 +139,7 @@ class Flux(LatentDiffusionModel):
         (B × D_CLIP), as ``FluxPipeline.encode_prompt`` gives them."""
         pooled = self.text_encoder(token_ids(
             self.tokenizer, text, self.text_encoder)).pooler_output
-        embeddings = self.text_encoder_2(token_ids(
-            self.tokenizer_2, text, self.text_encoder_2,
-            self.max_sequence_length))[0]
-        return embeddings, pooled
+        return self.t5_embeddings(text), pooled
 
     def training_metadata(self) -> dict[str, str]:
         """The guidance [dev] trained with, which ``export_lora`` writes
@@ -204,6 +195,3 @@ class Flux(LatentDiffusionModel):
         # vae_scale_factor=1: height and width are already the latents'
         return FluxPipeline._unpack_latents(
             prediction, height, width, 1)
-
-    def pipeline_call_options(self) -> dict[str, Any]:
-        return {"max_sequence_length": self.max_sequence_length}

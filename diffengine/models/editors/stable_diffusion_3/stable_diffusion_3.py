@@ -12,12 +12,7 @@ from diffusers import (
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
 )
-from transformers import (
-    CLIPTextModelWithProjection,
-    CLIPTokenizer,
-    T5EncoderModel,
-    T5TokenizerFast,
-)
+from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
 from diffengine.architectures import sd3_architecture
 from diffengine.errors import ConfigError
@@ -27,14 +22,14 @@ from diffengine.models.editors.base import (
     first_parameter,
     token_ids,
 )
+from diffengine.models.editors.t5 import T5Conditioning, t5_encoder
 from diffengine.registry import MODELS
 
-T5 = TextEncoder("text_encoder_3", T5EncoderModel, T5TokenizerFast,
-                 lora=False)
+T5 = t5_encoder("text_encoder_3")
 
 
 @MODELS.register_module()
-class StableDiffusion3(LatentDiffusionModel):
+class StableDiffusion3(T5Conditioning, LatentDiffusionModel):
     """Stable Diffusion 3 Medium, 3.5 Medium and 3.5 Large trained through
     LoRA adapters, by flow matching.
 
@@ -74,6 +69,7 @@ class StableDiffusion3(LatentDiffusionModel):
                     CLIPTokenizer),
         T5,
     )
+    t5: ClassVar[TextEncoder] = T5
     #: StableDiffusion3Pipeline's own defaults (SD3 Medium's model card).
     sampling_defaults: ClassVar[dict[str, Any]] = dict(
         num_inference_steps=28, guidance_scale=7.0)
@@ -82,9 +78,7 @@ class StableDiffusion3(LatentDiffusionModel):
 
     def __init__(self, model: str, use_t5: bool = True,
                  max_sequence_length: int = 256, **kwargs: Any) -> None:
-        if max_sequence_length < 1:
-            raise ConfigError(
-                f"max_sequence_length={max_sequence_length} must be >= 1.")
+        self.check_max_sequence_length(max_sequence_length)
         self.use_t5 = use_t5
         self.max_sequence_length = max_sequence_length
         if not use_t5:
@@ -123,9 +117,7 @@ class StableDiffusion3(LatentDiffusionModel):
         clip = torch.cat(hidden_states, dim=-1)
         width = self.transformer.config.joint_attention_dim
         if self.use_t5:
-            t5 = self.text_encoder_3(token_ids(
-                self.tokenizer_3, text, self.text_encoder_3,
-                self.max_sequence_length))[0]
+            t5 = self.t5_embeddings(text)
         else:
             t5 = clip.new_zeros(len(text), self.max_sequence_length, width)
         clip = F.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
@@ -150,9 +142,6 @@ class StableDiffusion3(LatentDiffusionModel):
             timestep=timesteps,
             encoder_hidden_states=embeddings.to(dtype),
             pooled_projections=pooled.to(dtype)).sample
-
-    def pipeline_call_options(self) -> dict[str, Any]:
-        return {"max_sequence_length": self.max_sequence_length}
 
     def pipeline_parts(self) -> dict[str, Any]:
         parts = super().pipeline_parts()

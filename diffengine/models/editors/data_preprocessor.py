@@ -1,4 +1,5 @@
-"""Batches what ``PackInputs`` produced and moves it to the model's device."""
+"""Batches what ``PackInputs`` produced and moves it to the model's device,
+for every family."""
 from __future__ import annotations
 
 import torch
@@ -8,11 +9,14 @@ from diffengine.errors import ConfigError
 from diffengine.registry import MODELS
 
 
-@MODELS.register_module()
-class SDDataPreprocessor(BaseDataPreprocessor):
+@MODELS.register_module(
+    name=["DiffusionDataPreprocessor", "SDDataPreprocessor"])
+class DiffusionDataPreprocessor(BaseDataPreprocessor):
     """Stacks what is one tensor a sample (images or latents, SDXL's
     ``time_ids``) into one tensor on the device; captions and seeds stay
-    lists.
+    lists. Every family uses it.
+
+    Also registered as ``SDDataPreprocessor``, its earlier name.
 
     Args:
         non_blocking (bool): Copy to the device asynchronously, which
@@ -42,3 +46,8 @@ class SDDataPreprocessor(BaseDataPreprocessor):
                 inputs[key] = value.to(self.device,
                                        non_blocking=self._non_blocking)
         return {"inputs": inputs, "data_samples": data.get("data_samples")}
+
+
+#: The earlier name of :class:`DiffusionDataPreprocessor`, from when only
+#: Stable Diffusion used it; configs may still name it.
+SDDataPreprocessor = DiffusionDataPreprocessor
