@@ -40,7 +40,7 @@ def test_lora_checkpoint_hook_writes_and_rotates_step_dirs(
         str(tmp_path / "*.pth"))) == ["iter_4.pth", "iter_6.pth"]
     # the step dir holds the model's current adapters
     saved = load_file(str(tmp_path / "step6" / "pytorch_lora_weights.safetensors"))
-    current = runner.model.lora_state_dicts()["unet"]
+    current = runner.model.adapter_state_dicts()["unet"]
     assert set(saved) == {f"unet.{k}" for k in current}
     for key, value in current.items():
         torch.testing.assert_close(saved[f"unet.{key}"], value)

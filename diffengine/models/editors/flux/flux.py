@@ -6,7 +6,6 @@ from typing import Any, ClassVar
 
 import torch
 from diffusers import (
-    FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
     FluxTransformer2DModel,
 )
@@ -15,12 +14,12 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from diffengine.architectures import FLUX_DEV, FLUX_SCHNELL
 from diffengine.errors import ConfigError
 from diffengine.models.editors.base import (
-    LatentDiffusionModel,
     TextEncoder,
     first_parameter,
     token_ids,
 )
-from diffengine.models.editors.t5 import T5Conditioning, t5_encoder
+from diffengine.models.editors.flow_matching import FlowMatchingTransformer
+from diffengine.models.editors.t5 import t5_encoder
 from diffengine.registry import MODELS
 
 #: FluxPipeline's defaults for [dev] (guidance-distilled) and [schnell]'s
@@ -30,7 +29,7 @@ SCHNELL_SAMPLING = dict(num_inference_steps=4, guidance_scale=0.0)
 
 
 @MODELS.register_module()
-class Flux(T5Conditioning, LatentDiffusionModel):
+class Flux(FlowMatchingTransformer):
     """FLUX.1 [dev] and [schnell] trained through LoRA adapters, by flow
     matching.
 
@@ -69,10 +68,7 @@ class Flux(T5Conditioning, LatentDiffusionModel):
     """
 
     pipeline_class = FluxPipeline
-    denoiser_name = "transformer"
     denoiser_class = FluxTransformer2DModel
-    scheduler_class = FlowMatchEulerDiscreteScheduler
-    default_schedule: ClassVar[dict] = dict(type="FlowMatchSchedule")
     text_encoders: ClassVar[tuple[TextEncoder, ...]] = (
         TextEncoder("text_encoder", CLIPTextModel, CLIPTokenizer),
         t5_encoder("text_encoder_2"),

@@ -8,7 +8,6 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from diffusers import (
-    FlowMatchEulerDiscreteScheduler,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
 )
@@ -17,19 +16,19 @@ from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 from diffengine.architectures import sd3_architecture
 from diffengine.errors import ConfigError
 from diffengine.models.editors.base import (
-    LatentDiffusionModel,
     TextEncoder,
     first_parameter,
     token_ids,
 )
-from diffengine.models.editors.t5 import T5Conditioning, t5_encoder
+from diffengine.models.editors.flow_matching import FlowMatchingTransformer
+from diffengine.models.editors.t5 import t5_encoder
 from diffengine.registry import MODELS
 
 T5 = t5_encoder("text_encoder_3")
 
 
 @MODELS.register_module()
-class StableDiffusion3(T5Conditioning, LatentDiffusionModel):
+class StableDiffusion3(FlowMatchingTransformer):
     """Stable Diffusion 3 Medium, 3.5 Medium and 3.5 Large trained through
     LoRA adapters, by flow matching.
 
@@ -58,10 +57,7 @@ class StableDiffusion3(T5Conditioning, LatentDiffusionModel):
     """
 
     pipeline_class = StableDiffusion3Pipeline
-    denoiser_name = "transformer"
     denoiser_class = SD3Transformer2DModel
-    scheduler_class = FlowMatchEulerDiscreteScheduler
-    default_schedule: ClassVar[dict] = dict(type="FlowMatchSchedule")
     text_encoders: ClassVar[tuple[TextEncoder, ...]] = (
         TextEncoder("text_encoder", CLIPTextModelWithProjection,
                     CLIPTokenizer),
