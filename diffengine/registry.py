@@ -121,7 +121,7 @@ VISBACKENDS = Registry(
     parent=MMENGINE_VISBACKENDS,
     locations=["diffengine.engine"])
 # Image scorers: how much a generated image shows what its prompt says.
-SCORERS = Registry("image scorer", locations=["diffengine.demo_base"])
+SCORERS = Registry("image scorer", locations=["diffengine.demo"])
 
 
 def registry_names(registry: Registry) -> set[str]:

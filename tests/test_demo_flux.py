@@ -3,8 +3,8 @@ import pytest
 import torch
 from diffusers import FluxPipeline
 
-from diffengine.demo import make_tiny_flux
 from diffengine.errors import ConfigError
+from diffengine.testing import make_tiny_flux
 
 
 @pytest.mark.parametrize("variant", ["dev", "schnell"])

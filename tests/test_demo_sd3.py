@@ -1,4 +1,4 @@
-"""The SD3-shaped models of diffengine.demo, and the SD3 architectures."""
+"""The SD3-shaped models of diffengine.testing, and the SD3 architectures."""
 import numpy as np
 import pytest
 import torch
@@ -11,14 +11,14 @@ from diffengine.architectures import (
     SD35_MEDIUM,
     sd3_architecture,
 )
-from diffengine.demo import (
+from diffengine.errors import ConfigError
+from diffengine.testing import (
     SD35_MEDIUM_TRANSFORMER_CONFIG,
     make_tiny_sd3,
     sd35_medium_shaped_models,
     write_char_tokenizer,
     write_t5_tokenizer,
 )
-from diffengine.errors import ConfigError
 from tests.conftest import SD3_TARGETS
 
 

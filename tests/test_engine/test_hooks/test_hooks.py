@@ -12,12 +12,12 @@ from safetensors.torch import load_file
 
 import diffengine.engine  # noqa: F401  (registers the hooks)
 from diffengine.adapter_file import read_adapter_file, weights_path
-from diffengine.demo_base import ShapeScorer
+from diffengine.demo import ShapeScorer
 from diffengine.engine import DiffEngineRunner
 from diffengine.engine.checkpoint import load_checkpoint_file
 from diffengine.engine.hooks import VisualizationHook
 from diffengine.inference import label_height, panel_box, prompt_slug
-from diffengine.tools.demo import main as demo
+from diffengine.tools.generate import main as demo
 from tests.conftest import UNET_CONV_TARGETS, tiny_train_config
 
 

@@ -8,7 +8,7 @@ from PIL import Image
 import diffengine.engine  # noqa: F401  (registers the hooks)
 from diffengine.engine import DiffEngineRunner
 from diffengine.inference import generate, load_pipeline, panel_box
-from diffengine.tools.demo import main as demo
+from diffengine.tools.generate import main as demo
 from tests.conftest import SD3_TARGETS, tiny_pipeline
 
 
