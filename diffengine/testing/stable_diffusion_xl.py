@@ -69,15 +69,21 @@ def make_tiny_sdxl(path: str, seed: int = 0) -> str:
                                               write_char_tokenizer)
     width, width_2, projection, time_dim = 32, 32, 32, 8
     unet = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=2, sample_size=32,
-        in_channels=4, out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=(1, 2), attention_head_dim=(2, 4),
-        use_linear_projection=True, addition_embed_type="text_time",
+        transformer_layers_per_block=(1, 2),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
         addition_time_embed_dim=time_dim,
         projection_class_embeddings_input_dim=projection + 6 * time_dim,
-        cross_attention_dim=width + width_2, norm_num_groups=32)
+        cross_attention_dim=width + width_2,
+        norm_num_groups=32)
     vae = parts.tiny_vae(latent_channels=4, sample_size=256,
                          scaling_factor=0.13025, force_upcast=True)
     text_encoder = CLIPTextModel(
