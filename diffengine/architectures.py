@@ -45,38 +45,23 @@ SDXL = Architecture(
 # and lora_te2_ for CLIP-G; T5 (lora_te3_) takes none here.
 SD3_PREFIXES = {"transformer": "lora_unet_", "text_encoder": "lora_te1_",
                 "text_encoder_2": "lora_te2_"}
-SD3_MEDIUM = Architecture(
-    name="stable-diffusion-3-3-medium",
-    kohya_prefixes=SD3_PREFIXES,
-    base_model_version="3-medium",
-    resolution=1024)
-SD35_MEDIUM = Architecture(
-    name="stable-diffusion-3-3-5-medium",
-    kohya_prefixes=SD3_PREFIXES,
-    base_model_version="3-5-medium",
-    resolution=1024)
-SD35_LARGE = Architecture(
-    name="stable-diffusion-3-3-5-large",
-    kohya_prefixes=SD3_PREFIXES,
-    base_model_version="3-5-large",
-    resolution=1024)
-SD3_ARCHITECTURES = (SD3_MEDIUM, SD35_MEDIUM, SD35_LARGE)
+SD3_MEDIUM, SD35_MEDIUM, SD35_LARGE = SD3_ARCHITECTURES = tuple(
+    Architecture(name=f"stable-diffusion-3-{model_type}",
+                 kohya_prefixes=SD3_PREFIXES,
+                 base_model_version=model_type,
+                 resolution=1024)
+    for model_type in ("3-medium", "3-5-medium", "3-5-large"))
 # Flux.1, named as sd-scripts names it: sai_model_spec's "flux-1-dev" and
 # "flux-1-schnell", and flux_utils.MODEL_VERSION_FLUX_V1 ("flux1") as
 # ss_base_model_version for both. kohya's LoRA takes lora_te1_ for CLIP-L;
 # T5 (lora_te3_) takes none here.
 FLUX_PREFIXES = {"transformer": "lora_unet_", "text_encoder": "lora_te1_"}
-FLUX_DEV = Architecture(
-    name="flux-1-dev",
-    kohya_prefixes=FLUX_PREFIXES,
-    base_model_version="flux1",
-    resolution=1024)
-FLUX_SCHNELL = Architecture(
-    name="flux-1-schnell",
-    kohya_prefixes=FLUX_PREFIXES,
-    base_model_version="flux1",
-    resolution=1024)
-FLUX_ARCHITECTURES = (FLUX_DEV, FLUX_SCHNELL)
+FLUX_DEV, FLUX_SCHNELL = FLUX_ARCHITECTURES = tuple(
+    Architecture(name=f"flux-1-{variant}",
+                 kohya_prefixes=FLUX_PREFIXES,
+                 base_model_version="flux1",
+                 resolution=1024)
+    for variant in ("dev", "schnell"))
 ARCHITECTURES = {a.name: a for a in (SD1, SDXL, *SD3_ARCHITECTURES,
                                      *FLUX_ARCHITECTURES)}
 
@@ -126,7 +111,7 @@ def architecture_of(lora: AdapterFile) -> Architecture:
     text encoder, else SD 1.x.
 
     Raises:
-        ValueError: If the recorded architecture is not one of
+        ConfigError: If the recorded architecture is not one of
             :data:`ARCHITECTURES`.
     """
     name = lora.training.get("architecture")

@@ -52,74 +52,47 @@ __all__ = [
     "registry_names",
 ]
 
+
+def _child(name: str, parent: Registry, package: str = "engine") -> Registry:
+    """A child of mmengine's ``parent`` whose modules register in
+    ``diffengine.<package>``."""
+    return Registry(name, parent=parent, locations=[f"diffengine.{package}"])
+
+
 # Datasets over HF `datasets` and image folders.
-DATASETS = Registry(
-    "dataset", parent=MMENGINE_DATASETS, locations=["diffengine.datasets"])
+DATASETS = _child("dataset", MMENGINE_DATASETS, "datasets")
 # Samplers that decide the order of training samples.
-DATA_SAMPLERS = Registry(
-    "data sampler",
-    parent=MMENGINE_DATA_SAMPLERS,
-    locations=["diffengine.datasets"])
+DATA_SAMPLERS = _child("data sampler", MMENGINE_DATA_SAMPLERS, "datasets")
 # Per-sample image and caption transforms.
-TRANSFORMS = Registry(
-    "transform",
-    parent=MMENGINE_TRANSFORMS,
-    locations=["diffengine.datasets.transforms"])
+TRANSFORMS = _child("transform", MMENGINE_TRANSFORMS, "datasets.transforms")
 # Editors (trainable diffusion models) and their data preprocessors.
-MODELS = Registry(
-    "model", parent=MMENGINE_MODELS, locations=["diffengine.models"])
+MODELS = _child("model", MMENGINE_MODELS, "models")
 # Optimizers; diffengine adds none, the registry keeps the scope complete.
-OPTIMIZERS = Registry(
-    "optimizer",
-    parent=MMENGINE_OPTIMIZERS,
-    locations=["diffengine.engine"])
+OPTIMIZERS = _child("optimizer", MMENGINE_OPTIMIZERS)
 # Optimizer wrappers (AMP, gradient accumulation).
-OPTIM_WRAPPERS = Registry(
-    "optim_wrapper",
-    parent=MMENGINE_OPTIM_WRAPPERS,
-    locations=["diffengine.engine"])
+OPTIM_WRAPPERS = _child("optim_wrapper", MMENGINE_OPTIM_WRAPPERS)
 # Learning-rate and momentum schedules.
-PARAM_SCHEDULERS = Registry(
-    "parameter scheduler",
-    parent=MMENGINE_PARAM_SCHEDULERS,
-    locations=["diffengine.engine"])
+PARAM_SCHEDULERS = _child("parameter scheduler", MMENGINE_PARAM_SCHEDULERS)
 # Training hooks: LoRA checkpoints, sample images.
-HOOKS = Registry(
-    "hook", parent=MMENGINE_HOOKS, locations=["diffengine.engine"])
+HOOKS = _child("hook", MMENGINE_HOOKS)
 
 # The runner and its parts, kept in the scope so that building them under
 # ``default_scope='diffengine'`` needs no fallback to mmengine's root.
-RUNNERS = Registry(
-    "runner", parent=MMENGINE_RUNNERS, locations=["diffengine.engine"])
+RUNNERS = _child("runner", MMENGINE_RUNNERS)
 # Training loops.
-LOOPS = Registry("loop", parent=MMENGINE_LOOPS, locations=["diffengine.engine"])
+LOOPS = _child("loop", MMENGINE_LOOPS)
 # Metrics of the validation loop.
-METRICS = Registry(
-    "metric", parent=MMENGINE_METRICS, locations=["diffengine.engine"])
+METRICS = _child("metric", MMENGINE_METRICS)
 # DistributedDataParallel and other model wrappers.
-MODEL_WRAPPERS = Registry(
-    "model_wrapper",
-    parent=MMENGINE_MODEL_WRAPPERS,
-    locations=["diffengine.engine"])
+MODEL_WRAPPERS = _child("model_wrapper", MMENGINE_MODEL_WRAPPERS)
 # Builders of optimizer wrappers from configs.
-OPTIM_WRAPPER_CONSTRUCTORS = Registry(
-    "optimizer wrapper constructor",
-    parent=MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS,
-    locations=["diffengine.engine"])
+OPTIM_WRAPPER_CONSTRUCTORS = _child("optimizer wrapper constructor",
+                                    MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS)
 # Formatting of logged scalars.
-LOG_PROCESSORS = Registry(
-    "log_processor",
-    parent=MMENGINE_LOG_PROCESSORS,
-    locations=["diffengine.engine"])
+LOG_PROCESSORS = _child("log_processor", MMENGINE_LOG_PROCESSORS)
 # Visualizers and their backends (local files, TensorBoard).
-VISUALIZERS = Registry(
-    "visualizer",
-    parent=MMENGINE_VISUALIZERS,
-    locations=["diffengine.engine"])
-VISBACKENDS = Registry(
-    "vis_backend",
-    parent=MMENGINE_VISBACKENDS,
-    locations=["diffengine.engine"])
+VISUALIZERS = _child("visualizer", MMENGINE_VISUALIZERS)
+VISBACKENDS = _child("vis_backend", MMENGINE_VISBACKENDS)
 # Image scorers: how much a generated image shows what its prompt says.
 SCORERS = Registry("image scorer", locations=["diffengine.demo"])
 

@@ -403,6 +403,11 @@ def test_config_reference_names_every_option(component):
     body = section[1] if section else row[0]
     # SpeedLogProcessor's are those of mmengine's LogProcessor
     options = [p for p in inspect.signature(component.__init__).parameters
-               if p not in ("self", "args", "kwargs")]
+               if p not in ("self", "args", "kwargs", "options")]
+    if "options" in inspect.signature(component.__init__).parameters:
+        # **options go to the base class: its options are this one's too
+        base = component.__mro__[1]
+        options += [p for p in inspect.signature(base.__init__).parameters
+                    if p not in ("self", "name", "options")]
     missing = [o for o in options if f"`{o}`" not in body]
     assert not missing, f"{name}: {missing}"

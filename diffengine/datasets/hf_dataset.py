@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import datasets
 from datasets.data_files import EmptyDatasetError
@@ -150,23 +151,13 @@ class HFDataset(CaptionedImageDataset):
             is a list gets one of them at random. Defaults to "text".
         split (str): Defaults to "train".
         cache_dir (str, optional): HF datasets cache. Defaults to None.
-        pipeline (Sequence[dict]): Transforms applied to each sample.
-        max_bad_fraction (float): Share of the images that may be bad
-            (unreadable, uncaptioned, or not fitting the pipeline) and
-            skipped rather than an error. Defaults to 0.05.
-        cache_latents (bool): Train on latents encoded once and kept on disk
-            (see ``CaptionedImageDataset``). Defaults to False.
         validation_fraction (float): Share of the rows held out for
-            validation (a seeded draw); 0 holds none out. Defaults to 0.
-        subset (str): With ``validation_fraction``, ``"train"`` reads the
-            other rows and ``"validation"`` the held-out ones. Defaults to
-            "train".
-        validation_seed (int): Seeds which rows are held out. Defaults
-            to 0.
-        max_bad_images (int): Number of images that may be bad and skipped
-            rather than an error, whatever their share: up to
-            ``max(max_bad_images, max_bad_fraction × images)`` are skipped.
-            Defaults to 2.
+            validation; ``subset`` picks the rows read (``"train"`` or
+            ``"validation"``) and ``validation_seed`` seeds the draw (see
+            :func:`~diffengine.datasets.validation_split.split_rows`).
+            Defaults to 0 (none held out).
+        **options: ``pipeline``, ``max_bad_fraction``, ``max_bad_images``
+            and ``cache_latents`` of :class:`CaptionedImageDataset`.
     """
 
     def __init__(self,
@@ -175,13 +166,10 @@ class HFDataset(CaptionedImageDataset):
                  caption_column: str = "text",
                  split: str = "train",
                  cache_dir: str | None = None,
-                 pipeline: Sequence[dict] = (),
-                 max_bad_fraction: float = 0.05,
-                 cache_latents: bool = False,
                  validation_fraction: float = 0.0,
                  subset: str = "train",
                  validation_seed: int = 0,
-                 max_bad_images: int = 2) -> None:
+                 **options: Any) -> None:
         self.image_column = image_column
         self.caption_column = caption_column
         self.images = HFImageRows(dataset, dict(image_column=image_column,
@@ -194,8 +182,7 @@ class HFDataset(CaptionedImageDataset):
         self.hf_dataset = self.images.rows
         # Captions alone, read without touching the image column.
         self._captions = self.hf_dataset.select_columns([caption_column])
-        super().__init__(dataset, pipeline, max_bad_fraction, cache_latents,
-                         max_bad_images)
+        super().__init__(dataset, **options)
 
     def __len__(self) -> int:
         return len(self.hf_dataset)

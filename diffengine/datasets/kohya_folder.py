@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from PIL import features
 
@@ -188,45 +188,28 @@ class KohyaFolderDataset(CaptionedImageDataset):
         dataset (str): The folder.
         caption_extension (str): Extension of the caption files. Defaults
             to ".txt".
-        pipeline (Sequence[dict]): Transforms applied to each sample.
-        max_bad_fraction (float): Share of the images that may be bad
-            (unreadable, uncaptioned, or not fitting the pipeline) and
-            skipped rather than an error. Defaults to 0.05.
-        cache_latents (bool): Train on latents encoded once and kept on disk
-            (see ``CaptionedImageDataset``); an image repeated N times is
-            encoded once. Defaults to False.
-        validation_fraction (float): Share of the images held out for
-            validation (a seeded draw, before repeats); 0 holds none out.
-            Defaults to 0.
-        subset (str): With ``validation_fraction``, ``"train"`` reads the
-            other images and ``"validation"`` the held-out ones. Defaults to
-            "train".
-        validation_seed (int): Seeds which images are held out. Defaults
-            to 0.
-        max_bad_images (int): Number of images that may be bad and skipped
-            rather than an error, whatever their share: up to
-            ``max(max_bad_images, max_bad_fraction × images)`` are skipped.
-            Defaults to 2.
+        validation_fraction (float): Share of the images (before repeats)
+            held out for validation; ``subset`` and ``validation_seed`` as
+            in :class:`~diffengine.datasets.HFDataset`. Defaults to 0.
+        **options: ``pipeline``, ``max_bad_fraction``, ``max_bad_images``
+            and ``cache_latents`` of :class:`CaptionedImageDataset`; an
+            image repeated N times is cached once.
     """
 
     def __init__(self,
                  dataset: str,
                  caption_extension: str = ".txt",
-                 pipeline: Sequence[dict] = (),
-                 max_bad_fraction: float = 0.05,
-                 cache_latents: bool = False,
                  validation_fraction: float = 0.0,
                  subset: str = "train",
                  validation_seed: int = 0,
-                 max_bad_images: int = 2) -> None:
+                 **options: Any) -> None:
         images = scan_kohya_folder(dataset, caption_extension)
         self.images = [images[i] for i in split_rows(
             len(images), validation_fraction, subset, validation_seed)]
         # Index → image, each image listed ``repeats`` times.
         self.index = [i for i, image in enumerate(self.images)
                       for _ in range(image.repeats)]
-        super().__init__(dataset, pipeline, max_bad_fraction, cache_latents,
-                         max_bad_images)
+        super().__init__(dataset, **options)
 
     def __len__(self) -> int:
         return len(self.index)

@@ -267,8 +267,9 @@ def training_metadata(runner: Any, meta: dict) -> dict[str, str]:
     }
     if isinstance(dataset_cfg.get("dataset"), str):
         metadata["dataset"] = dataset_cfg["dataset"]
-    # from the dataset's configuration, which cached latents keep; else the
-    # size of the images last trained on
+    # from the dataset's configuration (the bucketing resolution, not the
+    # last batch's bucket), which cached latents keep; else the size of the
+    # images last trained on
     dataset = runner.train_dataloader.dataset
     resolution = (dataset.training_resolution()
                   if hasattr(dataset, "training_resolution") else None)
@@ -276,10 +277,6 @@ def training_metadata(runner: Any, meta: dict) -> dict[str, str]:
         resolution = runner.message_hub.get_info("train_resolution")
     batch_sampler = runner.train_dataloader.batch_sampler
     if hasattr(batch_sampler, "bucket_counts"):
-        # the bucketing resolution, not the last batch's bucket
-        side = batch_sampler.sampler.dataset.bucketing.resolution
-        height, width = (side, side) if isinstance(side, int) else side
-        resolution = f"{width}x{height}"
         metadata["buckets"] = json.dumps({
             f"{w}x{h}": n
             for (h, w), n in batch_sampler.bucket_counts().items()})

@@ -64,6 +64,15 @@ class _ResumableMixin:
                 "checking the data.") from err
         self.runner.stop_if_signalled()
 
+    def validate_if_due(self, count: int, last: int) -> None:
+        """Run the validation loop after the ``count``-th epoch or iteration
+        (whichever ``val_begin`` and ``val_interval`` count) when it is due:
+        every ``val_interval``-th from ``val_begin`` on, and the ``last``."""
+        if (self.runner.val_loop is not None and count >= self.val_begin
+                and (count % self.val_interval == 0 or count == last)):
+            self.runner.val_loop.run()
+            self.runner.model.train()
+
 
 @LOOPS.register_module()
 class ResumableEpochTrainLoop(_ResumableMixin, EpochBasedTrainLoop):
@@ -100,22 +109,14 @@ class ResumableEpochTrainLoop(_ResumableMixin, EpochBasedTrainLoop):
             if not self.val_by_epoch:
                 continue
             self._decide_current_val_interval()
-            if (self.runner.val_loop is not None
-                    and self._epoch >= self.val_begin
-                    and (self._epoch % self.val_interval == 0
-                         or self._epoch == self._max_epochs)):
-                self.runner.val_loop.run()
+            self.validate_if_due(self._epoch, self._max_epochs)
         self.runner.call_hook("after_train")
         return self.runner.model
 
     def run_iter(self, idx: int, data_batch) -> None:
         super().run_iter(idx, data_batch)
-        if (not self.val_by_epoch and self.runner.val_loop is not None
-                and self._iter >= self.val_begin
-                and (self._iter % self.val_interval == 0
-                     or self._iter == self._max_iters)):
-            self.runner.val_loop.run()
-            self.runner.model.train()
+        if not self.val_by_epoch:
+            self.validate_if_due(self._iter, self._max_iters)
 
     def run_epoch(self) -> None:
         self.runner.call_hook("before_train_epoch")
@@ -152,12 +153,7 @@ class ResumableIterTrainLoop(_ResumableMixin, IterBasedTrainLoop):
         while self._iter < self._max_iters and not self.stop_training:
             self.run_iter(self._next_batch())
             self._decide_current_val_interval()
-            if (self.runner.val_loop is not None
-                    and self._iter >= self.val_begin
-                    and (self._iter % self.val_interval == 0
-                         or self._iter == self._max_iters)):
-                self.runner.val_loop.run()
-                self.runner.model.train()
+            self.validate_if_due(self._iter, self._max_iters)
         self.runner.call_hook("after_train_epoch")
         self.runner.call_hook("after_train")
         return self.runner.model

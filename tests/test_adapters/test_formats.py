@@ -14,8 +14,8 @@ from diffengine.adapter_file import read_adapter_file
 from diffengine.export import merge_lora
 from diffengine.inference import generate, load_pipeline
 from diffengine.models import StableDiffusion
-from tests.comfyui_keys import comfyui_lora_key_map
 from tests.conftest import KIND_OPTIONS, kind_configs
+from tests.oracles.comfyui_keys import comfyui_lora_key_map
 
 SAMPLE = dict(num_inference_steps=2, output_type="np", height=32, width=32)
 STEP_FILES = {"LoRA": "pytorch_lora_weights.safetensors",

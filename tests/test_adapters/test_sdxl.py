@@ -8,9 +8,9 @@ from safetensors.torch import load_file
 from diffengine.export import export_lora
 from diffengine.inference import generate, load_pipeline
 from diffengine.models import StableDiffusionXL
-from tests.comfyui_keys import comfyui_sdxl_lora_key_map
-from tests.comfyui_weights import rebuild_error
 from tests.conftest import kind_configs, perturb_lora
+from tests.oracles.comfyui_keys import comfyui_sdxl_lora_key_map
+from tests.oracles.comfyui_weights import rebuild_error
 
 SAMPLE = dict(num_inference_steps=2, output_type="np", height=64, width=64,
               guidance_scale=7.5)

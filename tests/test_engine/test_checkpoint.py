@@ -5,9 +5,13 @@ import random
 import numpy as np
 import pytest
 import torch
+from mmengine.config import Config
 from mmengine.logging import HistoryBuffer, MessageHub
 
+from diffengine.adapter_file import read_adapter_file
+from diffengine.engine import DiffEngineRunner
 from diffengine.engine import checkpoint as ckpt
+from tests.conftest import tiny_train_config
 
 
 def test_message_hub_round_trips_as_plain_data(tmp_path):
@@ -66,3 +70,23 @@ def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert ckpt.load_checkpoint_file(path)["v"].item() == 1
     assert os.listdir(tmp_path) == ["c.pth"]
+
+
+def test_a_run_on_cached_latents_records_the_resolution_of_one_on_images(
+        tmp_path, tiny_sd, shapes_data):
+    """The resolution comes from the pipeline, not from the batches, which
+    hold latents and no image when they are cached."""
+    resolutions = []
+    for cache in (False, True):
+        work_dir = tmp_path / f"cache_{cache}"
+        DiffEngineRunner.from_cfg(Config(tiny_train_config(
+            work_dir, tiny_sd, shapes_data,
+            dataset=dict(cache_latents=cache),
+            train_cfg=dict(by_epoch=False, max_iters=1),
+            default_hooks=dict(checkpoint=dict(
+                type="LoRACheckpointHook", by_epoch=False, interval=1)),
+            experiment_name=f"resolution_cache_{cache}",
+        ))).train()
+        training = read_adapter_file(str(work_dir / "step1")).training
+        resolutions.append(training.get("resolution"))
+    assert resolutions == ["32x32", "32x32"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from diffengine.datasets.preparation import PrepareContext
-from tests.test_engine.test_hooks.test_hooks import make_runner
+from tests.test_engine.test_hooks.test_lora_checkpoint_hook import make_runner
 
 ENGINE = Path(__file__).resolve().parents[2] / "diffengine" / "engine"
 HOOKS_AND_LOOPS = sorted([

@@ -11,7 +11,7 @@ from diffengine.export.diffusers_folder import (
     canonical_text_encoder_state_dict,
     save_text_encoder,
 )
-from tests.original_layout import clip_text_weights, comfyui_clip_load
+from tests.oracles.original_layout import clip_text_weights, comfyui_clip_load
 
 SMALL_CLIP = dict(vocab_size=100, hidden_size=32, intermediate_size=64,
                   num_hidden_layers=2, num_attention_heads=4,

@@ -16,8 +16,8 @@ from diffengine.export import export_lora, to_kohya
 from diffengine.export.metadata import export_metadata
 from diffengine.export.standalone_lora import at_strength_one
 from diffengine.inference import generate, load_pipeline
-from tests.comfyui_keys import comfyui_lora_key_map
 from tests.conftest import SAMPLE, SD1_LAYOUT_UNET, TEXT_TARGETS, UNET_TARGETS
+from tests.oracles.comfyui_keys import comfyui_lora_key_map
 
 
 def sd1_layout_lora(unet_targets, text_targets, text_layers=3,

@@ -16,14 +16,14 @@ from diffengine.adapters.kohya import kohya_modules
 from diffengine.errors import ConfigError
 from diffengine.export import export_lora
 from diffengine.export.flux import original_module
-from tests.comfyui_keys import (
+from tests.conftest import TEXT_TARGETS, save_perturbed_flux_step
+from tests.oracles.comfyui_keys import (
     SWAPPED,
     comfyui_flux_lora_key_map,
     flux_diffusers_to_original,
 )
-from tests.comfyui_weights import comfyui_weight
-from tests.conftest import TEXT_TARGETS, save_perturbed_flux_step
-from tests.original_layout import original_flux_state_dict
+from tests.oracles.comfyui_weights import comfyui_weight
+from tests.oracles.original_layout import original_flux_state_dict
 
 # Every linear of a Flux transformer, by suffix: the embedders, the
 # modulations, both streams' attention and feed-forwards, the single

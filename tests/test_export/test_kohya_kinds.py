@@ -1,5 +1,5 @@
 """kohya/LyCORIS exports of every kind: the weights ComfyUI rebuilds from
-them (tests/comfyui_weights.py) are the trained ones."""
+them (tests/oracles/comfyui_weights.py) are the trained ones."""
 import json
 
 import pytest
@@ -12,8 +12,8 @@ from diffengine.adapters.kohya import kohya_modules
 from diffengine.export import export_lora
 from diffengine.export.standalone_lora import dora_base_weights
 from diffengine.inference import load_pipeline
-from tests.comfyui_weights import rebuild_error
 from tests.conftest import KIND_OPTIONS
+from tests.oracles.comfyui_weights import rebuild_error
 
 # The tensors ComfyUI's adapter of each kind loads (any other would be
 # reported as "lora key not loaded").

@@ -9,10 +9,10 @@ from diffengine.adapters.kohya import kohya_modules
 from diffengine.errors import ConfigError
 from diffengine.export import export_lora
 from diffengine.export.mmdit import original_module
-from tests.comfyui_keys import comfyui_sd3_lora_key_map
-from tests.comfyui_weights import comfyui_weight
 from tests.conftest import SD3_TARGETS, TEXT_TARGETS, save_perturbed_sd3_step
-from tests.original_layout import original_mmdit_state_dict
+from tests.oracles.comfyui_keys import comfyui_sd3_lora_key_map
+from tests.oracles.comfyui_weights import comfyui_weight
+from tests.oracles.original_layout import original_mmdit_state_dict
 
 # Every linear and convolution of an SD3 transformer, by suffix: the
 # embedders, the modulations, both attentions, the feed-forwards and the

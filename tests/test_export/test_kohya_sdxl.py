@@ -6,8 +6,8 @@ from safetensors import safe_open
 from diffengine.export import export_lora
 from diffengine.inference import generate, load_pipeline
 from diffengine.models import StableDiffusionXL
-from tests.comfyui_keys import comfyui_sdxl_lora_key_map
 from tests.conftest import save_perturbed_step
+from tests.oracles.comfyui_keys import comfyui_sdxl_lora_key_map
 
 SAMPLE = dict(num_inference_steps=3, output_type="np", height=64, width=64)
 

@@ -8,9 +8,9 @@ from safetensors.torch import load_file
 
 from diffengine.export import merge_lora
 from diffengine.inference import generate, load_pipeline
-from tests.comfyui_keys import unet_diffusers_to_ldm
 from tests.conftest import SAMPLE
-from tests.original_layout import comfyui_clip_load, vae_diffusers_to_ldm
+from tests.oracles.comfyui_keys import unet_diffusers_to_ldm
+from tests.oracles.original_layout import comfyui_clip_load, vae_diffusers_to_ldm
 
 
 def test_merged_model_equals_the_lora_loaded_pipeline(lora_step, tiny_sd,

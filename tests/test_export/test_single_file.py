@@ -27,7 +27,7 @@ from diffengine.testing import (
     write_char_tokenizer,
 )
 from tests.conftest import SAMPLE, SD1_LAYOUT_UNET
-from tests.original_layout import layout_difference, original_checkpoint
+from tests.oracles.original_layout import layout_difference, original_checkpoint
 
 SETTINGS = {k: v for k, v in SAMPLE.items() if k not in ("prompt", "seed")}
 

@@ -27,7 +27,7 @@ from diffengine.testing import (
     write_char_tokenizer,
 )
 from tests.conftest import save_perturbed_step
-from tests.original_layout import (
+from tests.oracles.original_layout import (
     layout_difference,
     original_sdxl_checkpoint,
 )

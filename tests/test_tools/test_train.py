@@ -27,8 +27,8 @@ from diffengine.inference import (
 )
 from diffengine.registry import MODELS
 from diffengine.tools.plot_loss import plot_loss, read_scalar_log
-from tests.comfyui_weights import rebuild_error
 from tests.conftest import REPO
+from tests.oracles.comfyui_weights import rebuild_error
 from tests.test_docs import FENCE, rewrite, run_command
 from tools.train import parse_args
 

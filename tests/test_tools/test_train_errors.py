@@ -8,11 +8,9 @@ import subprocess
 import sys
 
 import pytest
-from torch.utils.data import DataLoader
 
 from diffengine.engine.checkpoint import CheckpointLoadError
 from diffengine.engine.config_check import check_config
-from diffengine.engine.loops import position
 from diffengine.errors import ConfigError, DiffEngineError
 from tests.conftest import NO_VALIDATION, REPO
 from tools.train import main
@@ -124,12 +122,6 @@ def test_empty_dataset_folder(tmp_path, capsys, tiny_sd):
         f"diffengine: error: dataset '{empty}' holds no data files: add "
         "images with a metadata.jsonl of captions, or use type="
         "'KohyaFolderDataset' for images beside .txt captions.")
-
-
-def test_resuming_mid_epoch_needs_a_sampler_that_skips():
-    loader = DataLoader(list(range(8)), batch_size=2)
-    with pytest.raises(ConfigError, match="DeterministicSampler"):
-        position(loader, 0, 1)
 
 
 def offline_train(tmp_path, *options):

@@ -14,7 +14,7 @@ from diffengine.engine.checkpoint import load_checkpoint_file
 from diffengine.engine.hooks import LoRAEMAHook
 from diffengine.errors import ConfigError
 from diffengine.inference import generate, load_pipeline, panel_box
-from tests.test_engine.test_hooks.test_hooks import make_runner
+from tests.test_engine.test_hooks.test_lora_checkpoint_hook import make_runner
 
 
 class Toy(nn.Module):

@@ -15,7 +15,7 @@ from mmengine.config import DictAction
 
 from diffengine.cli import ConfigOptionsAction, exit_status
 from diffengine.datasets.kohya_folder import IMAGE_EXTENSIONS
-from diffengine.errors import ConfigError, did_you_mean
+from diffengine.errors import ConfigError
 from tests.conftest import NO_VALIDATION, REPO
 
 MIM = os.path.join(os.path.dirname(sys.executable), "mim")
@@ -163,14 +163,6 @@ def test_cfg_options_keep_the_spaces_inside_values():
             "g=(1,)", "h=1e-3", "i=[to_q,to_k,to_v,to_out.0]"]
     assert parser.parse_args(["--cfg-options", *same]).cfg_options == (
         mmengine.parse_args(["--cfg-options", *same]).cfg_options)
-
-
-def test_did_you_mean_finds_short_names():
-    assert did_you_mean("rnak", ["r", "lora_alpha", "target_modules"]) == (
-        " Did you mean 'r'?")
-    assert did_you_mean("lora_alfa", ["r", "lora_alpha"]) == (
-        " Did you mean 'lora_alpha'?")
-    assert did_you_mean("zzz", ["r", "lora_alpha"]) == ""
 
 
 # What a --help may take at most, generous for a loaded machine: the tools

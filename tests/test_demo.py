@@ -1,19 +1,24 @@
-"""The SD3-shaped models of diffengine.testing, and the SD3 architectures."""
+"""The tiny and full-size-shaped models of diffengine.testing: SD3 and
+SD3.5, Flux.1 dev and schnell."""
 import numpy as np
 import pytest
 import torch
-from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+from diffusers import (
+    FluxPipeline,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+)
 from peft import LoraConfig, inject_adapter_in_model
 
 from diffengine.architectures import (
     SD3_MEDIUM,
-    SD35_LARGE,
     SD35_MEDIUM,
     sd3_architecture,
 )
 from diffengine.errors import ConfigError
 from diffengine.testing import (
     SD35_MEDIUM_TRANSFORMER_CONFIG,
+    make_tiny_flux,
     make_tiny_sd3,
     sd35_medium_shaped_models,
     write_char_tokenizer,
@@ -86,23 +91,6 @@ def test_sd35_medium_architecture_on_the_meta_device():
                        "lora_A")
 
 
-def test_sd3_architectures_from_configs():
-    large = dict(SD35_MEDIUM_TRANSFORMER_CONFIG, num_layers=38,
-                 num_attention_heads=38, dual_attention_layers=())
-    medium = dict(SD35_MEDIUM_TRANSFORMER_CONFIG, qk_norm=None,
-                  dual_attention_layers=())
-    assert sd3_architecture(large) is SD35_LARGE
-    assert sd3_architecture(medium) is SD3_MEDIUM
-    for architecture in (SD3_MEDIUM, SD35_MEDIUM, SD35_LARGE):
-        assert architecture.kohya_prefixes == {
-            "transformer": "lora_unet_", "text_encoder": "lora_te1_",
-            "text_encoder_2": "lora_te2_"}
-        assert architecture.resolution == 1024
-    assert [a.name for a in (SD3_MEDIUM, SD35_MEDIUM, SD35_LARGE)] == [
-        "stable-diffusion-3-3-medium", "stable-diffusion-3-3-5-medium",
-        "stable-diffusion-3-3-5-large"]
-
-
 def test_sd35_medium_shaped_parts_on_the_meta_device(tmp_path):
     tokenizer = write_char_tokenizer(str(tmp_path / "tokenizer"))
     tokenizer_3 = write_t5_tokenizer(str(tmp_path / "tokenizer_3"))
@@ -120,3 +108,25 @@ def test_sd35_medium_shaped_parts_on_the_meta_device(tmp_path):
     assert t5.config.d_model == transformer.config.joint_attention_dim
     assert (clip_l.config.projection_dim + clip_g.config.projection_dim
             == transformer.config.pooled_projection_dim)
+
+
+@pytest.mark.parametrize("variant", ["dev", "schnell"])
+def test_make_tiny_flux_loads_and_draws(tmp_path, variant):
+    path = make_tiny_flux(str(tmp_path / variant), variant=variant)
+    pipe = FluxPipeline.from_pretrained(path)
+    latent_channels = pipe.vae.config.latent_channels
+    assert pipe.transformer.config.in_channels == 4 * latent_channels == 64
+    config = pipe.transformer.config
+    assert sum(config.axes_dims_rope) == config.attention_head_dim
+    assert config.guidance_embeds == (variant == "dev")
+    assert pipe.scheduler.config.use_dynamic_shifting == (variant == "dev")
+    image = pipe("a red circle", height=64, width=64, num_inference_steps=2,
+                 max_sequence_length=32,
+                 generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (64, 64)
+    assert np.asarray(image).std() > 0
+
+
+def test_make_tiny_flux_rejects_unknown_variant(tmp_path):
+    with pytest.raises(ConfigError, match="variant='pro'"):
+        make_tiny_flux(str(tmp_path), variant="pro")

@@ -29,7 +29,7 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from diffengine.adapters.kohya import kohya_modules
-from tests.comfyui_keys import comfyui_lora_key_map
+from tests.oracles.comfyui_keys import comfyui_lora_key_map
 
 EPS = torch.finfo(torch.float32).eps
 

@@ -38,13 +38,13 @@ of diffengine's exporter:
   ``x_block`` and a ``context_block`` whose attention projects q, k and v
   with one ``qkv`` linear (q rows, then k, then v), and ComfyUI loads a
   diffusers transformer into it by the map of
-  :func:`tests.comfyui_keys.mmdit_diffusers_to_original`.
+  :func:`tests.oracles.comfyui_keys.mmdit_diffusers_to_original`.
 """
 from __future__ import annotations
 
 import torch
 
-from tests.comfyui_keys import (
+from tests.oracles.comfyui_keys import (
     SWAPPED,
     flux_diffusers_to_original,
     mmdit_diffusers_to_original,
@@ -251,7 +251,7 @@ def original_flux_state_dict(state_dict: dict, config) -> dict:
 
 def original_state_dict(state_dict: dict, names: dict[str, object]) -> dict:
     """``state_dict`` placed by a diffusers → original map (see
-    :func:`tests.comfyui_keys.mmdit_diffusers_to_original`)."""
+    :func:`tests.oracles.comfyui_keys.mmdit_diffusers_to_original`)."""
     converted, slices = {}, {}
     for key, value in state_dict.items():
         assert key in names, f"{key} has no original name"
