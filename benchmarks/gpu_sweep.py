@@ -5,7 +5,7 @@ Builds the SD1.5 (``--family sd15``), SDXL base 1.0 (``--family sdxl``),
 SD3.5 Medium (``--family sd35``, its T5 cut to 2 layers as
 ``make_sd35_medium_shaped`` writes it) or FLUX.1 [dev] / [schnell]
 (``--family flux-dev`` / ``flux-schnell``, T5 cut the same way,
-``benchmarks/flux_shaped.py``) architecture with random weights on the GPU
+``diffengine.testing.make_flux_shaped``) architecture with random weights on the GPU
 (no download), then trains it through ``DiffEngineRunner`` at its
 native resolution (512 / 1024 / 1024 px) in bf16 (autocast and the frozen
 base in bf16, LoRA rank 4 on the denoiser's attention) for each batch
@@ -100,12 +100,12 @@ def build_inputs(folder: str, num_images: int, build_model: bool = True,
 
     import torch
 
-    from benchmarks.flux_shaped import make_flux_shaped
-    from diffengine.demo import (
+    from diffengine.demo import make_shapes_dataset
+    from diffengine.testing import (
+        make_flux_shaped,
         make_sd15_shaped,
         make_sd35_medium_shaped,
         make_sdxl_shaped,
-        make_shapes_dataset,
     )
 
     figures = FAMILIES[family]

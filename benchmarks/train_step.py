@@ -74,7 +74,7 @@ ENVIRONMENTS = {
     "plain_thp": {"THP_MEM_ALLOC_ENABLE": "1"},
 }
 PLAIN_SIDES = {"plain", "plain_thp"}
-# --model names written on first use: (folder, maker in diffengine.demo).
+# --model names written on first use: (folder, maker in diffengine.testing).
 BUILDERS = {
     "tiny": ("tiny-sd", "make_tiny_sd"),
     "sd15": ("sd15-shaped", "make_sd15_shaped"),
@@ -153,13 +153,14 @@ def prepare_inputs(args: argparse.Namespace) -> tuple[str, str]:
     """The model and data folders, written on first use when named."""
     import torch
 
-    from diffengine import demo
+    from diffengine import testing
+    from diffengine.demo import make_shapes_dataset
 
     model, data = args.model, args.data
     if model in BUILDERS:
         folder, builder = BUILDERS[model]
         module, _, name = builder.rpartition(".")
-        build = getattr(importlib.import_module(module) if module else demo,
+        build = getattr(importlib.import_module(module) if module else testing,
                         name)
         if model == "tiny":
             # four VAE levels: 8× smaller latents, as SD's VAE gives
@@ -179,7 +180,7 @@ def prepare_inputs(args: argparse.Namespace) -> tuple[str, str]:
         size = args.resolution * 5 // 4
         data = os.path.join(args.build_dir, f"shapes-{size}")
         if not os.path.isfile(os.path.join(data, "metadata.jsonl")):
-            demo.make_shapes_dataset(data, size=size)
+            make_shapes_dataset(data, size=size)
     return os.path.abspath(model), os.path.abspath(data)
 
 

@@ -21,6 +21,10 @@ from diffengine.errors import ConfigError, DiffEngineError
 
 # Status of a command stopped by Ctrl-C, as a shell reports it (128 + SIGINT).
 INTERRUPTED = 130
+# The weight precisions a tool writes: the names of diffengine.models.utils.
+# dtypes.DTYPES, spelled out: importing them takes seconds, too long for
+# --help (a test keeps them equal).
+DTYPES = ("float32", "float16", "bfloat16")
 
 Main = Callable[[list[str] | None], int | None]
 
@@ -51,6 +55,44 @@ def exit_status(main: Main, argv: list[str] | None = None) -> int:
 def run(main: Main) -> NoReturn:
     """Exit the process with :func:`exit_status` of ``main``."""
     sys.exit(exit_status(main))
+
+
+def tool_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """The parser of the tool ``prog``, described by the first line of its
+    module docstring ``doc``."""
+    return argparse.ArgumentParser(prog=prog,
+                                   description=doc.splitlines()[0])
+
+
+def add_choice(parser: argparse.ArgumentParser, flag: str,
+               choices: tuple[str, ...], default: str, help: str) -> None:
+    """Add the option ``flag``, one of ``choices``, to ``parser``; its help
+    ends with the default."""
+    parser.add_argument(flag, choices=choices, default=default,
+                        help=f"{help} (default: {default})")
+
+
+def add_lora_argument(parser: argparse.ArgumentParser,
+                      files: str = "a LoRA .safetensors file") -> None:
+    """Add the positional ``lora``: a step folder or, as ``files`` says,
+    a file."""
+    parser.add_argument(
+        "lora", help=f"step folder (work_dirs/<config>/step<N>) or {files}")
+
+
+def add_base_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--base``, the base model when not the one the step records."""
+    parser.add_argument(
+        "--base", help="hub id or diffusers folder of the base model "
+        "(default: the one the step was trained on, from its metadata)")
+
+
+def add_lora_scale_argument(parser: argparse.ArgumentParser,
+                            help: str) -> None:
+    """Add ``--scale`` (also ``--lora-scale``), the LoRA's strength, 1 as
+    trained."""
+    parser.add_argument("--scale", "--lora-scale", dest="lora_scale",
+                        type=float, default=1.0, help=help)
 
 
 def _split_top_level(text: str) -> list[str]:

@@ -94,7 +94,7 @@ LOG_PROCESSORS = _child("log_processor", MMENGINE_LOG_PROCESSORS)
 VISUALIZERS = _child("visualizer", MMENGINE_VISUALIZERS)
 VISBACKENDS = _child("vis_backend", MMENGINE_VISBACKENDS)
 # Image scorers: how much a generated image shows what its prompt says.
-SCORERS = Registry("image scorer", locations=["diffengine.demo_base"])
+SCORERS = Registry("image scorer", locations=["diffengine.demo"])
 
 
 def registry_names(registry: Registry) -> set[str]:

@@ -13,14 +13,14 @@ from PIL import Image
 from diffengine.adapters import LORA, AdapterPart
 from diffengine.adapters.formats import DIFFUSERS_FILE
 from diffengine.architectures import flux_architecture, sd3_architecture
-from diffengine.demo import (
-    make_shapes_dataset,
+from diffengine.demo import make_shapes_dataset
+from diffengine.models import StableDiffusion
+from diffengine.testing import (
     make_tiny_flux,
     make_tiny_sd,
     make_tiny_sd3,
     make_tiny_sdxl,
 )
-from diffengine.models import StableDiffusion
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]

@@ -20,8 +20,8 @@ from diffengine.architectures import (
     is_sd3,
     sd3_architecture,
 )
-from diffengine.demo import SD35_MEDIUM_TRANSFORMER_CONFIG
 from diffengine.errors import ConfigError
+from diffengine.testing import SD35_MEDIUM_TRANSFORMER_CONFIG
 
 KNOWN = ["flux-1-dev", "flux-1-schnell", "stable-diffusion-3-3-5-large",
          "stable-diffusion-3-3-5-medium", "stable-diffusion-3-3-medium",

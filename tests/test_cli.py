@@ -35,6 +35,7 @@ NO_CONFIG = ("diffengine: error: config file 'nothere.py' does not exist; "
 BAD_ARGUMENTS = {
     "browse_dataset": (["nothere.py", "--out", "browse"], NO_CONFIG),
     "demo": (["a red zorb", "empty"], NO_WEIGHTS),
+    "generate": (["a red zorb", "empty"], NO_WEIGHTS),
     "export_lora": (["empty", "--out", "lora.safetensors"], NO_WEIGHTS),
     "kohya_to_imagefolder": (["empty"], (
         f"diffengine: error: 'empty' holds no {'/'.join(IMAGE_EXTENSIONS)} "
@@ -262,7 +263,7 @@ def test_the_mim_patch_loads_in_mim_train_and_run_only(tmp_path):
 
 def test_the_choices_spelled_out_for_help_are_the_packages():
     # the modules: diffengine.export names its functions like them
-    export_lora = importlib.import_module("diffengine.export.export_lora")
+    export_lora = importlib.import_module("diffengine.export.standalone_lora")
     merge_lora = importlib.import_module("diffengine.export.merge_lora")
     from diffengine.models.utils.dtypes import DTYPES
     from diffengine.tools import export_lora as export_tool

@@ -38,7 +38,7 @@ from diffengine.datasets.transforms import (
     ResizeShortestEdge,
     ShuffleCaptionTags,
 )
-from diffengine.demo_base import ShapeScorer, make_concept_dataset
+from diffengine.demo import ShapeScorer, make_concept_dataset
 from diffengine.engine import (
     DenoisingLossMetric,
     LoRACheckpointHook,
@@ -180,7 +180,7 @@ def rewrite(text: str, cwd: str) -> str:
     if text.startswith("mim train diffengine "):
         options = tiny_training_options(shlex.split(text)[3:], cwd)
         text += " --cfg-options " + " ".join(shlex.quote(o) for o in options)
-    if text.startswith("mim run diffengine demo "):
+    if text.startswith("mim run diffengine generate "):
         text = re.sub(r" --steps \d+", "", text) + " --steps 2"
     return re.sub(r"num_inference_steps=\d+", "num_inference_steps=2", text)
 
@@ -370,7 +370,7 @@ def test_every_tool_is_in_a_guide():
     # the README runs make_demo; pretrain_demo_base rebuilds the shipped
     # base (half an hour), described in the README
     assert tools - used == {"__init__", "train", "make_demo",
-                            "pretrain_demo_base"}
+                            "pretrain_demo_base", "demo"}
 
 
 REFERENCED = [StableDiffusion, StableDiffusionXL, StableDiffusion3, Flux,

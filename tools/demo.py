@@ -1,7 +1,5 @@
-"""Generate images with a trained LoRA: one PNG, a grid for several seeds.
-
-``mim run diffengine demo`` runs this; the logic is in
-``diffengine/tools/demo.py``.
+"""The earlier name of ``tools/generate.py``: ``mim run diffengine demo``
+generates images with a trained LoRA, as ``generate`` does.
 """
 from diffengine.cli import run
 from diffengine.tools.demo import main

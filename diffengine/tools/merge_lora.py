@@ -9,36 +9,35 @@ from __future__ import annotations
 
 import argparse
 
-# diffengine.export.merge_lora.FORMATS and the names of diffengine.models.
-# utils.dtypes.DTYPES, spelled out: importing them takes seconds, too long
-# for --help (a test keeps them equal)
+from diffengine.cli import (
+    DTYPES,
+    add_base_argument,
+    add_choice,
+    add_lora_argument,
+    add_lora_scale_argument,
+    tool_parser,
+)
+
+# diffengine.export.merge_lora.FORMATS, spelled out: importing it takes
+# seconds, too long for --help (a test keeps them equal)
 FORMATS = ("diffusers", "single-file")
-DTYPES = ("float32", "float16", "bfloat16")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="merge_lora", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "lora", help="step folder (work_dirs/<config>/step<N>) or a LoRA "
-        ".safetensors file")
-    parser.add_argument(
-        "--base", help="hub id or diffusers folder of the base model "
-        "(default: the one the step was trained on, from its metadata)")
+    parser = tool_parser("merge_lora", __doc__)
+    add_lora_argument(parser)
+    add_base_argument(parser)
     parser.add_argument(
         "--out", required=True, help="output folder (--format diffusers) or "
         ".safetensors file (--format single-file)")
-    parser.add_argument(
-        "--format", choices=FORMATS, default="diffusers",
-        help="diffusers: a model folder for from_pretrained; single-file: "
-        "one checkpoint in the original layout of Stable Diffusion 1.x or "
-        "SDXL (default: diffusers)")
-    parser.add_argument(
-        "--dtype", choices=DTYPES, default="float32",
-        help="dtype of the saved weights (default: float32)")
-    parser.add_argument(
-        "--scale", "--lora-scale", dest="lora_scale", type=float, default=1.0,
-        help="LoRA strength fused in (default: 1, as trained)")
+    add_choice(
+        parser, "--format", FORMATS, "diffusers", "diffusers: a model folder "
+        "for from_pretrained; single-file: one checkpoint in the original "
+        "layout of Stable Diffusion 1.x or SDXL")
+    add_choice(parser, "--dtype", DTYPES, "float32",
+               "dtype of the saved weights")
+    add_lora_scale_argument(
+        parser, "LoRA strength fused in (default: 1, as trained)")
     return parser.parse_args(argv)
 
 

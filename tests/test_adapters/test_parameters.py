@@ -8,8 +8,8 @@ from peft.tuners.lokr.layer import factorization
 from torch import nn
 
 from diffengine.adapters import add_adapter, count_trainable_parameters
-from diffengine.demo import SD15_UNET_CONFIG
 from diffengine.models import StableDiffusion
+from diffengine.testing import SD15_UNET_CONFIG
 from tests.conftest import UNET_CONV_TARGETS, UNET_TARGETS, kind_configs
 
 KIND_CONFIGS = {"LoRA": {}, "DoRA": dict(use_dora=True),

@@ -18,10 +18,10 @@ from diffengine.datasets.class_images import (
     list_images,
     sampled_weights_digest,
 )
-from diffengine.demo import make_tiny_sd
 from diffengine.engine import DiffEngineRunner
 from diffengine.errors import ConfigError
 from diffengine.models import StableDiffusion
+from diffengine.testing import make_tiny_sd
 from tests.conftest import UNET_TARGETS, tiny_pipeline, tiny_train_config
 
 INSTANCE = "a photo of sks shape"

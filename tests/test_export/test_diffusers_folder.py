@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from diffengine.demo_base import WEIGHTS
+from diffengine.demo import WEIGHTS
 from diffengine.export.diffusers_folder import (
     canonical_text_encoder_state_dict,
     save_text_encoder,

@@ -13,8 +13,8 @@ from diffengine.adapter_file import DOWN_SUFFIXES, AdapterFile, read_adapter_fil
 from diffengine.adapters import LORA
 from diffengine.adapters.kohya import canonical_text_encoder_keys
 from diffengine.export import export_lora, to_kohya
-from diffengine.export.export_lora import at_strength_one
 from diffengine.export.metadata import export_metadata
+from diffengine.export.standalone_lora import at_strength_one
 from diffengine.inference import generate, load_pipeline
 from tests.conftest import SAMPLE, SD1_LAYOUT_UNET, TEXT_TARGETS, UNET_TARGETS
 from tests.oracles.comfyui_keys import comfyui_lora_key_map

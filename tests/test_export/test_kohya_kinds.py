@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from diffengine.adapter_file import AdapterFile, read_adapter_file
 from diffengine.adapters.kohya import kohya_modules
 from diffengine.export import export_lora
-from diffengine.export.export_lora import dora_base_weights
+from diffengine.export.standalone_lora import dora_base_weights
 from diffengine.inference import load_pipeline
 from tests.conftest import KIND_OPTIONS
 from tests.oracles.comfyui_weights import rebuild_error

@@ -11,13 +11,6 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from diffengine.demo import (
-    SD15_TEXT_CONFIG,
-    SD15_UNET_CONFIG,
-    SD15_VAE_CONFIG,
-    save_pipeline,
-    write_char_tokenizer,
-)
 from diffengine.errors import ConfigError
 from diffengine.export import merge_lora, to_single_file
 from diffengine.export.single_file import (
@@ -26,6 +19,13 @@ from diffengine.export.single_file import (
     unet_renames,
 )
 from diffengine.inference import generate, load_pipeline
+from diffengine.testing import (
+    SD15_TEXT_CONFIG,
+    SD15_UNET_CONFIG,
+    SD15_VAE_CONFIG,
+    save_pipeline,
+    write_char_tokenizer,
+)
 from tests.conftest import SAMPLE, SD1_LAYOUT_UNET
 from tests.oracles.original_layout import layout_difference, original_checkpoint
 

@@ -15,7 +15,10 @@ from transformers import (
     CLIPTextModelWithProjection,
 )
 
-from diffengine.demo import (
+from diffengine.errors import ConfigError
+from diffengine.export import merge_lora, to_single_file
+from diffengine.models import StableDiffusionXL
+from diffengine.testing import (
     SDXL_TEXT_2_CONFIG,
     SDXL_TEXT_CONFIG,
     SDXL_UNET_CONFIG,
@@ -23,9 +26,6 @@ from diffengine.demo import (
     save_sdxl_pipeline,
     write_char_tokenizer,
 )
-from diffengine.errors import ConfigError
-from diffengine.export import merge_lora, to_single_file
-from diffengine.models import StableDiffusionXL
 from tests.conftest import save_perturbed_step
 from tests.oracles.original_layout import (
     layout_difference,

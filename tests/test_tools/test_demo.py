@@ -7,7 +7,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from diffengine.inference import generate, load_pipeline
-from diffengine.tools.demo import main
+from diffengine.tools.generate import main
 from tests.conftest import SAMPLE
 
 

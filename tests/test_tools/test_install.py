@@ -119,7 +119,7 @@ def test_wheel_carries_configs_and_tools(tmp_path, tiny_sd, mixed_data):
     assert ("diffengine/.mim/configs/stable_diffusion_lora/"
             "stable_diffusion_v15_lora_pokemon_blip.py") in names
     assert "diffengine/.mim/configs/_base_/default_runtime.py" in names
-    for tool in ("demo", "export_lora", "merge_lora", "plot_loss",
+    for tool in ("generate", "demo", "export_lora", "merge_lora", "plot_loss",
                  "browse_dataset", "kohya_to_imagefolder",
                  "pretrain_demo_base"):
         assert f"diffengine/.mim/tools/{tool}.py" in names
@@ -131,7 +131,7 @@ def test_wheel_carries_configs_and_tools(tmp_path, tiny_sd, mixed_data):
                  "vae/diffusion_pytorch_model.safetensors",
                  "text_encoder/model.safetensors", "model_index.json",
                  "pretraining.json"):
-        assert f"diffengine/demo_base/weights/{part}" in names
+        assert f"diffengine/demo/weights/{part}" in names
 
     python, purelib = fresh_venv(str(tmp_path / "venv"))
     pip_install(python, "--no-index", wheel)

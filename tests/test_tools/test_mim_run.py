@@ -18,9 +18,9 @@ TOOLS = sorted(
 
 
 def test_there_are_the_tools():
-    assert TOOLS == ["browse_dataset", "demo", "export_lora",
-                     "kohya_to_imagefolder", "merge_lora", "plot_loss",
-                     "pretrain_demo_base"]
+    assert TOOLS == ["browse_dataset", "demo", "export_lora", "generate",
+                     "kohya_to_imagefolder", "make_demo", "merge_lora",
+                     "plot_loss", "pretrain_demo_base"]
 
 
 @pytest.mark.parametrize("name", TOOLS)

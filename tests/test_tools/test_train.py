@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from diffengine.demo_base import ShapeScorer
+from diffengine.demo import ShapeScorer
 from diffengine.engine.checkpoint import load_checkpoint_file
 from diffengine.export import export_lora
 from diffengine.inference import (
@@ -241,7 +241,7 @@ def test_readme_demo_learns_the_held_out_concept(tmp_path):
         block, = [b for b in FENCE.findall(f.read())
                   if b[0] == "bash" and "mim run diffengine" in b[1]]
     for command in block[1].strip().splitlines():
-        if command.startswith("mim run diffengine demo "):
+        if command.startswith("mim run diffengine generate "):
             # as README writes it (the guides' tests cut its steps to 2), in
             # a process of its own as mim train's was: a process's thread
             # count changes the last bit of a float sum, so this suite's

@@ -28,7 +28,7 @@ val_evaluator = None
 test_dataloader = None
 test_evaluator = None
 
-# A grid of four seeds per epoch; `mim run diffengine demo "yoda pokemon"
+# A grid of four seeds per epoch; `mim run diffengine generate "yoda pokemon"
 # work_dirs/<config>/step<N> --seed 0 1 2 3` draws the same images.
 custom_hooks = [
     dict(type="VisualizationHook", prompt=["yoda pokemon"], seed=[0, 1, 2, 3]),

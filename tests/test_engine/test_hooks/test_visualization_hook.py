@@ -11,7 +11,7 @@ from mmengine.config import Config
 from PIL import Image
 
 import diffengine.engine  # noqa: F401  (registers the hooks)
-from diffengine.demo_base import ShapeScorer
+from diffengine.demo import ShapeScorer
 from diffengine.engine import DiffEngineRunner
 from diffengine.engine.hooks import VisualizationHook
 from diffengine.inference import (
@@ -21,7 +21,7 @@ from diffengine.inference import (
     panel_box,
     prompt_slug,
 )
-from diffengine.tools.demo import main as demo
+from diffengine.tools.generate import main as demo
 from tests.conftest import SD3_TARGETS, UNET_CONV_TARGETS, tiny_pipeline
 from tests.test_engine.test_hooks.test_lora_checkpoint_hook import make_runner
 

@@ -213,7 +213,7 @@ def test_the_training_guidance_reaches_the_step_and_the_kohya_file(
         tiny_flux, tmp_path):
     from safetensors import safe_open
 
-    from diffengine.export.export_lora import export_lora
+    from diffengine.export.standalone_lora import export_lora
 
     model = build(tiny_flux, text_encoder=False, guidance_scale=2.5)
     perturb_lora(model)

@@ -8,9 +8,9 @@ from mmengine.logging import MMLogger
 from safetensors import safe_open
 
 from diffengine.adapters import add_adapter, count_trainable_parameters
-from diffengine.demo import SD15_UNET_CONFIG
 from diffengine.errors import ConfigError
 from diffengine.models import StableDiffusion
+from diffengine.testing import SD15_UNET_CONFIG
 from tests.conftest import TEXT_TARGETS, UNET_TARGETS, perturb_lora
 
 

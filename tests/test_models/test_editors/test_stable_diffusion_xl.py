@@ -10,9 +10,9 @@ from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionM
 from safetensors import safe_open
 
 from diffengine.adapters import add_adapter, count_trainable_parameters
-from diffengine.demo import SDXL_UNET_CONFIG
 from diffengine.errors import ConfigError
 from diffengine.models import StableDiffusionXL
+from diffengine.testing import SDXL_UNET_CONFIG
 from tests.conftest import TEXT_TARGETS, UNET_TARGETS, perturb_lora
 
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffengine.demo_base import ShapeScorer, parse_caption
-from diffengine.demo_base.scenes import (
+from diffengine.demo import ShapeScorer, parse_caption
+from diffengine.demo.scenes import (
     Caption,
     concept_captions,
     draw_captioned,

@@ -4,7 +4,7 @@ No network: each pixel takes the name of the nearest colour of the
 vocabulary (or none, when no colour is near), and the object, the pixels
 that are not the caption's background, is compared with the caption's
 shape drawn into the object's bounding box by the same code that draws the
-training images (:func:`~diffengine.demo_base.scenes.draw_object`).
+training images (:func:`~diffengine.demo.scenes.draw_object`).
 
 The shape drawn has up to three regions: its inside, the hole of a ring,
 and the rest of the bounding box. A region's agreement is the share of its
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from diffengine.demo import BACKGROUNDS, COLORS, SHAPES
-from diffengine.demo_base.scenes import Caption, draw_object, parse_caption
+from diffengine.demo.scenes import Caption, draw_object, parse_caption
+from diffengine.demo.shapes import BACKGROUNDS, COLORS, SHAPES
 from diffengine.registry import SCORERS
 
 # Region labels of a drawn shape.

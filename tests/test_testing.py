@@ -1,5 +1,5 @@
-"""The tiny and full-size-shaped models of diffengine.demo: SD3 and SD3.5,
-Flux.1 dev and schnell."""
+"""The tiny and full-size-shaped models of diffengine.testing: SD3 and
+SD3.5, Flux.1 dev and schnell."""
 import numpy as np
 import pytest
 import torch
@@ -15,7 +15,8 @@ from diffengine.architectures import (
     SD35_MEDIUM,
     sd3_architecture,
 )
-from diffengine.demo import (
+from diffengine.errors import ConfigError
+from diffengine.testing import (
     SD35_MEDIUM_TRANSFORMER_CONFIG,
     make_tiny_flux,
     make_tiny_sd3,
@@ -23,7 +24,6 @@ from diffengine.demo import (
     write_char_tokenizer,
     write_t5_tokenizer,
 )
-from diffengine.errors import ConfigError
 from tests.conftest import SD3_TARGETS
 
 

@@ -5,7 +5,7 @@ Resolution Image Synthesis with Latent Diffusion Models"):
 
 1. the VAE, a KL-regularised autoencoder with SD's 8× downsampling (64 px
    images, 8×8×4 latents), on random scenes of flat shapes
-   (:func:`~diffengine.demo_base.scenes.draw_scene`) and captioned shapes:
+   (:func:`~diffengine.demo.scenes.draw_scene`) and captioned shapes:
    L1 + L2 reconstruction (SD's: L1 + LPIPS + a discriminator) plus SD's KL
    weight of 1e-6 on per-image sums; its ``scaling_factor`` is then
    set, as SD's 0.18215 was, so that the latents have unit variance;
@@ -48,18 +48,18 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from diffengine.datasets.transforms.formatting import ImageToNormalizedTensor
-from diffengine.demo import save_pipeline, write_char_tokenizer
-from diffengine.demo_base.scenes import (
+from diffengine.demo.scenes import (
     Caption,
     concept_captions,
     draw_captioned,
     draw_scene,
     pretraining_captions,
 )
-from diffengine.demo_base.scoring import ShapeScorer
+from diffengine.demo.scoring import ShapeScorer
 from diffengine.errors import ConfigError, MissingFileError
 from diffengine.fileio import atomic_directory
 from diffengine.inference import generate
+from diffengine.testing import save_pipeline, write_char_tokenizer
 from diffengine.version import __version__
 
 SETTINGS_FILE = "pretraining.json"
@@ -286,7 +286,7 @@ def score_base(path: str, settings: PretrainSettings,
 
     Returns:
         dict: ``color``, ``shape`` and ``score`` (means of
-        :class:`~diffengine.demo_base.scoring.ShapeScore`), and
+        :class:`~diffengine.demo.scoring.ShapeScore`), and
         ``shape_accuracy``, the share of images whose object matches the
         caption's shape best.
     """

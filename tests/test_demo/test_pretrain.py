@@ -7,15 +7,15 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors import safe_open
 
-from diffengine.demo_base import WEIGHTS
-from diffengine.demo_base.pretrain import (
+from diffengine.demo import WEIGHTS
+from diffengine.demo.pretrain import (
     SETTINGS_FILE,
     PretrainSettings,
     pretrain_demo_base,
     read_settings,
     score_base,
 )
-from diffengine.demo_base.scenes import (
+from diffengine.demo.scenes import (
     CONCEPT_WORD,
     concept_captions,
     pretraining_captions,

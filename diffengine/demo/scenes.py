@@ -8,9 +8,8 @@ Three kinds of image, all 64 px by default and drawn with PIL:
   encode, so that it encodes flat shapes in general;
 - *captioned shapes* (:func:`draw_captioned`), one shape of the caption
   vocabulary ("a red circle on a white background", see
-  :data:`~diffengine.demo.COLORS`, :data:`~diffengine.demo.SHAPES`,
-  :data:`~diffengine.demo.BACKGROUNDS`): what the UNet and the text
-  encoder learn to draw;
+  :mod:`diffengine.demo.shapes`): what the UNet and the text encoder learn
+  to draw;
 - the *concept* (:data:`CONCEPT_WORD`, a ring), which neither the
   captions nor the word ever showed the UNet: what the demo's LoRA learns
   (:func:`make_concept_dataset`).
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
-from diffengine.demo import BACKGROUNDS, COLORS, SHAPES
+from diffengine.demo.shapes import BACKGROUNDS, COLORS, SHAPES
 
 # The held-out concept: a ring, named by a word no caption contains.
 CONCEPT_WORD = "zorb"
@@ -110,7 +109,7 @@ def draw_object(draw: ImageDraw.ImageDraw, shape: str, box: Box, fill,
 def random_box(rng: random.Random, size: int, low: float = 0.45,
                high: float = 0.7) -> Box:
     """A square box of side ``low``..``high`` × ``size`` inside the image,
-    as :func:`diffengine.demo.draw_shape` places its shapes."""
+    as :func:`diffengine.demo.shapes.draw_shape` places its shapes."""
     extent = rng.uniform(low, high) * size
     x0 = rng.uniform(0, size - extent)
     y0 = rng.uniform(0, size - extent)

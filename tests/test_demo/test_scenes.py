@@ -5,8 +5,8 @@ import random
 import numpy as np
 
 from diffengine.datasets import HFDataset
-from diffengine.demo_base import CONCEPT_WORD, make_concept_dataset
-from diffengine.demo_base.scenes import (
+from diffengine.demo import CONCEPT_WORD, make_concept_dataset
+from diffengine.demo.scenes import (
     concept_captions,
     draw_scene,
     pretraining_captions,
