@@ -262,9 +262,9 @@ def test_the_mim_patch_loads_in_mim_train_and_run_only(tmp_path):
 
 
 def test_the_choices_spelled_out_for_help_are_the_packages():
-    # the modules: diffengine.export names its functions like them
+    # the library modules behind the two tools
     export_lora = importlib.import_module("diffengine.export.standalone_lora")
-    merge_lora = importlib.import_module("diffengine.export.merge_lora")
+    merge_lora = importlib.import_module("diffengine.export.merged_model")
     from diffengine.models.utils.dtypes import DTYPES
     from diffengine.tools import export_lora as export_tool
     from diffengine.tools import merge_lora as merge_tool

@@ -18,7 +18,7 @@ from diffengine.cli import (
     tool_parser,
 )
 
-# diffengine.export.merge_lora.FORMATS, spelled out: importing it takes
+# diffengine.export.merged_model.FORMATS, spelled out: importing it takes
 # seconds, too long for --help (a test keeps them equal)
 FORMATS = ("diffusers", "single-file")
 
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     # here, not at the top: --help needs neither torch nor diffusers
     from diffengine.adapter_file import base_model
-    from diffengine.export.merge_lora import (
+    from diffengine.export.merged_model import (
         from_single_file_caveat,
         loading_code,
         merge_lora,

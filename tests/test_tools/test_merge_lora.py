@@ -5,7 +5,7 @@ import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from safetensors import safe_open
 
-from diffengine.export.merge_lora import from_single_file_caveat
+from diffengine.export.merged_model import from_single_file_caveat
 from diffengine.export.single_file import save_single_file, to_single_file
 from diffengine.tools.merge_lora import main
 from tests.test_export.test_single_file_sdxl import (  # noqa: F401
