@@ -6,9 +6,10 @@ scheduler, text encoders with their tokenizers, pipeline, architecture) and
 writes two methods: its prompt encoding and the call of its denoiser;
 everything else lives here once: loading the parts, adapter injection, the
 objective (latents → noise → timesteps → noisy input → prediction → loss)
-built from registered components, the non-finite loss guard and ``infer()``.
-The trainable weights and step files are :class:`~diffengine.models.
-adapter_io.AdapterIO`'s.
+built from registered components and the non-finite loss guard. The
+trainable weights and step files are :class:`~diffengine.models.
+adapter_io.AdapterIO`'s, ``infer()`` and the pipeline
+:class:`~diffengine.models.sampling.Sampling`'s.
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from diffusers import AutoencoderKL, DiffusionPipeline, ModelMixin, SchedulerMixin
@@ -27,11 +27,10 @@ from mmengine.model import BaseModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from diffengine.errors import ConfigError, NonFiniteLossError
-from diffengine.generation import DEFAULT_SEEDS, GenerationOptions
 from diffengine.hub import hub_download
-from diffengine.inference import generate, quiet_loading
 from diffengine.models.adapter_io import AdapterIO
 from diffengine.models.losses import DiffusionLoss, LossContext
+from diffengine.models.sampling import Sampling
 from diffengine.models.schedules import build_schedule
 from diffengine.models.utils.components import build_component
 from diffengine.models.utils.dtypes import resolve_dtype
@@ -96,7 +95,7 @@ def token_ids(tokenizer: Any, text: list[str], encoder: torch.nn.Module,
         return_tensors="pt").input_ids.to(first_parameter(encoder).device)
 
 
-class LatentDiffusionModel(AdapterIO, BaseModel):
+class LatentDiffusionModel(AdapterIO, Sampling, BaseModel):
     """A latent diffusion model trained through adapters (LoRA, DoRA, LoHa,
     LoKr: :mod:`diffengine.adapters`).
 
@@ -650,115 +649,3 @@ class LatentDiffusionModel(AdapterIO, BaseModel):
             raise NonFiniteLossError(
                 f"the loss is {loss.item()} (on this or another process)")
         return loss, log_vars
-
-    # ---- generation ------------------------------------------------------
-    def pipeline(self) -> DiffusionPipeline:
-        """A diffusers pipeline over the in-memory (adapted) modules.
-
-        The scheduler is loaded from the base model exactly as
-        ``DiffusionPipeline.from_pretrained(base)`` loads it, so images match
-        what users get after ``load_lora_weights``.
-        """
-        with quiet_loading():
-            pipe = self.pipeline_class.from_pretrained(
-                self.base_model, **self.pipeline_parts())
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-    @classmethod
-    def sampling_defaults_for(cls, denoiser_config: Any = None
-                              ) -> dict[str, Any]:
-        """``num_inference_steps`` and ``guidance_scale`` when neither the
-        call nor the config gives them, for a base whose denoiser has
-        ``denoiser_config`` (None: the family's :attr:`sampling_defaults`).
-        A family whose variants sample differently (Flux [dev] and
-        [schnell]) tells them apart here."""
-        return dict(cls.sampling_defaults)
-
-    @classmethod
-    def call_defaults_for(cls, denoiser_config: Any = None
-                          ) -> dict[str, Any]:
-        """More arguments of the pipeline's call (beyond steps and
-        guidance) that a base whose denoiser has ``denoiser_config``
-        samples with when none are given, where they differ from the
-        pipeline's own defaults; none for most families."""
-        return {}
-
-    @classmethod
-    def generation_defaults_for(cls, denoiser_config: Any = None
-                                ) -> GenerationOptions:
-        """The options a base whose denoiser has ``denoiser_config`` draws
-        with where nothing else gives them (:meth:`sampling_defaults_for`
-        and :meth:`call_defaults_for`): the same for :meth:`infer`, the
-        sample hook, class images and ``demo``
-        (``inference.generation_defaults``)."""
-        return GenerationOptions(
-            **cls.sampling_defaults_for(denoiser_config),
-            seeds=DEFAULT_SEEDS,
-            pipeline_arguments=cls.call_defaults_for(denoiser_config))
-
-    def generation_defaults(self) -> GenerationOptions:
-        """The options :meth:`infer` draws with where none are given: this
-        base's (:meth:`generation_defaults_for` its denoiser), with the
-        pipeline arguments that condition samples as training is
-        (:meth:`pipeline_call_options`)."""
-        return self.generation_defaults_for(
-            self.denoiser.config).overridden_by(GenerationOptions(
-                pipeline_arguments=self.pipeline_call_options()))
-
-    @torch.no_grad()
-    def infer(self,
-              prompts: list[str],
-              seed: int | Sequence[int] | None = None,
-              options: GenerationOptions | None = None,
-              output_type: str = "pil",
-              progress=None,
-              **given: Any) -> list[np.ndarray]:
-        """Generate images with the model as trained so far.
-
-        Images come from :func:`diffengine.inference.generate`, as the
-        ``demo`` tool's do, so a step folder loaded in ``demo`` reproduces
-        them.
-
-        Args:
-            prompts (list[str]): The prompts.
-            seed (int | Sequence[int], optional): One image per prompt and
-                seed, in place of ``options``' seeds; each seeds its own CPU
-                generator, so that the same seed gives the same image on any
-                device. Defaults to those of ``options``, else 0.
-            options (GenerationOptions, optional): How to draw; what it
-                leaves out, :meth:`generation_defaults` (steps and guidance
-                of the base, the size of the denoiser's sample size × the
-                VAE scale factor). Defaults to None.
-            output_type (str): ``"pil"`` returns H×W×3 uint8 arrays, ``"np"``
-                float arrays in [0, 1]. Defaults to ``"pil"``.
-            progress (tqdm, optional): A bar advanced at every denoising
-                step (``inference.sampling_progress``). Defaults to None.
-            **given: Options by the names ``GenerationOptions.of`` takes
-                (``num_inference_steps``, ``guidance_scale``, ``height``,
-                ``width``, ``negative_prompt``), in place of ``options``'.
-
-        Returns:
-            list[np.ndarray]: The images of the first prompt (one per seed),
-            then those of the second, and so on.
-        """
-        if self.text_encoders_dropped:
-            raise ConfigError(
-                f"infer() needs the text encoders, which {DROP_OPTION}=True "
-                "freed: sample the step folders with demo after training, or "
-                "leave the option off (and drop VisualizationHook from "
-                "custom_hooks while it is on).")
-        options = self.generation_defaults().overridden_by(
-            options).overridden_by(GenerationOptions.of(seed=seed, **given))
-        was_training = self.training
-        self.eval()
-        try:
-            pipe = self.pipeline()
-            return [
-                image for prompt in prompts
-                for image in generate(pipe, prompt, options=options,
-                                      output_type=output_type,
-                                      progress=progress)
-            ]
-        finally:
-            self.train(was_training)
