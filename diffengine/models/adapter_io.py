@@ -199,6 +199,8 @@ class AdapterIO:
                     "adapted_convolutions": sum(
                         adapted_convolutions(getattr(self, part))
                         for part in parts),
+                    **({} if self.quantization is None else {
+                        "quantization": self.quantization.describe()}),
                     **self.training_metadata(),
                     **(metadata or {})}
         self.step_format.write(

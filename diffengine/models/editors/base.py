@@ -37,6 +37,7 @@ from diffengine.models.utils.dtypes import resolve_dtype
 from diffengine.models.utils.fingerprint import weights_fingerprint
 from diffengine.models.utils.model_folder import check_model_path, resolve_model
 from diffengine.models.utils.noise import WhiteNoise
+from diffengine.models.utils.quantization import build_quantization
 from diffengine.models.utils.text_embedding_cache import (
     DROP_OPTION,
     TextEmbeddingCache,
@@ -152,6 +153,15 @@ class LatentDiffusionModel(AdapterIO, Sampling, BaseModel):
             ``"bfloat16"`` (half its memory, and its matmuls run in that
             dtype); the adapters stay fp32. None keeps float32. Defaults to
             None.
+        quantization (dict, optional): Store the frozen denoiser (and with
+            ``text_encoders=True`` the text encoders) quantized, through
+            diffusers' and transformers' ``quantization_config``:
+            ``dict(backend="torchao" | "quanto" | "bitsandbytes", weights=
+            "int8" | "float8" | "int4" | "nf4" | "fp4", text_encoders=
+            False)`` (:mod:`diffengine.models.utils.quantization`; on a CPU
+            torchao or quanto with int8 or float8). The adapters train on
+            top in fp32 and load into the unquantized base. None keeps the
+            base unquantized. Defaults to None.
         channels_last (bool): Store the denoiser's and VAE's convolution
             weights channels-last (NHWC), which tensor cores and oneDNN
             prefer. Defaults to False.
@@ -224,6 +234,7 @@ class LatentDiffusionModel(AdapterIO, Sampling, BaseModel):
                  input_perturbation_gamma: float = 0.0,
                  gradient_checkpointing: bool = False,
                  weight_dtype: str | None = None,
+                 quantization: dict | None = None,
                  channels_last: bool = False,
                  compile_denoiser: bool | dict = False,
                  compile_unet: bool | dict = False,
@@ -273,6 +284,7 @@ class LatentDiffusionModel(AdapterIO, Sampling, BaseModel):
                 f"input_perturbation_gamma={input_perturbation_gamma} must be "
                 ">= 0.")
         dtype = resolve_dtype(weight_dtype, "weight_dtype")
+        self.quantization = build_quantization(quantization)
         self.check_adapters({
             self.denoiser_name: (denoiser_lora_config, denoiser_option),
             **{name: (text_encoder_lora_config, "text_encoder_lora_config")
@@ -350,13 +362,27 @@ class LatentDiffusionModel(AdapterIO, Sampling, BaseModel):
             setattr(self, encoder.tokenizer,
                     encoder.tokenizer_class.from_pretrained(
                         model, subfolder=encoder.tokenizer))
-            setattr(self, encoder.name, encoder.model_class.from_pretrained(
-                model, subfolder=encoder.name).to(dtype))
+            setattr(self, encoder.name, self.load_text_encoder(
+                encoder, model, dtype))
         self.vae = self.load_vae(model, dtype)
         # Loaded in the weight dtype: no float32 copy of the denoiser in
         # memory.
+        quantized = {} if self.quantization is None else {
+            "quantization_config": self.quantization.diffusers_config()}
         setattr(self, self.denoiser_name, self.denoiser_class.from_pretrained(
-            model, subfolder=self.denoiser_name, torch_dtype=dtype))
+            model, subfolder=self.denoiser_name, torch_dtype=dtype,
+            **quantized))
+
+    def load_text_encoder(self, encoder: TextEncoder, model: str,
+                          dtype: torch.dtype) -> PreTrainedModel:
+        """The text encoder ``encoder`` of ``model`` in ``dtype``,
+        quantized when ``quantization`` asks for it."""
+        if self.quantization is None or not self.quantization.text_encoders:
+            return encoder.model_class.from_pretrained(
+                model, subfolder=encoder.name).to(dtype)
+        return encoder.model_class.from_pretrained(
+            model, subfolder=encoder.name, dtype=dtype,
+            quantization_config=self.quantization.transformers_config())
 
     def load_vae(self, model: str, dtype: torch.dtype) -> AutoencoderKL:
         """The VAE of ``model``, in ``dtype``."""

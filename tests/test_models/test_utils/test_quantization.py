@@ -1,0 +1,198 @@
+"""The ``quantization`` option on real tiny models: the denoiser loads
+quantized through diffusers, LoRA trains in fp32 on top, the step file
+holds the adapters alone with the quantization in its metadata and loads
+into the unquantized diffusers pipeline; bad options fail in one line."""
+import json
+
+import pytest
+import torch
+from diffusers import FluxPipeline, StableDiffusion3Pipeline
+from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors import safe_open
+
+from diffengine.errors import ConfigError
+from diffengine.models import Flux, StableDiffusion, StableDiffusion3
+from diffengine.models.utils.quantization import build_quantization
+from tests.conftest import SD3_TARGETS, TEXT_TARGETS, UNET_TARGETS
+
+CPU_QUANTIZATIONS = [("torchao", "int8"), ("torchao", "float8"),
+                     ("quanto", "int8"), ("quanto", "float8")]
+# The step folder loaded into the unquantized base differs from the model
+# trained on the quantized base by the quantization error of the base:
+# its largest difference in the denoiser output may be at most this many
+# times that of the bare base (quantized against unquantized, adapters
+# off). Measured on the tiny Flux and SD3.5 (int8 and float8, torchao and
+# quanto): 0.98 to 1.10 times.
+RELOAD_BOUND = 1.5
+
+
+def build(family, path, backend, weights, **kwargs):
+    quantization = dict(backend=backend, weights=weights)
+    if family is StableDiffusion:
+        return StableDiffusion(
+            path, quantization=quantization, unet_lora_config=dict(
+                r=4, lora_alpha=4, target_modules=UNET_TARGETS), **kwargs)
+    return family(path, quantization=quantization,
+                  transformer_lora_config=dict(
+                      r=4, lora_alpha=4, target_modules=SD3_TARGETS),
+                  **kwargs)
+
+
+def batch(size=64):
+    generator = torch.Generator().manual_seed(0)
+    return {"img": torch.rand(2, 3, size, size, generator=generator) * 2 - 1,
+            "text": ["a red circle", "a blue square"], "seed": [5, 6]}
+
+
+def train(model, steps=3):
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model(batch(), mode="loss")["loss"].backward()
+        optimizer.step()
+
+
+def adapters_on(module, enabled):
+    for layer in module.modules():
+        if isinstance(layer, BaseTunerLayer):
+            layer.enable_adapters(enabled)
+
+
+def denoiser_output(model, denoiser=None):
+    """The denoiser's prediction on fixed latents and prompts, with
+    ``denoiser`` (the unquantized pipeline's) in the model's place."""
+    own = model.denoiser
+    if denoiser is not None:
+        setattr(model, model.denoiser_name, denoiser)
+    try:
+        generator = torch.Generator().manual_seed(1)
+        channels = model.vae.config.latent_channels
+        noisy = torch.randn(2, channels, 8, 8, generator=generator)
+        timesteps = torch.tensor([300.0, 700.0])
+        with torch.no_grad():
+            prompt = model.encode_prompt(["a red circle", "a blue square"])
+            return model.denoise(noisy, timesteps, {}, prompt).float()
+    finally:
+        setattr(model, model.denoiser_name, own)
+
+
+@pytest.mark.parametrize("backend, weights", CPU_QUANTIZATIONS)
+@pytest.mark.parametrize("family, fixture, pipeline_class", [
+    (Flux, "tiny_flux", FluxPipeline),
+    (StableDiffusion3, "tiny_sd3", StableDiffusion3Pipeline),
+], ids=["flux", "sd3.5"])
+def test_lora_trains_on_the_quantized_base_and_loads_into_the_full_one(
+        family, fixture, pipeline_class, backend, weights, request,
+        tmp_path):
+    path = request.getfixturevalue(fixture)
+    model = build(family, path, backend, weights)
+    base_layer = model.denoiser.transformer_blocks[0].attn.to_q.base_layer
+    assert type(base_layer.weight).__name__ in {
+        "Int8Tensor", "Float8Tensor", "WeightQBytesTensor"}
+    trainable = {n: p for n, p in model.named_parameters()
+                 if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert all(p.dtype == torch.float32 for p in trainable.values())
+    before = {n: p.detach().clone() for n, p in trainable.items()}
+    train(model)
+    assert any(not torch.equal(before[n], p) for n, p in trainable.items()
+               if "lora_B" in n)
+    assert set(model.state_dict()) == set(trainable)
+
+    model.save_lora_weights(str(tmp_path))
+    step_file = tmp_path / "pytorch_lora_weights.safetensors"
+    with safe_open(str(step_file), "pt") as f:
+        assert all("lora" in k for k in f.keys())  # noqa: SIM118
+        recorded = json.loads(f.metadata()["diffengine.quantization"])
+    assert recorded == dict(backend=backend, weights=weights,
+                            text_encoders=False)
+
+    pipe = pipeline_class.from_pretrained(path)
+    pipe.load_lora_weights(str(tmp_path))
+    trained = denoiser_output(model)
+    reloaded = denoiser_output(model, pipe.transformer)
+    # the quantization error of the bare base, for scale
+    adapters_on(model.denoiser, False)
+    bare_error = (denoiser_output(model) - denoiser_output(
+        model, pipeline_class.from_pretrained(path).transformer)).abs().max()
+    adapters_on(model.denoiser, True)
+    error = (trained - reloaded).abs().max().item()
+    print(f"{family.__name__} {backend} {weights}: reload error {error:.2e}"
+          f" = {error / bare_error:.2f} x the bare base's {bare_error:.2e} "
+          f"(outputs up to {reloaded.abs().max():.2f})")
+    assert 0 < error <= RELOAD_BOUND * bare_error
+
+
+@pytest.mark.parametrize("backend, weights", [("torchao", "int8"),
+                                              ("quanto", "float8")])
+def test_stable_diffusion_unet_quantizes_and_trains(tiny_sd, backend,
+                                                    weights):
+    model = build(StableDiffusion, tiny_sd, backend, weights)
+    base_layer = next(m for n, m in model.unet.named_modules()
+                      if n.endswith("to_q.base_layer"))
+    assert type(base_layer.weight).__name__ in {
+        "Int8Tensor", "Float8Tensor", "WeightQBytesTensor"}
+    train(model, steps=1)
+    assert all("lora_" in k for k in model.state_dict())
+
+
+def test_text_encoders_quantize_when_asked(tiny_sd3):
+    model = StableDiffusion3(
+        tiny_sd3, quantization=dict(backend="quanto", weights="int8",
+                                    text_encoders=True),
+        transformer_lora_config=dict(r=4, target_modules=SD3_TARGETS),
+        text_encoder_lora_config=dict(r=2, target_modules=TEXT_TARGETS))
+    q_proj = model.text_encoder.text_model.encoder.layers[0].self_attn.q_proj
+    assert type(q_proj.base_layer.weight).__name__ == "WeightQBytesTensor"
+    train(model, steps=1)
+    assert {n.split(".")[0] for n, p in model.named_parameters()
+            if p.requires_grad} == {"transformer", "text_encoder",
+                                    "text_encoder_2"}
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(backend="gptq", weights="int8"),
+     "quantization backend='gptq'; choose one of ['torchao', 'quanto', "
+     "'bitsandbytes']."),
+    (dict(backend="torchao", weights="nf4"),
+     "quantization weights='nf4' is not one of torchao's: ['int8', "
+     "'float8', 'int4']."),
+    (dict(backend="quanto", weights="int8", bits=8),
+     "quantization has unknown keys ['bits']; it takes backend, weights "
+     "and text_encoders."),
+])
+def test_bad_options_fail_in_one_line(options, message):
+    with pytest.raises(ConfigError) as error:
+        build_quantization(options)
+    assert str(error.value) == message
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a CPU host")
+@pytest.mark.parametrize("backend, weights", [
+    ("bitsandbytes", "nf4"), ("bitsandbytes", "int8"), ("torchao", "int4")])
+def test_cuda_only_weights_fail_on_a_cpu(backend, weights, tiny_sd):
+    with pytest.raises(ConfigError) as error:
+        build(StableDiffusion, tiny_sd, backend, weights)
+    assert str(error.value) == (
+        f"quantization backend={backend!r} weights={weights!r} needs a CUDA "
+        "GPU, and none is available; on a CPU use backend='torchao' or "
+        "'quanto' with weights='int8' or 'float8'.")
+
+
+def test_a_missing_package_names_its_pip_command(monkeypatch):
+    import importlib.util
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if (
+        name.startswith("optimum")) else find_spec(name))
+    with pytest.raises(ConfigError, match=r"^quantization backend='quanto' "
+                       r"needs its package: pip install optimum-quanto$"):
+        build_quantization(dict(backend="quanto", weights="int8"))
+
+
+def test_none_keeps_the_base_unquantized(tiny_sd):
+    assert build_quantization(None) is None
+    model = StableDiffusion(tiny_sd, unet_lora_config=dict(
+        r=4, target_modules=UNET_TARGETS))
+    assert model.quantization is None
+    assert type(model.unet.conv_in.weight) is torch.nn.Parameter
