@@ -77,6 +77,26 @@ def denoiser_output(model, denoiser=None):
         setattr(model, model.denoiser_name, own)
 
 
+def reload_error(model, pipeline_class, path, step_dir):
+    """The largest difference between the denoiser outputs of ``model``
+    (trained on a quantized base) and of its step folder loaded into the
+    unquantized ``pipeline_class`` of ``path``; that of the bare bases
+    (the quantization error, for scale); and that of the unquantized base
+    with and without the step folder (what the adapters change)."""
+    pipe = pipeline_class.from_pretrained(path)
+    bare = denoiser_output(model, pipe.transformer)
+    pipe.load_lora_weights(step_dir)
+    trained = denoiser_output(model)
+    reloaded = denoiser_output(model, pipe.transformer)
+    adapters_on(model.denoiser, False)
+    try:
+        bare_error = (denoiser_output(model) - bare).abs().max().item()
+    finally:
+        adapters_on(model.denoiser, True)
+    return ((trained - reloaded).abs().max().item(), bare_error,
+            (reloaded - bare).abs().max().item())
+
+
 @pytest.mark.parametrize("backend, weights", CPU_QUANTIZATIONS)
 @pytest.mark.parametrize("family, fixture, pipeline_class", [
     (Flux, "tiny_flux", FluxPipeline),
@@ -108,20 +128,13 @@ def test_lora_trains_on_the_quantized_base_and_loads_into_the_full_one(
     assert recorded == dict(backend=backend, weights=weights,
                             text_encoders=False)
 
-    pipe = pipeline_class.from_pretrained(path)
-    pipe.load_lora_weights(str(tmp_path))
-    trained = denoiser_output(model)
-    reloaded = denoiser_output(model, pipe.transformer)
-    # the quantization error of the bare base, for scale
-    adapters_on(model.denoiser, False)
-    bare_error = (denoiser_output(model) - denoiser_output(
-        model, pipeline_class.from_pretrained(path).transformer)).abs().max()
-    adapters_on(model.denoiser, True)
-    error = (trained - reloaded).abs().max().item()
+    error, bare_error, change = reload_error(model, pipeline_class, path,
+                                             str(tmp_path))
     print(f"{family.__name__} {backend} {weights}: reload error {error:.2e}"
-          f" = {error / bare_error:.2f} x the bare base's {bare_error:.2e} "
-          f"(outputs up to {reloaded.abs().max():.2f})")
+          f" = {error / bare_error:.2f} x the bare base's {bare_error:.2e};"
+          f" the adapters change the output by {change:.2e}")
     assert 0 < error <= RELOAD_BOUND * bare_error
+    assert change > error  # the step folder did load
 
 
 @pytest.mark.parametrize("backend, weights", [("torchao", "int8"),
