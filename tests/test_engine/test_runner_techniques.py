@@ -1,5 +1,6 @@
 """Every training technique on at once keeps the promises, for SD 1.x,
-SDXL, SD3.5 and FLUX.1 [dev] and [schnell] (under flow matching): 2
+SDXL, SD3.5 and FLUX.1 [dev] and [schnell] (under flow matching), and
+FLUX.1 [dev] and SD3.5 on an int8 and a float8 quantized base: 2
 processes × batch 4 train the weights of 1 × batch 8, and a kill at a
 random step then a resume ends bit-identical; with both caches and a
 half-precision base too."""
@@ -55,11 +56,27 @@ model = dict(max_sequence_length=32)
 randomness = dict(seed=0)
 default_hooks = dict(logger=dict(interval=10))
 """, "batch_size=4, num_workers=0, "),
+    # a quantized frozen base (diffengine.models.utils.quantization)
+    "flux-int8": ("""
+_base_ = [{flux!r}]
+model = dict(max_sequence_length=32,
+             quantization=dict(backend="torchao", weights="int8"))
+randomness = dict(seed=0)
+default_hooks = dict(logger=dict(interval=10))
+""", "batch_size=4, num_workers=0, "),
+    "sd3-float8": ("""
+_base_ = [{sd3!r}]
+model = dict(max_sequence_length=32,
+             quantization=dict(backend="quanto", weights="float8"))
+randomness = dict(seed=0)
+default_hooks = dict(logger=dict(interval=10))
+""", "batch_size=4, num_workers=0, "),
 }
 # SDXL's size conditioning: no such input in SD3 and Flux.
 TIME_IDS = {"sd": '    dict(type="ComputeTimeIds"),\n',
             "sdxl": '    dict(type="ComputeTimeIds"),\n', "sd3": "",
-            "flux": "", "flux-schnell": ""}
+            "flux": "", "flux-schnell": "", "flux-int8": "",
+            "sd3-float8": ""}
 EVERYTHING_ON = """
 model = dict(
     loss=dict(type="SNRL2Loss", snr_gamma=5.0),
@@ -126,8 +143,8 @@ def everything(request, tmp_path_factory, tiny_sd, tiny_sdxl, tiny_sd3,
                       + EVERYTHING_ON.format(
                           loader=loader, time_ids=TIME_IDS[request.param]))
     tiny = {"sd": tiny_sd, "sdxl": tiny_sdxl, "sd3": tiny_sd3,
-            "flux": tiny_flux, "flux-schnell": tiny_flux_schnell
-            }[request.param]
+            "flux": tiny_flux, "flux-schnell": tiny_flux_schnell,
+            "flux-int8": tiny_flux, "sd3-float8": tiny_sd3}[request.param]
     return str(config), str(data), tiny
 
 
