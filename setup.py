@@ -123,7 +123,8 @@ if __name__ == "__main__":
                                      "demo/weights/*",
                                      "demo/weights/*/*"]},
         install_requires=parse_requirements("runtime.txt"),
-        extras_require={"tests": parse_requirements("tests.txt")},
+        extras_require={"tests": parse_requirements("tests.txt"),
+                        "quantization": parse_requirements("quantization.txt")},
         zip_safe=False,
         cmdclass={"build_py": BuildPy, "editable_wheel": EditableWheel},
     )
