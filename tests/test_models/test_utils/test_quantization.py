@@ -4,6 +4,7 @@ holds the adapters alone with the quantization in its metadata and loads
 into the unquantized diffusers pipeline; bad options fail in one line."""
 import json
 
+import numpy as np
 import pytest
 import torch
 from diffusers import FluxPipeline, StableDiffusion3Pipeline
@@ -11,7 +12,13 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors import safe_open
 
 from diffengine.errors import ConfigError
-from diffengine.models import Flux, StableDiffusion, StableDiffusion3
+from diffengine.export.standalone_lora import export_lora
+from diffengine.models import (
+    Flux,
+    StableDiffusion,
+    StableDiffusion3,
+    StableDiffusionXL,
+)
 from diffengine.models.utils.quantization import build_quantization
 from tests.conftest import SD3_TARGETS, TEXT_TARGETS, UNET_TARGETS
 
@@ -28,8 +35,8 @@ RELOAD_BOUND = 1.5
 
 def build(family, path, backend, weights, **kwargs):
     quantization = dict(backend=backend, weights=weights)
-    if family is StableDiffusion:
-        return StableDiffusion(
+    if family in (StableDiffusion, StableDiffusionXL):
+        return family(
             path, quantization=quantization, unet_lora_config=dict(
                 r=4, lora_alpha=4, target_modules=UNET_TARGETS), **kwargs)
     return family(path, quantization=quantization,
@@ -41,7 +48,10 @@ def build(family, path, backend, weights, **kwargs):
 def batch(size=64):
     generator = torch.Generator().manual_seed(0)
     return {"img": torch.rand(2, 3, size, size, generator=generator) * 2 - 1,
-            "text": ["a red circle", "a blue square"], "seed": [5, 6]}
+            "text": ["a red circle", "a blue square"], "seed": [5, 6],
+            # SDXL's size conditioning, which the other families ignore
+            "time_ids": torch.tensor([[size, size, 0.0, 0.0, size, size]]
+                                     * 2)}
 
 
 def train(model, steps=3):
@@ -137,17 +147,32 @@ def test_lora_trains_on_the_quantized_base_and_loads_into_the_full_one(
     assert change > error  # the step folder did load
 
 
-@pytest.mark.parametrize("backend, weights", [("torchao", "int8"),
-                                              ("quanto", "float8")])
-def test_stable_diffusion_unet_quantizes_and_trains(tiny_sd, backend,
-                                                    weights):
-    model = build(StableDiffusion, tiny_sd, backend, weights)
+@pytest.mark.parametrize("family, fixture, backend, weights", [
+    (StableDiffusion, "tiny_sd", "torchao", "int8"),
+    (StableDiffusion, "tiny_sd", "quanto", "float8"),
+    (StableDiffusionXL, "tiny_sdxl", "torchao", "float8"),
+], ids=["sd-torchao-int8", "sd-quanto-float8", "sdxl-torchao-float8"])
+def test_unet_quantizes_trains_samples_and_exports(
+        family, fixture, backend, weights, request, tmp_path):
+    model = build(family, request.getfixturevalue(fixture), backend,
+                  weights)
     base_layer = next(m for n, m in model.unet.named_modules()
                       if n.endswith("to_q.base_layer"))
     assert type(base_layer.weight).__name__ in {
         "Int8Tensor", "Float8Tensor", "WeightQBytesTensor"}
     train(model, steps=1)
     assert all("lora_" in k for k in model.state_dict())
+    # the sample hook's images, through the pipeline on the quantized base
+    image = model.infer(["a red circle"], seed=0, num_inference_steps=2,
+                        height=32, width=32, output_type="np")[0]
+    assert image.shape == (32, 32, 3) and np.isfinite(image).all()
+    model.save_lora_weights(str(tmp_path / "step1"))
+    exported = export_lora(str(tmp_path / "step1"),
+                           str(tmp_path / "kohya.safetensors"))
+    assert exported and all(k.startswith("lora_unet_") for k in exported)
+    with safe_open(str(tmp_path / "kohya.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["diffengine.quantization"])[
+            "weights"] == weights
 
 
 def test_text_encoders_quantize_when_asked(tiny_sd3):
