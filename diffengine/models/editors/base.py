@@ -37,6 +37,10 @@ from diffengine.models.utils.dtypes import resolve_dtype
 from diffengine.models.utils.fingerprint import weights_fingerprint
 from diffengine.models.utils.model_folder import check_model_path, resolve_model
 from diffengine.models.utils.noise import WhiteNoise
+from diffengine.models.utils.offloading import (
+    BlockOffloader,
+    build_group_offloading,
+)
 from diffengine.models.utils.quantization import build_quantization
 from diffengine.models.utils.text_embedding_cache import (
     DROP_OPTION,
@@ -162,6 +166,15 @@ class LatentDiffusionModel(AdapterIO, Sampling, BaseModel):
             torchao or quanto with int8 or float8). The adapters train on
             top in fp32 and load into the unquantized base. None keeps the
             base unquantized. Defaults to None.
+        group_offloading (dict, optional): Keep the frozen denoiser's blocks
+            in CPU memory; each comes onto the training device just before
+            it runs, in the forward and in the backward pass
+            (:mod:`diffengine.models.utils.offloading`): ``dict(
+            offload_type="block_level" | "leaf_level",
+            num_blocks_per_group=1, use_stream=None)`` (None: streams where
+            CUDA is available), the names of diffusers'
+            ``apply_group_offloading``. The adapters stay on the device.
+            None keeps the whole denoiser on the device. Defaults to None.
         channels_last (bool): Store the denoiser's and VAE's convolution
             weights channels-last (NHWC), which tensor cores and oneDNN
             prefer. Defaults to False.
@@ -235,6 +248,7 @@ class LatentDiffusionModel(AdapterIO, Sampling, BaseModel):
                  gradient_checkpointing: bool = False,
                  weight_dtype: str | None = None,
                  quantization: dict | None = None,
+                 group_offloading: dict | None = None,
                  channels_last: bool = False,
                  compile_denoiser: bool | dict = False,
                  compile_unet: bool | dict = False,
@@ -285,6 +299,12 @@ class LatentDiffusionModel(AdapterIO, Sampling, BaseModel):
                 ">= 0.")
         dtype = resolve_dtype(weight_dtype, "weight_dtype")
         self.quantization = build_quantization(quantization)
+        offloading = build_group_offloading(group_offloading)
+        if offloading is not None and (quantization or compile_denoiser):
+            raise ConfigError(
+                "group_offloading works on an unquantized, uncompiled "
+                "denoiser; drop quantization and compile_denoiser, or "
+                "group_offloading.")
         self.check_adapters({
             self.denoiser_name: (denoiser_lora_config, denoiser_option),
             **{name: (text_encoder_lora_config, "text_encoder_lora_config")
@@ -319,6 +339,9 @@ class LatentDiffusionModel(AdapterIO, Sampling, BaseModel):
         if channels_last:
             self.denoiser.to(memory_format=torch.channels_last)
             self.vae.to(memory_format=torch.channels_last)
+        # After the adapters, whose trainable weights stay on the device
+        self.offloader = None if offloading is None else BlockOffloader(
+            self.denoiser, offloading)
         if compile_denoiser:
             self.denoiser.compile(**(compile_denoiser if isinstance(
                 compile_denoiser, dict) else {}))
