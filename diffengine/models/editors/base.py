@@ -342,6 +342,9 @@ class LatentDiffusionModel(AdapterIO, Sampling, BaseModel):
         # After the adapters, whose trainable weights stay on the device
         self.offloader = None if offloading is None else BlockOffloader(
             self.denoiser, offloading)
+        if self.offloader is not None:
+            print_log(f"group_offloading: {self.offloader.describe()} of the "
+                      f"{self.denoiser_name} in CPU memory", logger="current")
         if compile_denoiser:
             self.denoiser.compile(**(compile_denoiser if isinstance(
                 compile_denoiser, dict) else {}))

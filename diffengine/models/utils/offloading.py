@@ -253,6 +253,12 @@ class BlockOffloader:
         # what .to(), .cuda(), .half() call, from the model's own _apply
         denoiser._apply = partial(self._move, denoiser)
 
+    def describe(self) -> str:
+        """How much is offloaded, for the log: groups and MiB."""
+        size = sum(t.numel() * t.element_size() for group in self.groups
+                   for t in group.stored)
+        return f"{len(self.groups)} groups, {size / 2**20:.1f} MiB"
+
     def _block_groups(self, denoiser: nn.Module) -> list[tuple[list, list]]:
         """Consecutive blocks of each block list, in the order they run,
         with all their tensors."""
