@@ -147,6 +147,11 @@ class _OnloadForBackward(torch.autograd.Function):
         return (None, *grads)
 
 
+def storage(tensor: torch.Tensor) -> int:
+    """The address of ``tensor``'s memory, which its views share."""
+    return tensor.untyped_storage().data_ptr()
+
+
 class OffloadGroup:
     """The frozen tensors of one group, which move together.
 
@@ -170,6 +175,12 @@ class OffloadGroup:
         """What a tensor holds between uses: its CPU copy."""
         return stored
 
+    def onloaded(self, stored: torch.Tensor,
+                 non_blocking: bool) -> torch.Tensor:
+        """What a tensor holds in use: a copy of ``stored`` on the device
+        (``stored`` itself when the device is the CPU)."""
+        return stored.to(self.offloader.device, non_blocking=non_blocking)
+
     def pin(self) -> None:
         """Pin the CPU copies, for asynchronous copies to CUDA."""
         self.stored = [s if s.is_pinned() else s.pin_memory()
@@ -182,12 +193,14 @@ class OffloadGroup:
         """Copy the tensors to the device (on ``stream`` if given)."""
         if self.resident:
             return
-        options, device = self.offloader.options, self.offloader.device
-        non_blocking = options.non_blocking or stream is not None
+        non_blocking = self.offloader.options.non_blocking or (
+            stream is not None)
         with torch.cuda.stream(stream) if stream is not None else (
                 nullcontext()):
             for tensor, stored in zip(self.tensors, self.stored, strict=True):
-                tensor.data = stored.to(device, non_blocking=non_blocking)
+                tensor.data = self.onloaded(stored, non_blocking)
+        for index, tensor in enumerate(self.tensors):
+            self.offloader.in_use[storage(tensor)] = (self, index)
         self.resident, self.streamed = True, stream is not None
         self.pending = self.streamed
 
@@ -211,6 +224,7 @@ class OffloadGroup:
             # as it is freed: the compute stream must be done with it
             torch.cuda.current_stream(self.offloader.device).synchronize()
         for tensor, stored in zip(self.tensors, self.stored, strict=True):
+            self.offloader.in_use.pop(storage(tensor), None)
             tensor.data = self.offloaded(stored)
         self.resident = self.streamed = self.pending = False
 
@@ -236,6 +250,9 @@ class BlockOffloader:
         self.groups: list[OffloadGroup] = []
         self.held: list[OffloadGroup] = []  # onloaded for the backward
         self.in_backward = False
+        # the memory of each onloaded tensor: its group and index
+        self.in_use: dict[int, tuple[OffloadGroup, int]] = {}
+        self.saving: list[Any] = []  # saved-tensor hooks of running groups
         members = (self._block_groups(denoiser) if options.offload_type == (
             "block_level") else self._leaf_groups(denoiser))
         for modules, tensors in members:
@@ -296,12 +313,27 @@ class BlockOffloader:
                         args: Any) -> None:
         group.onload()
         group.wait()
+        # Autograd would save a weight's view (Linear's W.t()) with the
+        # device memory under it until the backward pass: save how to make
+        # it again instead. Not inside a checkpointed block, whose own hooks
+        # keep nothing (one saved-tensor hook applies at a time).
+        hooks = None
+        if torch.is_grad_enabled() and (
+                torch._C._autograd._top_saved_tensors_default_hooks(False)
+                is None):
+            hooks = torch.autograd.graph.saved_tensors_hooks(
+                self._pack, self._unpack)
+            hooks.__enter__()
+        self.saving.append(hooks)
         if self.stream is not None and not self.in_backward and (
                 group.index + 1 < len(self.groups)):
             self.groups[group.index + 1].onload(self.stream)
 
     def _after_forward(self, group: OffloadGroup, last: bool,
                        module: nn.Module, args: Any, output: Any) -> Any:
+        hooks = self.saving.pop() if self.saving else None
+        if hooks is not None:
+            hooks.__exit__(None, None, None)
         if torch.is_grad_enabled():
             leaves, spec = tree_flatten(output)
             index = [i for i, leaf in enumerate(leaves)
@@ -317,6 +349,25 @@ class BlockOffloader:
         if last and group not in self.held:
             group.offload()
         return output
+
+    def _pack(self, tensor: torch.Tensor) -> Any:
+        """A saved tensor, or, for a view of an onloaded weight, the weight's
+        group, index and the view's geometry."""
+        if tensor.layout != torch.strided or (
+                tensor.device != self.device):
+            return tensor
+        found = self.in_use.get(storage(tensor))
+        if found is None or found[0].tensors[found[1]].dtype != tensor.dtype:
+            return tensor
+        return (*found, tensor.size(), tensor.stride(),
+                tensor.storage_offset())
+
+    def _unpack(self, packed: Any) -> torch.Tensor:
+        """The saved tensor, remade from its weight, onloaded by now."""
+        if isinstance(packed, torch.Tensor):
+            return packed
+        group, index, size, stride, offset = packed
+        return group.tensors[index].data.as_strided(size, stride, offset)
 
     def onload_for_backward(self, group: OffloadGroup) -> None:
         """Onload ``group`` for its backward: the groups after it are
@@ -339,6 +390,8 @@ class BlockOffloader:
         for group in self.groups:
             group.offload()
         self.held, self.in_backward = [], False
+        # a recomputation that stopped early left its entries (None)
+        self.saving.clear()
 
     # ---- moves -----------------------------------------------------------
     def _move(self, denoiser: nn.Module, fn: Any,

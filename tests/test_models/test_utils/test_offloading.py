@@ -8,6 +8,9 @@ On a CPU both devices are the CPU, so a weight used while offloaded would
 go unnoticed: here an offloaded weight holds NaN instead of its values
 (:func:`poisoned`), which any such use spreads to the loss or gradients.
 """
+import gc
+import weakref
+
 import pytest
 import torch
 from diffusers.hooks import apply_group_offloading
@@ -151,6 +154,31 @@ def test_each_block_comes_in_for_its_forward_and_its_backward(
     # the adapters stay with the model, on its device
     assert all(torch.isfinite(p).all() and p.grad is not None
                for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True],
+                         ids=["plain", "checkpointing"])
+def test_no_device_copy_outlives_its_blocks_forward(checkpointing, request,
+                                                    monkeypatch):
+    """Autograd keeps no onloaded weight (nor a view of one, as Linear's
+    W.t()) from the forward to the backward pass: each is made again."""
+    copies = []
+
+    def onloaded(group, stored, non_blocking):
+        # a copy in its own memory, as on a GPU
+        copy = stored.clone()
+        copies.append(weakref.ref(copy.untyped_storage()))
+        return copy
+
+    monkeypatch.setattr(OffloadGroup, "onloaded", onloaded)
+    model = build("flux", request, group_offloading=dict(),
+                  gradient_checkpointing=checkpointing)
+    loss = model(batch(), mode="loss")["loss"]
+    gc.collect()
+    assert copies and not any(ref() for ref in copies)
+    loss.backward()
+    gc.collect()
+    assert not any(ref() for ref in copies)
 
 
 def test_a_move_leaves_the_offloaded_blocks_in_cpu_memory(request):
