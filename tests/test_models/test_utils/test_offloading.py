@@ -89,15 +89,19 @@ def train_step(model):
                                   for n, p in trainable.items()}
 
 
-@pytest.mark.parametrize("checkpointing", [False, True],
-                         ids=["plain", "checkpointing"])
-@pytest.mark.parametrize("family, options", [
-    ("flux", dict()),
-    ("flux", dict(offload_type="leaf_level")),
-    ("sd3.5", dict(num_blocks_per_group=2)),
-    ("sd1.5", dict()),
-    ("sdxl", dict()),
-], ids=["flux", "flux-leaf", "sd3.5-2", "sd1.5", "sdxl"])
+@pytest.mark.parametrize("family, options, checkpointing", [
+    ("flux", dict(), False),
+    ("flux", dict(), True),
+    ("flux", dict(offload_type="leaf_level"), False),
+    ("flux", dict(offload_type="leaf_level"), True),
+    ("sd3.5", dict(num_blocks_per_group=2), False),
+    ("sd3.5", dict(num_blocks_per_group=2), True),
+    ("sd1.5", dict(), False),
+    ("sd1.5", dict(), True),
+    ("sdxl", dict(), False),
+], ids=["flux", "flux-checkpointing", "flux-leaf",
+        "flux-leaf-checkpointing", "sd3.5-2", "sd3.5-2-checkpointing",
+        "sd1.5", "sd1.5-checkpointing", "sdxl"])
 def test_a_step_equals_one_without_offloading(family, options, checkpointing,
                                               request, poisoned):
     loss, grads, updated = train_step(build(
