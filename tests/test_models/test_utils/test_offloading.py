@@ -60,7 +60,7 @@ def build(family, request, **kwargs):
     return model
 
 
-def batch(size=64):
+def batch(size=32):
     generator = torch.Generator().manual_seed(0)
     return {"img": torch.rand(2, 3, size, size, generator=generator) * 2 - 1,
             "text": ["a red circle", "a blue square"], "seed": [5, 6],
