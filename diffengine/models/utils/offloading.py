@@ -5,16 +5,22 @@ forward pass and again in the backward pass.
 diffusers' ``apply_group_offloading`` is built for inference and cannot
 train. Its hooks offload a group right after the group's forward by
 rebinding each weight's ``.data`` to a CPU tensor, and nothing brings it
-back for the backward pass; but autograd saves a frozen weight (a leaf) by
-reference, the Parameter itself, so the backward pass finds the CPU tensor
-(a device mismatch on CUDA). With gradient checkpointing the same happens
-one step later: the recomputation onloads the group, its forward hook
-offloads it again, and the backward that follows reads the Parameters the
-recomputation saved. This module is the smallest offloader that trains:
+back for the backward pass; but autograd keeps what it needs of the
+weights: norm and convolution weights by reference (the Parameter itself,
+which then holds the CPU tensor: a device mismatch on CUDA) and a Linear's
+as the view ``W.t()``, which keeps the device copy until the backward pass
+(no memory saved). Gradient checkpointing does not help: the modules
+outside the block lists are offloaded for the backward all the same, and a
+recomputation onloads its block and either offloads it again before the
+block's backward (run to its end) or, stopped early as torch does by
+default, leaves it on the device for good. This module is the smallest
+offloader that trains:
 
 - a forward pre-hook onloads a group (copies its frozen tensors from CPU
   memory to the device) and a forward hook offloads it (rebinds them to the
   CPU copies, which frees the device copies);
+- while a block runs, a saved view of one of its weights is saved as the
+  weight and the view's geometry, and made again in the backward pass;
 - the forward hook also passes the block's outputs through an identity
   autograd function whose backward onloads the group again: every backward
   node of the block waits for those gradients, so it runs after;
