@@ -34,8 +34,15 @@ from diffengine.engine.checkpoint import (
     write_last_checkpoint,
 )
 from diffengine.engine.config_check import check_config
+from diffengine.engine.sharding import (
+    WRAPPER,
+    FullyShardWrapper,
+    full_tensors,
+    shard_optimizer_state,
+    shard_state_dict,
+)
 from diffengine.errors import ConfigError, DiffEngineError
-from diffengine.registry import DATASETS, RUNNERS
+from diffengine.registry import DATASETS, MODEL_WRAPPERS, RUNNERS
 
 # step_dir_of, to_cpu and the other checkpoint helpers live in
 # diffengine.engine.checkpoint; they stay importable from here.
@@ -160,8 +167,13 @@ class DiffEngineRunner(Runner):
         super().setup_env(env_cfg)
 
     def wrap_model(self, model_wrapper_cfg, model):
-        if not self.distributed or model_wrapper_cfg is not None:
+        if not self.distributed or (model_wrapper_cfg is not None and (
+                model_wrapper_cfg.get("type") != WRAPPER)):
             return super().wrap_model(model_wrapper_cfg, model)
+        if model_wrapper_cfg is not None:
+            # mmengine's wrap_model looks the type up in its own registry
+            return MODEL_WRAPPERS.build(model_wrapper_cfg, default_args=dict(
+                module=model.to(mmengine.device.get_device())))
         model = model.to(mmengine.device.get_device())
         frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
         frozen += [n for n, _ in model.named_buffers()]
@@ -177,6 +189,14 @@ class DiffEngineRunner(Runner):
             broadcast_buffers=False,
             find_unused_parameters=self.cfg.get("find_unused_parameters",
                                                 False))
+
+    def _init_model_weights(self) -> None:
+        if isinstance(self.model, FullyShardWrapper):
+            # mmengine would broadcast each process's shard as if whole; the
+            # wrapper made the adapters the same everywhere before sharding.
+            self.bare_model.init_weights()
+            return
+        super()._init_model_weights()
 
     @property
     def resuming(self) -> bool:
@@ -347,6 +367,8 @@ class DiffEngineRunner(Runner):
         checkpoint = build_checkpoint(self, model, meta, save_optimizer,
                                       save_param_scheduler)
         self.call_hook("before_save_checkpoint", checkpoint=checkpoint)
+        # sharded weights and optimizer states, gathered by every process
+        checkpoint = full_tensors(checkpoint)
         if not is_main_process():
             return
         os.makedirs(out_dir, exist_ok=True)
@@ -411,6 +433,11 @@ class DiffEngineRunner(Runner):
     def load_checkpoint(self, filename: str, map_location="cpu",
                         strict: bool = False, revise_keys=None) -> dict:
         checkpoint = load_checkpoint_file(filename, map_location)
+        # Each process's shard of the weights of a sharded model.
+        for key in ("state_dict", "ema_state_dict"):
+            if key in checkpoint:
+                checkpoint[key] = shard_state_dict(self.bare_model,
+                                                   checkpoint[key])
         # As mmengine: hooks see (and may change) the checkpoint before the
         # model loads it; an EMA hook swaps its averages out of state_dict.
         self.call_hook("after_load_checkpoint", checkpoint=checkpoint)
@@ -432,6 +459,7 @@ class DiffEngineRunner(Runner):
         if "optimizer" in checkpoint and resume_optimizer:
             self.optim_wrapper = self.build_optim_wrapper(self.optim_wrapper)
             self.optim_wrapper.load_state_dict(checkpoint["optimizer"])
+            shard_optimizer_state(self.optim_wrapper.optimizer)
         if "param_schedulers" in checkpoint and resume_param_scheduler:
             self.param_schedulers = self.build_param_scheduler(
                 self.param_schedulers)
