@@ -257,6 +257,9 @@ def check_dropped_text_encoders(cfg: Mapping) -> None:
 # Why each part is refused under FullyShardWrapper, and what to do instead.
 NOT_SHARDABLE = {
     "model.quantization": "FSDP2 cannot shard quantized weights; drop it",
+    "model.text_encoder_lora_config": "the text encoders stay whole on "
+    "every process, and their adapters' gradients would not be averaged; "
+    "drop it",
     "custom_hooks VisualizationHook": "it samples on the main process "
     "alone, which a sharded denoiser cannot; remove it",
     "val_cfg": "processes would run different numbers of validation "
@@ -287,6 +290,8 @@ def check_sharding(cfg: Mapping) -> None:
     used = {
         "model.quantization": isinstance(model, Mapping)
         and model.get("quantization") is not None,
+        "model.text_encoder_lora_config": isinstance(model, Mapping)
+        and model.get("text_encoder_lora_config") is not None,
         "custom_hooks VisualizationHook": "VisualizationHook" in hooks,
         "val_cfg": cfg.get("val_cfg") is not None
         and cfg.get("val_dataloader") is not None,

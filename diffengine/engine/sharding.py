@@ -2,7 +2,7 @@
 
 With ``model_wrapper_cfg=dict(type="FullyShardWrapper")`` and N processes
 (``--launcher pytorch``, ``torchrun``), each process holds 1/N of the
-denoiser and of every adapted text encoder, and gathers a block's weights
+denoiser, and gathers a block's weights
 only while it runs. The adapters inside those blocks are sharded too; FSDP2
 averages their gradients across processes as DDP does, so N processes ×
 batch B train the adapters of 1 process × batch N·B.
@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from mmengine.logging import print_log
 from mmengine.model import BaseModel
 from mmengine.optim import OptimWrapper
 from mmengine.utils import apply_to
@@ -45,9 +46,9 @@ def outermost_blocks(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
 def shard_blocks(part: torch.nn.Module, mesh: DeviceMesh,
                  reshard_after_forward: bool) -> int:
     """``fully_shard`` each module of ``part``'s outermost ``ModuleList``\\ s
-    (a transformer's blocks, a UNet's down and up blocks, a text encoder's
-    layers), then ``part`` itself, which takes the parameters left over
-    (embeddings, a UNet's mid block, norms).
+    (a transformer's blocks, a UNet's down and up blocks), then ``part``
+    itself, which takes the parameters left over (embeddings, a UNet's mid
+    block, norms).
 
     Returns:
         int: The number of blocks sharded, ``part`` left out.
@@ -117,10 +118,9 @@ class FullyShardWrapper(torch.nn.Module):
     gloo), each module of the outermost ``ModuleList``\\ s of the denoiser
     (Flux's double and single blocks, SD3's blocks, a UNet's down and up
     blocks) is sharded, then the denoiser itself (what is left: embeddings,
-    a UNet's mid block); so is each text encoder that trains an adapter,
-    layer by layer, since its adapters' gradients must be averaged. Frozen
-    text encoders and the VAE stay whole on every process: they run outside
-    the denoiser's forward, where FSDP2 gathers weights.
+    a UNet's mid block). The text encoders and the VAE, frozen, stay whole
+    on every process. Text-encoder adapters are refused for now (see
+    :data:`~diffengine.engine.config_check.NOT_SHARDABLE`).
 
     Select it with ``model_wrapper_cfg=dict(type="FullyShardWrapper")`` and
     run ``mim train diffengine CONFIG --gpus N --launcher pytorch`` or
@@ -144,12 +144,28 @@ class FullyShardWrapper(torch.nn.Module):
         for param in module.parameters():
             if param.requires_grad:
                 dist.broadcast(param.data, src=0)
-        self.sharded_parts = [module.denoiser_name, *(
-            p for p in module.trainable_parts if p != module.denoiser_name)]
-        for name in self.sharded_parts:
-            shard_blocks(getattr(module, name), self.mesh,
-                         reshard_after_forward)
+        self.sharded_parts = [module.denoiser_name]
+        blocks = {name: shard_blocks(getattr(module, name), self.mesh,
+                                     reshard_after_forward)
+                  for name in self.sharded_parts}
+        unsharded = [n for n, p in module.named_parameters()
+                     if p.requires_grad and not isinstance(p, DTensor)]
+        if unsharded:
+            raise RuntimeError(
+                f"{WRAPPER} left trainable parameters unsharded, whose "
+                f"gradients no process would average: {unsharded[:3]}")
+        # The model as FSDP2's root, holding none of the rest (VAE, text
+        # encoders): its forward, which training calls, starts and ends
+        # each step's gathers and gradient reductions.
+        fully_shard(module, mesh=self.mesh, ignored_params={
+            p for p in module.parameters() if not isinstance(p, DTensor)})
         self.module = module
+        print_log(
+            f"{WRAPPER}: sharded over {self.mesh.size()} processes, each "
+            "holding " + ", ".join(
+                f"{fraction:.1%} of {name} ({blocks[name]} blocks)"
+                for name, fraction in self.held_fractions().items()),
+            logger="current")
 
     def train_step(self, data: dict | tuple | list,
                    optim_wrapper: OptimWrapper) -> dict[str, torch.Tensor]:
@@ -171,12 +187,13 @@ class FullyShardWrapper(torch.nn.Module):
         """The model's ``test_step``."""
         return self.module.test_step(data)
 
-    def local_fraction(self) -> float:
-        """The share of the sharded parts' parameters this process holds."""
-        local = total = 0
+    def held_fractions(self) -> dict[str, float]:
+        """For each sharded part, the share of its parameters (by count)
+        that this process holds: about 1/N of N processes."""
+        fractions = {}
         for name in self.sharded_parts:
-            for param in getattr(self.module, name).parameters():
-                total += param.numel()
-                local += (param.to_local() if isinstance(param, DTensor)
-                          else param).numel()
-        return local / total
+            params = list(getattr(self.module, name).parameters())
+            local = sum((p.to_local() if isinstance(p, DTensor) else p).numel()
+                        for p in params)
+            fractions[name] = local / sum(p.numel() for p in params)
+        return fractions
