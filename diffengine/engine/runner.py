@@ -125,7 +125,10 @@ class DiffEngineRunner(Runner):
       ``env_cfg.dist_cfg.backend`` says otherwise), and calls
       ``torch.cuda.set_device`` only when there is CUDA; DDP gets device ids
       only on CUDA and leaves the frozen base out, so only LoRA gradients
-      are synchronised.
+      are synchronised. ``model_wrapper_cfg=dict(type="FullyShardWrapper")``
+      shards the denoiser across the processes instead (FSDP2, see
+      :mod:`diffengine.engine.sharding`); checkpoints still hold whole
+      tensors, gathered by every process and written by the first.
     - Loops without ``type`` are the resumable ones, which continue inside
       an epoch without re-reading seen images.
     - Checkpoints are plain data written atomically (see
@@ -167,13 +170,14 @@ class DiffEngineRunner(Runner):
         super().setup_env(env_cfg)
 
     def wrap_model(self, model_wrapper_cfg, model):
-        if not self.distributed or (model_wrapper_cfg is not None and (
-                model_wrapper_cfg.get("type") != WRAPPER)):
-            return super().wrap_model(model_wrapper_cfg, model)
-        if model_wrapper_cfg is not None:
-            # mmengine's wrap_model looks the type up in its own registry
+        sharded = (model_wrapper_cfg or {}).get("type") == WRAPPER
+        if self.distributed and sharded:
+            # mmengine's wrap_model looks the type up in mmengine's registry,
+            # which does not hold diffengine's wrappers
             return MODEL_WRAPPERS.build(model_wrapper_cfg, default_args=dict(
                 module=model.to(mmengine.device.get_device())))
+        if not self.distributed or model_wrapper_cfg is not None:
+            return super().wrap_model(model_wrapper_cfg, model)
         model = model.to(mmengine.device.get_device())
         frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
         frozen += [n for n, _ in model.named_buffers()]
@@ -433,7 +437,8 @@ class DiffEngineRunner(Runner):
     def load_checkpoint(self, filename: str, map_location="cpu",
                         strict: bool = False, revise_keys=None) -> dict:
         checkpoint = load_checkpoint_file(filename, map_location)
-        # Each process's shard of the weights of a sharded model.
+        # A sharded model's processes each take their shard of the weights
+        # (FullyShardWrapper); the others take them as they are.
         for key in ("state_dict", "ema_state_dict"):
             if key in checkpoint:
                 checkpoint[key] = shard_state_dict(self.bare_model,
