@@ -2,10 +2,10 @@
 
 With ``model_wrapper_cfg=dict(type="FullyShardWrapper")`` and N processes
 (``--launcher pytorch``, ``torchrun``), each process holds 1/N of the
-denoiser, and gathers a block's weights
-only while it runs. The adapters inside those blocks are sharded too; FSDP2
-averages their gradients across processes as DDP does, so N processes ×
-batch B train the adapters of 1 process × batch N·B.
+denoiser, and gathers a block's weights only while it runs. The adapters
+inside those blocks are sharded too; FSDP2 averages their gradients across
+processes as DDP does, so N processes × batch B train the adapters of 1
+process × batch N·B.
 
 Checkpoints stay what a DDP run writes: :func:`full_tensors` gathers the
 sharded weights and optimizer states into plain tensors (every process
