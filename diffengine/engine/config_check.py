@@ -17,6 +17,7 @@ from mmengine.registry import Registry
 from torch.utils.data import DataLoader
 
 from diffengine.adapters import adapter_kind
+from diffengine.engine.sharding import WRAPPER, FullyShardWrapper
 from diffengine.errors import ConfigError, did_you_mean
 from diffengine.registry import (
     DATA_SAMPLERS,
@@ -253,6 +254,55 @@ def check_dropped_text_encoders(cfg: Mapping) -> None:
             "the option.")
 
 
+# Why each part is refused under FullyShardWrapper, and what to do instead.
+NOT_SHARDABLE = {
+    "model.quantization": "FSDP2 cannot shard quantized weights; drop it",
+    "model.text_encoder_lora_config": "the text encoders stay whole on "
+    "every process, and their adapters' gradients would not be averaged; "
+    "drop it",
+    "custom_hooks VisualizationHook": "it samples on the main process "
+    "alone, which a sharded denoiser cannot; remove it",
+    "val_cfg": "processes would run different numbers of validation "
+    "batches, and each sharded forward needs all of them; set "
+    "val_dataloader=None val_cfg=None val_evaluator=None",
+}
+
+
+def check_sharding(cfg: Mapping) -> None:
+    """Refuse what ``model_wrapper_cfg=dict(type="FullyShardWrapper")``
+    does not support (:data:`NOT_SHARDABLE`), and options it does not
+    take.
+
+    Raises:
+        ConfigError: Naming the option and the fix, in one line.
+    """
+    wrapper = cfg.get("model_wrapper_cfg")
+    if not (isinstance(wrapper, Mapping) and wrapper.get("type") == WRAPPER):
+        return
+    accepted = accepted_options(FullyShardWrapper) - {"module"}
+    for option in sorted(set(wrapper) - MMENGINE_KEYS - accepted):
+        raise ConfigError(
+            f"model_wrapper_cfg.{option} is not an option of {WRAPPER}."
+            f"{did_you_mean(option, accepted)}")
+    model = cfg.get("model")
+    hooks = [str(h.get("type")).split(".")[-1]
+             for h in cfg.get("custom_hooks") or [] if isinstance(h, Mapping)]
+    used = {
+        "model.quantization": isinstance(model, Mapping)
+        and model.get("quantization") is not None,
+        "model.text_encoder_lora_config": isinstance(model, Mapping)
+        and model.get("text_encoder_lora_config") is not None,
+        "custom_hooks VisualizationHook": "VisualizationHook" in hooks,
+        "val_cfg": cfg.get("val_cfg") is not None
+        and cfg.get("val_dataloader") is not None,
+    }
+    for option, reason in NOT_SHARDABLE.items():
+        if used[option]:
+            raise ConfigError(
+                f"model_wrapper_cfg {WRAPPER} does not support {option} "
+                f"yet: {reason}, or use DDP (model_wrapper_cfg=None).")
+
+
 def check_config(cfg: Mapping) -> None:
     """Check the registry types, data loaders and optimizer of a runner
     config (the keyword arguments of ``Runner``), before anything loads.
@@ -265,6 +315,7 @@ def check_config(cfg: Mapping) -> None:
         check_options(part, registry, key)
     check_adapters(cfg.get("model"))
     check_dropped_text_encoders(cfg)
+    check_sharding(cfg)
     for name in DATALOADERS:
         check_dataloader(cfg.get(name), name)
     optim_wrapper = cfg.get("optim_wrapper")

@@ -34,8 +34,15 @@ from diffengine.engine.checkpoint import (
     write_last_checkpoint,
 )
 from diffengine.engine.config_check import check_config
+from diffengine.engine.sharding import (
+    WRAPPER,
+    FullyShardWrapper,
+    full_tensors,
+    shard_optimizer_state,
+    shard_state_dict,
+)
 from diffengine.errors import ConfigError, DiffEngineError
-from diffengine.registry import DATASETS, RUNNERS
+from diffengine.registry import DATASETS, MODEL_WRAPPERS, RUNNERS
 
 # step_dir_of, to_cpu and the other checkpoint helpers live in
 # diffengine.engine.checkpoint; they stay importable from here.
@@ -118,7 +125,10 @@ class DiffEngineRunner(Runner):
       ``env_cfg.dist_cfg.backend`` says otherwise), and calls
       ``torch.cuda.set_device`` only when there is CUDA; DDP gets device ids
       only on CUDA and leaves the frozen base out, so only LoRA gradients
-      are synchronised.
+      are synchronised. ``model_wrapper_cfg=dict(type="FullyShardWrapper")``
+      shards the denoiser across the processes instead (FSDP2, see
+      :mod:`diffengine.engine.sharding`); checkpoints still hold whole
+      tensors, gathered by every process and written by the first.
     - Loops without ``type`` are the resumable ones, which continue inside
       an epoch without re-reading seen images.
     - Checkpoints are plain data written atomically (see
@@ -160,6 +170,12 @@ class DiffEngineRunner(Runner):
         super().setup_env(env_cfg)
 
     def wrap_model(self, model_wrapper_cfg, model):
+        sharded = (model_wrapper_cfg or {}).get("type") == WRAPPER
+        if self.distributed and sharded:
+            # mmengine's wrap_model looks the type up in mmengine's registry,
+            # which does not hold diffengine's wrappers
+            return MODEL_WRAPPERS.build(model_wrapper_cfg, default_args=dict(
+                module=model.to(mmengine.device.get_device())))
         if not self.distributed or model_wrapper_cfg is not None:
             return super().wrap_model(model_wrapper_cfg, model)
         model = model.to(mmengine.device.get_device())
@@ -177,6 +193,14 @@ class DiffEngineRunner(Runner):
             broadcast_buffers=False,
             find_unused_parameters=self.cfg.get("find_unused_parameters",
                                                 False))
+
+    def _init_model_weights(self) -> None:
+        if isinstance(self.model, FullyShardWrapper):
+            # mmengine would broadcast each process's shard as if whole; the
+            # wrapper made the adapters the same everywhere before sharding.
+            self.bare_model.init_weights()
+            return
+        super()._init_model_weights()
 
     @property
     def resuming(self) -> bool:
@@ -347,6 +371,8 @@ class DiffEngineRunner(Runner):
         checkpoint = build_checkpoint(self, model, meta, save_optimizer,
                                       save_param_scheduler)
         self.call_hook("before_save_checkpoint", checkpoint=checkpoint)
+        # sharded weights and optimizer states, gathered by every process
+        checkpoint = full_tensors(checkpoint)
         if not is_main_process():
             return
         os.makedirs(out_dir, exist_ok=True)
@@ -411,6 +437,12 @@ class DiffEngineRunner(Runner):
     def load_checkpoint(self, filename: str, map_location="cpu",
                         strict: bool = False, revise_keys=None) -> dict:
         checkpoint = load_checkpoint_file(filename, map_location)
+        # A sharded model's processes each take their shard of the weights
+        # (FullyShardWrapper); the others take them as they are.
+        for key in ("state_dict", "ema_state_dict"):
+            if key in checkpoint:
+                checkpoint[key] = shard_state_dict(self.bare_model,
+                                                   checkpoint[key])
         # As mmengine: hooks see (and may change) the checkpoint before the
         # model loads it; an EMA hook swaps its averages out of state_dict.
         self.call_hook("after_load_checkpoint", checkpoint=checkpoint)
@@ -432,6 +464,7 @@ class DiffEngineRunner(Runner):
         if "optimizer" in checkpoint and resume_optimizer:
             self.optim_wrapper = self.build_optim_wrapper(self.optim_wrapper)
             self.optim_wrapper.load_state_dict(checkpoint["optimizer"])
+            shard_optimizer_state(self.optim_wrapper.optimizer)
         if "param_schedulers" in checkpoint and resume_param_scheduler:
             self.param_schedulers = self.build_param_scheduler(
                 self.param_schedulers)
