@@ -257,6 +257,8 @@ def check_dropped_text_encoders(cfg: Mapping) -> None:
 # Why each part is refused under FullyShardWrapper, and what to do instead.
 NOT_SHARDABLE = {
     "model.quantization": "FSDP2 cannot shard quantized weights; drop it",
+    "model.group_offloading": "FSDP2 already keeps 1/N of the denoiser on "
+    "each process, and both would move the same weights; drop it",
     "model.text_encoder_lora_config": "the text encoders stay whole on "
     "every process, and their adapters' gradients would not be averaged; "
     "drop it",
@@ -290,6 +292,8 @@ def check_sharding(cfg: Mapping) -> None:
     used = {
         "model.quantization": isinstance(model, Mapping)
         and model.get("quantization") is not None,
+        "model.group_offloading": isinstance(model, Mapping)
+        and model.get("group_offloading") is not None,
         "model.text_encoder_lora_config": isinstance(model, Mapping)
         and model.get("text_encoder_lora_config") is not None,
         "custom_hooks VisualizationHook": "VisualizationHook" in hooks,

@@ -110,6 +110,11 @@ SHARDED = dict(model_wrapper_cfg=dict(type="FullyShardWrapper"))
      "model_wrapper_cfg FullyShardWrapper does not support model.quantization "
      "yet: FSDP2 cannot shard quantized weights; drop it, or use DDP "
      "(model_wrapper_cfg=None)."),
+    (dict(model=dict(type="Flux", model="x", group_offloading=dict())),
+     "model_wrapper_cfg FullyShardWrapper does not support "
+     "model.group_offloading yet: FSDP2 already keeps 1/N of the denoiser on "
+     "each process, and both would move the same weights; drop it, or use "
+     "DDP (model_wrapper_cfg=None)."),
     (dict(model=dict(type="Flux", model="x", text_encoder_lora_config=dict(
         r=2, target_modules=TEXT_TARGETS))),
      "model_wrapper_cfg FullyShardWrapper does not support "
@@ -130,7 +135,8 @@ SHARDED = dict(model_wrapper_cfg=dict(type="FullyShardWrapper"))
                                  reshard_after_backward=True)),
      "model_wrapper_cfg.reshard_after_backward is not an option of "
      "FullyShardWrapper. Did you mean 'reshard_after_forward'?"),
-], ids=["quantization", "text-encoder-lora", "visualization", "validation", "option"])
+], ids=["quantization", "offloading", "text-encoder-lora", "visualization",
+        "validation", "option"])
 def test_what_sharding_refuses_is_one_line_naming_the_fix(cfg, line):
     with pytest.raises(ConfigError) as error:
         check_config({**SHARDED, **cfg})
