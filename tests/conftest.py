@@ -153,6 +153,22 @@ def perturb_lora(model, seed=1):
 
 
 
+def adapted_model(model_class: type, base: str, **kwargs):
+    """A ``model_class`` of ``base`` with a rank-4 LoRA (alpha 2) on its
+    denoiser's usual targets, each adapter weight drawn from N(0, 0.05) (away
+    from LoRA's zero start)."""
+    option, targets = ("unet_lora_config", UNET_TARGETS) if (
+        model_class.denoiser_name == "unet") else (
+            "transformer_lora_config", SD3_TARGETS)
+    model = model_class(base, **{
+        option: dict(r=4, lora_alpha=2, target_modules=targets)}, **kwargs)
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            generator = torch.Generator().manual_seed(len(name))
+            param.data.normal_(0, 0.05, generator=generator)
+    return model
+
+
 def save_perturbed_step(model_class: type, base: str, step_dir: str,
                         resolution: str):
     """A ``model_class`` of ``base`` with a UNet + text-encoder LoRA whose

@@ -28,7 +28,7 @@ from diffengine.models.utils.offloading import (
     OffloadGroup,
     build_group_offloading,
 )
-from tests.conftest import SD3_TARGETS, UNET_TARGETS
+from tests.conftest import adapted_model
 
 FAMILIES = {
     "flux": (Flux, "tiny_flux"),
@@ -48,16 +48,8 @@ def poisoned(monkeypatch):
 
 def build(family, request, **kwargs):
     model_class, fixture = FAMILIES[family]
-    option, targets = ("unet_lora_config", UNET_TARGETS) if (
-        model_class.denoiser_name == "unet") else (
-            "transformer_lora_config", SD3_TARGETS)
-    model = model_class(request.getfixturevalue(fixture), **{
-        option: dict(r=4, lora_alpha=2, target_modules=targets)}, **kwargs)
-    for name, param in model.named_parameters():
-        if param.requires_grad:  # away from LoRA's zero start
-            generator = torch.Generator().manual_seed(len(name))
-            param.data.normal_(0, 0.05, generator=generator)
-    return model
+    return adapted_model(model_class, request.getfixturevalue(fixture),
+                         **kwargs)
 
 
 def batch(size=32):
