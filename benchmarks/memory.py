@@ -23,6 +23,7 @@ import argparse
 import ctypes
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,11 +34,14 @@ if REPO not in sys.path:  # run as a script: make `benchmarks` importable
     sys.path.insert(0, REPO)
 
 #: The frozen base of each variant: bf16, or the ``model.quantization`` of
-#: torchao's weight-only int8 / float8 (over bf16 compute).
+#: torchao's weight-only int8 / float8 (over bf16 compute), or quanto's
+#: int8 (whose linear saves the int8 weight for the backward pass, where
+#: torchao's saves a bf16 copy).
 BASES = {
     "bf16": None,
     "int8": dict(backend="torchao", weights="int8"),
     "float8": dict(backend="torchao", weights="float8"),
+    "quanto-int8": dict(backend="quanto", weights="int8"),
 }
 #: FLUX.1 [dev]'s blocks.
 FULL_BLOCKS = (19, 38)
@@ -203,6 +207,8 @@ def run_variant(model: str, base: str, checkpointing: bool,
     quantization = build_quantization(BASES[base])
     quantized = {} if quantization is None else {
         "quantization_config": quantization.diffusers_config()}
+    # the process before the model: Python, torch, diffusers, the backend
+    start_bytes = resident_bytes()
     start = time.perf_counter()
     # Read into anonymous memory, as a GPU holds the weights in its own:
     # mmapped file pages would count in the resident memory, or not, at the
@@ -239,7 +245,7 @@ def run_variant(model: str, base: str, checkpointing: bool,
         weight_bytes=weight_bytes(transformer),
         part_bytes=part_bytes(transformer),
         trainable_parameters=sum(p.numel() for p in trainable),
-        load_s=load_s, load_bytes=load_bytes,
+        load_s=load_s, start_bytes=start_bytes, load_bytes=load_bytes,
         file_bytes=status_kib("RssFile") * 1024,
         peak_bytes=peak_resident_bytes(), step_s=times[warmup:],
         loss=loss.item())
@@ -306,32 +312,53 @@ def estimates(rows: list[dict]) -> list[dict]:
     return out
 
 
-def ratio_to_bf16(row: dict, rows: list[dict], key: str = "peak_bytes"
+def model_peak(row: dict) -> int | None:
+    """Peak RSS less the process before loading (Python and the
+    libraries): what the model and its training take."""
+    if "start_bytes" not in row:
+        return None
+    return row["peak_bytes"] - row["start_bytes"]
+
+
+def ratio_to_bf16(row: dict, rows: list[dict], key=lambda r: r["peak_bytes"]
                   ) -> float | None:
-    """``row[key]`` over the bf16 row's with the same blocks and
+    """``key(row)`` over the bf16 row's with the same blocks and
     checkpointing."""
     for other in rows:
         if other["base"] == "bf16" and other["checkpointing"] == (
                 row["checkpointing"]) and other.get("blocks") == (
                     row.get("blocks")):
-            return row[key] / other[key]
+            if key(row) is None or key(other) is None:
+                return None
+            return key(row) / key(other)
     return None
 
 
+def gib(value: int | None) -> str:
+    return "" if value is None else f"{value / GIB:.2f}"
+
+
+def ratio(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
 def format_table(rows: list[dict]) -> str:
-    lines = ["| blocks | base | checkpointing | weights GiB | load RSS GiB "
-             "| peak RSS GiB | peak − load GiB | s/step | peak ÷ bf16 |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| blocks | base | checkpointing | weights GiB "
+             "| before load GiB | load RSS GiB | peak RSS GiB "
+             "| peak − load GiB | s/step | peak ÷ bf16 "
+             "| (peak − before load) ÷ bf16 |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: "
+             "| ---: | ---: |"]
     for r in rows:
-        ratio = ratio_to_bf16(r, rows)
-        step = sorted(r["step_s"])[len(r["step_s"]) // 2]
+        step = statistics.median(r["step_s"])
         lines.append(
             f"| {r['blocks'][0]} + {r['blocks'][1]} | {r['base']} "
             f"| {'on' if r['checkpointing'] else 'off'} "
-            f"| {r['weight_bytes'] / GIB:.2f} | {r['load_bytes'] / GIB:.2f} "
-            f"| {r['peak_bytes'] / GIB:.2f} "
-            f"| {(r['peak_bytes'] - r['load_bytes']) / GIB:.2f} "
-            f"| {step:.1f} | {'' if ratio is None else f'{ratio:.2f}'} |")
+            f"| {gib(r['weight_bytes'])} | {gib(r.get('start_bytes'))} "
+            f"| {gib(r['load_bytes'])} | {gib(r['peak_bytes'])} "
+            f"| {gib(r['peak_bytes'] - r['load_bytes'])} "
+            f"| {step:.1f} | {ratio(ratio_to_bf16(r, rows))} "
+            f"| {ratio(ratio_to_bf16(r, rows, model_peak))} |")
     return "\n".join(lines)
 
 
@@ -340,15 +367,24 @@ def format_estimates(full: list[dict]) -> str:
              "(per 1 + 2 blocks) | peak GiB | peak ÷ bf16 |",
              "| --- | --- | ---: | ---: | ---: | ---: |"]
     for e in full:
-        ratio = ratio_to_bf16(e, full)
         lines.append(
             f"| {e['base']} | {'on' if e['checkpointing'] else 'off'} "
             f"| {e['weight_bytes'] / GIB:.1f} "
             f"| {e['step_bytes'] / GIB:.1f} "
             f"({e['step_bytes_per_unit'] / GIB:.2f}) "
             f"| {e['peak_bytes'] / GIB:.1f} "
-            f"| {'' if ratio is None else f'{ratio:.2f}'} |")
+            f"| {ratio(ratio_to_bf16(e, full))} |")
     return "\n".join(lines)
+
+
+def print_report(report: dict) -> None:
+    """The rows, then FLUX.1 [dev]'s estimates."""
+    average = ", ".join(f"{x:.2f}" for x in report["load_average"])
+    print(f"\n{report['minutes']:.1f} minutes, load average {average} at "
+          "the end\n", format_table(report["rows"]),
+          f"\nFLUX.1 [dev], {full_size(report['full_parameters']):,} "
+          f"parameters ({report['full_parameters']}):",
+          format_estimates(report["full"]), sep="\n")
 
 
 def run_worker(model: str, base: str, checkpointing: bool,
@@ -381,8 +417,8 @@ def main(argv: list[str] | None = None) -> int:
                         default=[(2, 4)], help="double:single blocks of "
                         "each model (default 2:4); two counts in the 1 : 2 "
                         "ratio, e.g. 2:4 1:2, give the per-block figure")
-    parser.add_argument("--bases", nargs="+", choices=sorted(BASES),
-                        default=list(BASES))
+    parser.add_argument("--bases", nargs="+", choices=list(BASES),
+                        default=["bf16", "int8", "float8"])
     parser.add_argument("--checkpointing", choices=["both", "on", "off"],
                         default="both")
     parser.add_argument("--text-tokens", type=int, default=512,
@@ -393,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="also write the rows here")
+    parser.add_argument("--from-json", help="print the tables of a --json "
+                        "file again, run nothing")
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--worker", action="store_true",
                         help=argparse.SUPPRESS)
@@ -400,6 +438,10 @@ def main(argv: list[str] | None = None) -> int:
     checkpointing_values = {"both": (False, True), "on": (True, ),
                             "off": (False, )}[args.checkpointing]
 
+    if args.from_json:
+        with open(args.from_json) as f:
+            print_report(json.load(f))
+        return 0
     import torch
     torch.set_num_threads(args.threads)
     if args.worker:
@@ -418,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     # interleaved: every base at one setting before the next setting
     for checkpointing in checkpointing_values:
-        for blocks, model in models.items():
+        for model in models.values():
             for base in args.bases:
                 rows.append(run_worker(model, base, checkpointing, args))
                 print(format_table(rows[-1:]).splitlines()[-1],
@@ -428,11 +470,7 @@ def main(argv: list[str] | None = None) -> int:
                   minutes=(time.time() - start) / 60,
                   load_average=os.getloadavg(), versions=versions(),
                   command=sys.argv)
-    print(f"\n{report['minutes']:.1f} minutes, load average "
-          f"{report['load_average']}\n", format_table(rows),
-          f"\nFLUX.1 [dev], {full_size(report['full_parameters']):,} "
-          f"parameters ({report['full_parameters']}):",
-          format_estimates(full), sep="\n")
+    print_report(report)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
