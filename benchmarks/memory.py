@@ -15,7 +15,11 @@ injects the FLUX.1 config's adapter through diffengine's adapter code
 
 Peak memory is the process's resident high-water mark (``VmHWM``) during
 the steps only: the mark is reset after loading by writing 5 to
-``/proc/self/clear_refs``. See benchmarks/README.md.
+``/proc/self/clear_refs``. The workers run with glibc's
+``MALLOC_MMAP_THRESHOLD_`` at 64 KiB (:data:`LIVE_MALLOC`), so that every
+tensor beyond it is mmapped and given back when freed and the mark counts
+live tensors, as a GPU's allocator does, not what glibc keeps for reuse;
+``--glibc-defaults`` turns that off. See benchmarks/README.md.
 """
 from __future__ import annotations
 
@@ -43,6 +47,10 @@ BASES = {
     "float8": dict(backend="torchao", weights="float8"),
     "quanto-int8": dict(backend="quanto", weights="int8"),
 }
+#: The workers' glibc settings: a fixed mmap threshold of 64 KiB (by
+#: default it grows to the largest block freed, up to 32 MiB, after which
+#: freed tensors stay in the heap and in the resident memory).
+LIVE_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 #: FLUX.1 [dev]'s blocks.
 FULL_BLOCKS = (19, 38)
 #: 512 px: a 64 × 64 latent packed 2 × 2.
@@ -201,7 +209,10 @@ def run_variant(model: str, base: str, checkpointing: bool,
     from diffusers import FluxTransformer2DModel
 
     from diffengine.adapters.kinds import add_adapter
-    from diffengine.models.utils.quantization import build_quantization
+    from diffengine.models.utils.quantization import (
+        build_quantization,
+        keep_quantized_for_backward,
+    )
 
     torch.manual_seed(0)
     quantization = build_quantization(BASES[base])
@@ -216,6 +227,7 @@ def run_variant(model: str, base: str, checkpointing: bool,
     transformer = FluxTransformer2DModel.from_pretrained(
         model, torch_dtype=torch.bfloat16, disable_mmap=True, **quantized)
     ctypes.CDLL("libc.so.6").malloc_trim(0)
+    keep_quantized_for_backward(transformer)
     transformer.requires_grad_(False)
     add_adapter(transformer, lora_config(), "transformer_lora_config")
     if checkpointing:
@@ -396,8 +408,9 @@ def run_worker(model: str, base: str, checkpointing: bool,
                "--text-tokens", str(args.text_tokens),
                "--steps", str(args.steps), "--warmup", str(args.warmup),
                "--threads", str(args.threads)]
+    env = dict(os.environ, **({} if args.glibc_defaults else LIVE_MALLOC))
     done = subprocess.run(command, capture_output=True, text=True,
-                          check=False)
+                          check=False, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -428,6 +441,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="measured steps after --warmup")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--glibc-defaults", action="store_true",
+                        help="run the workers with glibc's own mmap "
+                        "threshold: the peak then counts freed memory that "
+                        "glibc keeps")
     parser.add_argument("--json", help="also write the rows here")
     parser.add_argument("--from-json", help="print the tables of a --json "
                         "file again, run nothing")
@@ -469,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     report = dict(rows=rows, full=full, full_parameters=full_parameters(),
                   minutes=(time.time() - start) / 60,
                   load_average=os.getloadavg(), versions=versions(),
+                  malloc={} if args.glibc_defaults else LIVE_MALLOC,
                   command=sys.argv)
     print_report(report)
     if args.json:

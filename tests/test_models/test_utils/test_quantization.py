@@ -20,6 +20,7 @@ from diffengine.models import (
     StableDiffusion3,
     StableDiffusionXL,
 )
+from diffengine.models.utils import quantization
 from diffengine.models.utils.quantization import (
     FrozenQuantizedLinear,
     build_quantization,
@@ -177,11 +178,14 @@ def loss_gradients_and_saved_weights(model):
     return loss.detach(), gradients, saved
 
 
+@pytest.mark.parametrize("chunk", [None, 64], ids=["whole", "in-bands"])
 @pytest.mark.parametrize("backend, weights, layers", [
     ("torchao", "int8", 30), ("torchao", "float8", 30), ("quanto", "int8", 0),
 ])
 def test_the_backward_pass_keeps_the_quantized_weight(
-        backend, weights, layers, tiny_flux):
+        backend, weights, layers, chunk, tiny_flux, monkeypatch):
+    if chunk is not None:  # dequantized 2 columns at a time, or 1
+        monkeypatch.setattr(quantization, "DEQUANTIZE_CHUNK", chunk)
     model = build(Flux, tiny_flux, backend, weights)
     frozen = [m for m in model.modules()
               if type(m) is FrozenQuantizedLinear]
