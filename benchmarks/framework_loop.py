@@ -91,16 +91,18 @@ def framework_config(model: str, data: str, resolution: int, batch_size: int,
                      rank: int, steps: int, warmup: int, work_dir: str,
                      num_workers: int = 0, mixed_precision: str | None = None,
                      options: tuple[str, ...] = (), config: str | None = None,
-                     use_t5: bool = True, max_sequence_length: int = 77
-                     ) -> Config:
+                     use_t5: bool = True, max_sequence_length: int = 77,
+                     launcher: str = "none") -> Config:
     """``config`` (default: the seed config of the model's family) set to
     the benchmark's work, through ``tools/train.py``'s ``--cfg-options``
     (``options`` come last, e.g. ``model.weight_dtype=bfloat16``).
     ``use_t5`` and ``max_sequence_length`` apply to SD3 models,
-    ``max_sequence_length`` to FLUX.1."""
+    ``max_sequence_length`` to FLUX.1; ``launcher`` is
+    ``tools/train.py``'s (``"pytorch"`` under torchrun)."""
     config = config or config_for(model)
     argv = [
-        config, "--work-dir", work_dir, "--cfg-options",
+        config, "--work-dir", work_dir, "--launcher", launcher,
+        "--cfg-options",
         f"model.model={model}",
         *family_options(model, rank, use_t5, max_sequence_length,
                         mixed_precision),

@@ -51,6 +51,16 @@ if REPO not in sys.path:  # run as a script: make `benchmarks` importable
 
 from benchmarks.train_step import VARIANTS  # noqa: E402
 
+# SD3.5 Large's transformer (transformer/config.json of stabilityai/
+# stable-diffusion-3.5-large): 38 blocks of 38 heads × 64 (2,432 wide),
+# RMS-normalised queries and keys, no second attention; 8,056,627,520
+# parameters.
+SD35_LARGE_TRANSFORMER_CONFIG = dict(
+    sample_size=128, patch_size=2, in_channels=16, out_channels=16,
+    num_layers=38, num_attention_heads=38, attention_head_dim=64,
+    joint_attention_dim=4096, caption_projection_dim=2432,
+    pooled_projection_dim=2048, pos_embed_max_size=192, qk_norm="rms_norm",
+    dual_attention_layers=())
 # Per family: native resolution, the LoRA step over the denoiser forward,
 # and the denoiser forward, VAE encode and text encoders in GFLOP for one
 # sample at that resolution.
@@ -69,6 +79,29 @@ FAMILIES = {
     "flux-schnell": dict(resolution=1024, step=2.19, denoiser=69507,
                          vae=4879, text=213, folder="flux-schnell-shaped",
                          max_sequence_length=256, checkpointing=(True, )),
+    # SD3.5 Large, 16 GB of bfloat16 transformer: with gradient
+    # checkpointing only, as FLUX.1
+    # (its forward at 1024 px, 4,096 image and 154 text tokens, counted as
+    # SD3.5 Medium's; the LoRA step taken at Medium's 2.36 ×)
+    "sd35-large": dict(resolution=1024, step=2.36, denoiser=29597,
+                       vae=4879, text=171, folder="sd35-large-shaped",
+                       checkpointing=(True, )),
+}
+# The memory rows (--memory-rows): batch 1, cached latents and text
+# embeddings, gradient checkpointing as the family trains, and one memory
+# switch each, as config overrides (docs/memory.md).
+MEMORY_ROWS = {
+    "bf16": [],
+    "float8": ["model.quantization.backend=torchao",
+               "model.quantization.weights=float8"],
+    "nf4": ["model.quantization.backend=bitsandbytes",
+            "model.quantization.weights=nf4"],
+    # the blocks live in CPU memory, one on the GPU at a time
+    "offload": ["model.group_offloading.offload_type=block_level",
+                "model.group_offloading.num_blocks_per_group=1"],
+    # FSDP2: each process holds 1/N of the denoiser; run under torchrun
+    # with --launcher pytorch
+    "sharded": ["model_wrapper_cfg.type=FullyShardWrapper"],
 }
 # T5 tokens per prompt where the family does not say (the SD3 script's).
 MAX_SEQUENCE_LENGTH = 77
@@ -121,7 +154,8 @@ def build_inputs(folder: str, num_images: int, build_model: bool = True,
                      "flux-dev": functools.partial(make_flux_shaped,
                                                    variant="dev"),
                      "flux-schnell": functools.partial(
-                         make_flux_shaped, variant="schnell")}[family]
+                         make_flux_shaped, variant="schnell"),
+                     "sd35-large": make_sd35_large_shaped}[family]
             build(model, device="cuda")
         finally:
             torch.set_default_dtype(default)
@@ -133,20 +167,54 @@ def build_inputs(folder: str, num_images: int, build_model: bool = True,
     return model, data
 
 
-def run_one(model: str, data: str, work_dir: str, batch_size: int,
-            cached: bool, checkpointing: bool, args,
-            compiled: bool = False) -> dict:
+def make_sd35_large_shaped(path: str, seed: int = 0,
+                           device: str = "cpu") -> str:
+    """``make_sd35_medium_shaped``'s pipeline with SD3.5 Large's
+    transformer (:data:`SD35_LARGE_TRANSFORMER_CONFIG`, 16 GB in bf16);
+    returns ``path``."""
     import torch
+    from diffusers import SD3Transformer2DModel
 
-    from benchmarks.framework_loop import run_framework
+    from diffengine.testing import make_sd35_medium_shaped
 
+    make_sd35_medium_shaped(path, seed, device)
+    # Medium's single weight file would sit beside Large's shards
+    shutil.rmtree(os.path.join(path, "transformer"))
+    with torch.device(device):
+        transformer = SD3Transformer2DModel(**SD35_LARGE_TRANSFORMER_CONFIG)
+    transformer.save_pretrained(os.path.join(path, "transformer"))
+    return path
+
+
+def row_options(batch_size: int, cached: bool, checkpointing: bool,
+                compiled: bool = False, memory: str | None = None
+                ) -> tuple[str, list[str]]:
+    """A row's name and its config overrides (after the family's)."""
     name = (f"b{batch_size}_{'cached' if cached else 'encoded'}"
-            f"{'_gc' if checkpointing else ''}{'_compiled' if compiled else ''}")
+            f"{'_gc' if checkpointing else ''}{'_compiled' if compiled else ''}"
+            f"{'' if memory is None else '_' + memory}")
     options = [*BASE_OPTIONS, f"experiment_name={name}",
                f"model.gradient_checkpointing={checkpointing}",
                f"model.compile_denoiser={compiled}"]
     if cached:
         options += CACHE_OPTIONS
+    if memory is not None:
+        # every caption encoded before the first step, then the text
+        # encoders freed: the peak is the denoiser's
+        options += ["model.drop_text_encoders_after_caching=True",
+                    *MEMORY_ROWS[memory]]
+    return name, options
+
+
+def run_one(model: str, data: str, work_dir: str, batch_size: int,
+            cached: bool, checkpointing: bool, args,
+            compiled: bool = False, memory: str | None = None) -> dict:
+    import torch
+
+    from benchmarks.framework_loop import run_framework
+
+    name, options = row_options(batch_size, cached, checkpointing, compiled,
+                                memory)
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     result = run_framework(
@@ -156,13 +224,15 @@ def run_one(model: str, data: str, work_dir: str, batch_size: int,
         work_dir=work_dir, num_workers=args.num_workers,
         mixed_precision="bf16", options=tuple(options),
         max_sequence_length=FAMILIES[args.family].get(
-            "max_sequence_length", MAX_SEQUENCE_LENGTH))
+            "max_sequence_length", MAX_SEQUENCE_LENGTH),
+        launcher=args.launcher)
     gc.collect()
     torch.cuda.empty_cache()
     tflops = result["samples_per_s"] * sample_gflop(
         cached, args.resolution, args.family) / 1000
     return dict(name=name, batch_size=batch_size, cached=cached,
                 checkpointing=checkpointing, compiled=compiled,
+                memory=memory or "bf16",
                 median_s=result["median_s"],
                 samples_per_s=result["samples_per_s"],
                 peak_gib=result["peak_bytes"] / 2**30,
@@ -171,7 +241,7 @@ def run_one(model: str, data: str, work_dir: str, batch_size: int,
 
 HEADER = (f"{'batch':>5} {'latents':>8} {'ckpt':>5} {'compile':>8} "
           f"{'s/step':>8} {'samples/s':>10} {'peak GiB':>9} {'TFLOP/s':>8} "
-          f"{'MFU':>6}")
+          f"{'MFU':>6} {'memory':>8}")
 
 
 def format_row(row: dict) -> str:
@@ -181,7 +251,7 @@ def format_row(row: dict) -> str:
             f" {'on' if row['compiled'] else 'off':>8}"
             f" {row['median_s']:>8.4f} {row['samples_per_s']:>10.1f}"
             f" {row['peak_gib']:>9.1f} {row['model_tflops']:>8.0f}"
-            f" {row['mfu']:>6.1%}")
+            f" {row['mfu']:>6.1%} {row.get('memory', 'bf16'):>8}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,44 +284,85 @@ def main(argv: list[str] | None = None) -> int:
                         help="delete the built model folder after the rows "
                         "(FLUX.1's is 25 GB)")
     parser.add_argument("--json", help="also write the rows here")
+    parser.add_argument("--memory-rows", nargs="+", choices=list(MEMORY_ROWS),
+                        help="instead of the sweep, one row per memory "
+                        "switch: batch 1, cached latents and text "
+                        "embeddings (the text encoders freed), the "
+                        "family's checkpointing (sharded: under torchrun "
+                        "with --launcher pytorch)")
+    parser.add_argument("--launcher", choices=["none", "pytorch"],
+                        default="none", help="pytorch under torchrun")
+    parser.add_argument("--build-only", action="store_true",
+                        help="write the model and images, train nothing "
+                        "(before a torchrun of several processes)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print each row's config overrides, build and "
+                        "train nothing (no GPU needed)")
     args = parser.parse_args(argv)
     args.resolution = args.resolution or FAMILIES[args.family]["resolution"]
+    checkpointing_values = {
+        "both": (False, True), "on": (True, ), "off": (False, ),
+        None: FAMILIES[args.family].get("checkpointing", (False, True)),
+    }[args.checkpointing]
+    if args.memory_rows:
+        configs = [(1, True, checkpointing_values[-1], False, memory)
+                   for memory in args.memory_rows]
+    else:
+        configs = [(batch_size, cached, checkpointing, False, None)
+                   for cached in (True, False)
+                   for checkpointing in checkpointing_values
+                   for batch_size in args.batch_sizes]
+        if not args.no_compile:
+            configs.append((max(args.batch_sizes), True, False, True, None))
+    if args.dry_run:
+        for config in configs:
+            name, options = row_options(*config)
+            print(f"{args.family} {name}:", *options)
+        return 0
 
     import torch
 
     from benchmarks.train_step import versions
 
+    # under torchrun: one GPU per process, rows from the first
+    rank = int(os.environ.get("RANK", 0))
     if args.device == "cuda":
         assert torch.cuda.is_available(), "gpu_sweep needs CUDA"
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         print(torch.cuda.get_device_name(), flush=True)
-    print(versions(), flush=True)
+    if rank == 0:
+        print(versions(), flush=True)
     model, data = build_inputs(args.folder, args.num_images,
-                               build_model=args.model is None,
+                               build_model=args.model is None and rank == 0,
                                family=args.family)
     model = args.model or model
+    if args.build_only:
+        return 0
     # one latent cache for all rows of a family
     work_dir = os.path.join(args.folder, f"work-{args.family}")
-    print(HEADER, flush=True)
-    checkpointing_values = {
-        "both": (False, True), "on": (True, ), "off": (False, ),
-        None: FAMILIES[args.family].get("checkpointing", (False, True)),
-    }[args.checkpointing]
-    configs = [(batch_size, cached, checkpointing, False)
-               for cached in (True, False)
-               for checkpointing in checkpointing_values
-               for batch_size in args.batch_sizes]
-    if not args.no_compile:
-        configs.append((max(args.batch_sizes), True, False, True))
+    if rank == 0:
+        print(HEADER, flush=True)
     rows = []
-    for batch_size, cached, checkpointing, compiled in configs:
-        rows.append(run_one(model, data, work_dir, batch_size, cached,
-                            checkpointing, args, compiled))
-        print(format_row(rows[-1]), flush=True)
-        if args.json:
+    for batch_size, cached, checkpointing, compiled, memory in configs:
+        try:
+            rows.append(run_one(model, data, work_dir, batch_size, cached,
+                                checkpointing, args, compiled, memory))
+        except Exception as error:
+            if memory is None:  # the sweep's rows all run, or none
+                raise
+            # a memory row whose switch or package is missing here: the
+            # others still run
+            print(f"{memory} row failed: {type(error).__name__}: {error}",
+                  flush=True)
+            continue
+        if rank == 0:
+            print(format_row(rows[-1]), flush=True)
+        if args.json and rank == 0:
             with open(args.json, "w") as f:
                 json.dump(rows, f, indent=2)
-    print("\nall rows:", HEADER, *map(format_row, rows), sep="\n")
-    if args.remove_model and args.model is None:
+    if rank == 0:
+        print("\nall rows:", HEADER, *map(format_row, rows), sep="\n")
+    if args.remove_model and args.model is None and rank == 0:
         shutil.rmtree(model, ignore_errors=True)
     return 0
 

@@ -3,6 +3,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from benchmarks.flux_shaped import flux_shaped_models
 from benchmarks.gpu_sweep import main, sample_gflop
@@ -71,3 +72,30 @@ def test_flux_shaped_models_have_flux1s_shapes():
     assert dev[1].config.scaling_factor == 0.3611
     assert dev[2].config.hidden_size == 768  # CLIP-L, the pooled projection
     assert dev[3].config.d_model == dev[0].config.joint_attention_dim
+
+
+def test_sd35_large_shape():
+    from diffusers import SD3Transformer2DModel
+
+    from benchmarks.gpu_sweep import SD35_LARGE_TRANSFORMER_CONFIG
+    from diffengine.architectures import SD35_LARGE, sd3_architecture
+
+    with torch.device("meta"):
+        transformer = SD3Transformer2DModel(**SD35_LARGE_TRANSFORMER_CONFIG)
+    assert sum(p.numel() for p in transformer.parameters()) == 8_056_627_520
+    assert sd3_architecture(transformer.config) == SD35_LARGE
+
+
+def test_memory_rows_dry_run_prints_their_overrides(capsys):
+    assert main(["--family", "flux-dev", "--memory-rows", "bf16", "float8",
+                 "nf4", "offload", "sharded", "--dry-run"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert [row.split(":")[0] for row in rows] == [
+        f"flux-dev b1_cached_gc_{name}"
+        for name in ("bf16", "float8", "nf4", "offload", "sharded")]
+    assert all("model.drop_text_encoders_after_caching=True" in row
+               for row in rows)
+    assert "model.quantization.weights=float8" in rows[1]
+    assert "model.quantization.backend=bitsandbytes" in rows[2]
+    assert "model.group_offloading.offload_type=block_level" in rows[3]
+    assert rows[4].endswith("model_wrapper_cfg.type=FullyShardWrapper")

@@ -41,7 +41,10 @@ from diffengine.models.utils.offloading import (
     BlockOffloader,
     build_group_offloading,
 )
-from diffengine.models.utils.quantization import build_quantization
+from diffengine.models.utils.quantization import (
+    build_quantization,
+    keep_quantized_for_backward,
+)
 from diffengine.models.utils.text_embedding_cache import (
     DROP_OPTION,
     TextEmbeddingCache,
@@ -395,9 +398,11 @@ class LatentDiffusionModel(AdapterIO, Sampling, BaseModel):
         # memory.
         quantized = {} if self.quantization is None else {
             "quantization_config": self.quantization.diffusers_config()}
-        setattr(self, self.denoiser_name, self.denoiser_class.from_pretrained(
+        denoiser = self.denoiser_class.from_pretrained(
             model, subfolder=self.denoiser_name, torch_dtype=dtype,
-            **quantized))
+            **quantized)
+        keep_quantized_for_backward(denoiser)
+        setattr(self, self.denoiser_name, denoiser)
 
     def load_text_encoder(self, encoder: TextEncoder, model: str,
                           dtype: torch.dtype) -> PreTrainedModel:
@@ -406,9 +411,11 @@ class LatentDiffusionModel(AdapterIO, Sampling, BaseModel):
         if self.quantization is None or not self.quantization.text_encoders:
             return encoder.model_class.from_pretrained(
                 model, subfolder=encoder.name).to(dtype)
-        return encoder.model_class.from_pretrained(
+        text_encoder = encoder.model_class.from_pretrained(
             model, subfolder=encoder.name, dtype=dtype,
             quantization_config=self.quantization.transformers_config())
+        keep_quantized_for_backward(text_encoder)
+        return text_encoder
 
     def load_vae(self, model: str, dtype: torch.dtype) -> AutoencoderKL:
         """The VAE of ``model``, in ``dtype``."""

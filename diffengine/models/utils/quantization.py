@@ -22,6 +22,13 @@ backend                   weights                       needs
 ========================  ============================  ===============
 
 All are weight-only: activations stay in the compute dtype.
+
+torchao's weight-only linear dequantizes the whole weight in every forward
+and autograd keeps that float copy for the backward pass, so a quantized
+base would hold a float copy of every layer once activations are kept:
+:func:`keep_quantized_for_backward` makes those layers keep the quantized
+weight instead and dequantize it again in the backward pass. (quanto's
+linear saves its quantized weight already.)
 """
 from __future__ import annotations
 
@@ -31,6 +38,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from diffengine.errors import ConfigError
 
@@ -143,3 +152,77 @@ def build_quantization(options: dict | None) -> Quantization | None:
             f"quantization backend={backend!r} needs its package: {pip}")
     return Quantization(backend, weights,
                         bool(options.get("text_encoders", False)))
+
+
+#: Elements of the weight that the backward pass dequantizes at a time:
+#: torchao's ``dequantize`` goes through float32 and takes 5 times the
+#: bf16 result at its peak (450 MB for a 3,072 × 15,360 FLUX.1 layer), so
+#: it is done a band of input columns at a time (about 40 MB).
+DEQUANTIZE_CHUNK = 2**22
+
+
+class LinearKeepingQuantizedWeight(torch.autograd.Function):
+    """``F.linear`` over a frozen quantized weight that saves the weight
+    itself (already held by the layer, so saving it costs nothing) for the
+    backward pass, not the float copy that the forward dequantizes: inside
+    ``forward`` autograd records nothing, so that copy is freed at once.
+    The backward pass dequantizes again, :data:`DEQUANTIZE_CHUNK` elements
+    at a time: each band of input columns gives the same columns of the
+    input's gradient, whole."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor,
+                bias: torch.Tensor | None) -> torch.Tensor:
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            raise RuntimeError(
+                "a quantized base layer's weight and bias must be frozen "
+                "(requires_grad=False); only its adapters train.")
+        ctx.save_for_backward(weight)
+        ctx.input_dtype = x.dtype
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        weight, = ctx.saved_tensors
+        grad_output = grad_output.to(ctx.input_dtype)
+        out_features, in_features = weight.shape
+        step = max(1, DEQUANTIZE_CHUNK // out_features)
+        grad_input = grad_output.new_empty(
+            (*grad_output.shape[:-1], in_features))
+        for start in range(0, in_features, step):
+            columns = weight[:, start:start + step].dequantize(
+                ctx.input_dtype)
+            grad_input[..., start:start + step] = grad_output @ columns
+        return grad_input, None, None
+
+
+class FrozenQuantizedLinear(nn.Linear):
+    """An ``nn.Linear`` over a frozen torchao weight whose backward pass
+    keeps the quantized weight, not a dequantized copy
+    (:class:`LinearKeepingQuantizedWeight`); set on the loaded layers by
+    :func:`keep_quantized_for_backward`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return LinearKeepingQuantizedWeight.apply(x, self.weight, self.bias)
+
+
+def keep_quantized_for_backward(module: nn.Module) -> int:
+    """Make each ``nn.Linear`` of ``module`` whose weight is a torchao
+    tensor a :class:`FrozenQuantizedLinear`, so that training adapters on
+    it keeps no dequantized weight for the backward pass; returns how many.
+
+    The class is swapped in place, so it holds through peft's wrapping
+    (the layer becomes the adapter's ``base_layer``) and ``.to(device)``.
+    Other layers, quanto's included, are left as they are.
+    """
+    if importlib.util.find_spec("torchao") is None:
+        return 0
+    from torchao.utils import TorchAOBaseTensor
+    layers = [layer for layer in module.modules()
+              if type(layer) is nn.Linear
+              and isinstance(layer.weight, TorchAOBaseTensor)]
+    for layer in layers:
+        layer.__class__ = FrozenQuantizedLinear
+    return len(layers)

@@ -1,7 +1,8 @@
 """The ``quantization`` option on real tiny models: the denoiser loads
 quantized through diffusers, LoRA trains in fp32 on top, the step file
 holds the adapters alone with the quantization in its metadata and loads
-into the unquantized diffusers pipeline; bad options fail in one line."""
+into the unquantized diffusers pipeline; torchao's layers keep no
+dequantized weight for the backward pass; bad options fail in one line."""
 import json
 
 import numpy as np
@@ -19,7 +20,11 @@ from diffengine.models import (
     StableDiffusion3,
     StableDiffusionXL,
 )
-from diffengine.models.utils.quantization import build_quantization
+from diffengine.models.utils import quantization
+from diffengine.models.utils.quantization import (
+    FrozenQuantizedLinear,
+    build_quantization,
+)
 from tests.conftest import SD3_TARGETS, TEXT_TARGETS, UNET_TARGETS
 
 CPU_QUANTIZATIONS = [("torchao", "int8"), ("torchao", "float8"),
@@ -145,6 +150,77 @@ def test_lora_trains_on_the_quantized_base_and_loads_into_the_full_one(
           f" the adapters change the output by {change:.2e}")
     assert 0 < error <= RELOAD_BOUND * bare_error
     assert change > error  # the step folder did load
+
+
+def loss_gradients_and_saved_weights(model):
+    """The loss of one batch, the adapters' gradients, and the shapes of
+    the float tensors saved for the backward pass that have the shape of a
+    quantized weight (or its transpose): dequantized weight copies. At 96
+    px no activation of the tiny Flux has such a shape."""
+    shapes = {tuple(m.weight.shape) for m in model.denoiser.modules()
+              if type(getattr(m, "weight", None)).__name__ in {
+                  "Int8Tensor", "Float8Tensor", "WeightQBytesTensor"}}
+    shapes |= {shape[::-1] for shape in shapes}
+    saved = []
+
+    def pack(tensor):
+        if type(tensor) is torch.Tensor and tensor.is_floating_point() and (
+                tuple(tensor.shape) in shapes):
+            saved.append(tuple(tensor.shape))
+        return tensor
+
+    model.zero_grad(set_to_none=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(batch(96), mode="loss")["loss"]
+    loss.backward()
+    gradients = {n: p.grad.clone() for n, p in model.named_parameters()
+                 if p.requires_grad}
+    return loss.detach(), gradients, saved
+
+
+@pytest.mark.parametrize("chunk", [None, 64], ids=["whole", "in-bands"])
+@pytest.mark.parametrize("backend, weights, layers", [
+    ("torchao", "int8", 30), ("torchao", "float8", 30), ("quanto", "int8", 0),
+])
+def test_the_backward_pass_keeps_the_quantized_weight(
+        backend, weights, layers, chunk, tiny_flux, monkeypatch):
+    if chunk is not None:  # dequantized 2 columns at a time, or 1
+        monkeypatch.setattr(quantization, "DEQUANTIZE_CHUNK", chunk)
+    model = build(Flux, tiny_flux, backend, weights)
+    frozen = [m for m in model.modules()
+              if type(m) is FrozenQuantizedLinear]
+    assert len(frozen) == layers
+    # non-zero up-projections, so that every adapter has a gradient
+    generator = torch.Generator().manual_seed(0)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            parameter.data = torch.randn(parameter.shape,
+                                         generator=generator) * 0.1
+    loss, gradients, saved = loss_gradients_and_saved_weights(model)
+    assert saved == []
+    # torchao's own linear, as loaded: it saves a float copy of the weight
+    for layer in frozen:
+        layer.__class__ = torch.nn.Linear
+    plain_loss, plain_gradients, plain_saved = (
+        loss_gradients_and_saved_weights(model))
+    assert len(plain_saved) == (12 if layers else 0)
+    assert torch.equal(loss, plain_loss)
+    # float8 gives the same gradients bit for bit with the whole weight
+    # (1.1e-6 of the norm in bands: other BLAS blockings); int8 within
+    # 7.1e-7, fp32 rounding (its linear scales the product by the weight's
+    # scales, the backward pass multiplies by the dequantized weight); the
+    # bound leaves room for other BLAS kernels
+    for name, gradient in plain_gradients.items():
+        error = (gradients[name] - gradient).norm()
+        assert error <= 2e-6 * gradient.norm(), name
+
+
+def test_a_trainable_quantized_weight_is_refused(tiny_flux):
+    model = build(Flux, tiny_flux, "torchao", "float8")
+    model.denoiser.transformer_blocks[0].attn.to_q.base_layer.bias \
+        .requires_grad_(True)
+    with pytest.raises(RuntimeError, match="must be frozen"):
+        model(batch(), mode="loss")
 
 
 @pytest.mark.parametrize("family, fixture, backend, weights", [
