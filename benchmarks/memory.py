@@ -102,28 +102,27 @@ def weight_bytes(module) -> int:
                                          *module.buffers()))
 
 
-def part_bytes(transformer) -> dict[str, int]:
-    """Bytes of one double-stream block, one single-stream block and the
-    rest (embedders, final norm and projection) of a FLUX.1 transformer."""
-    double = weight_bytes(transformer.transformer_blocks[0])
-    single = weight_bytes(transformer.single_transformer_blocks[0])
+def split_parts(transformer, measure) -> dict[str, int]:
+    """``measure`` (bytes, parameters) of one double-stream block, one
+    single-stream block and the rest (embedders, final norm and projection)
+    of a FLUX.1 transformer."""
+    double = measure(transformer.transformer_blocks[0])
+    single = measure(transformer.single_transformer_blocks[0])
     blocks = (len(transformer.transformer_blocks) * double
               + len(transformer.single_transformer_blocks) * single)
     return dict(double=double, single=single,
-                rest=weight_bytes(transformer) - blocks)
+                rest=measure(transformer) - blocks)
+
+
+def part_bytes(transformer) -> dict[str, int]:
+    """Bytes of the parts :func:`split_parts` names, quantized or not."""
+    return split_parts(transformer, weight_bytes)
 
 
 def part_parameters(transformer) -> dict[str, int]:
-    """Parameters of one double-stream block, one single-stream block and
-    the rest, as :func:`part_bytes` splits them."""
-    def count(module):
-        return sum(p.numel() for p in module.parameters())
-    double = count(transformer.transformer_blocks[0])
-    single = count(transformer.single_transformer_blocks[0])
-    blocks = (len(transformer.transformer_blocks) * double
-              + len(transformer.single_transformer_blocks) * single)
-    return dict(double=double, single=single,
-                rest=count(transformer) - blocks)
+    """Parameters of the parts :func:`split_parts` names."""
+    return split_parts(transformer, lambda module: sum(
+        p.numel() for p in module.parameters()))
 
 
 def full_size(parts: dict[str, int], blocks=FULL_BLOCKS) -> int:
