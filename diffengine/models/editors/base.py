@@ -401,7 +401,8 @@ class LatentDiffusionModel(AdapterIO, Sampling, BaseModel):
         denoiser = self.denoiser_class.from_pretrained(
             model, subfolder=self.denoiser_name, torch_dtype=dtype,
             **quantized)
-        keep_quantized_for_backward(denoiser)
+        if quantized:
+            keep_quantized_for_backward(denoiser)
         setattr(self, self.denoiser_name, denoiser)
 
     def load_text_encoder(self, encoder: TextEncoder, model: str,
